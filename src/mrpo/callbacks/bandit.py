@@ -1,0 +1,100 @@
+"""Drives the Thompson-sampling weighting: pick an arm before each step, reward it after.
+
+The bandit (:class:`mrpo.objectives.ThompsonSampling`) is explicit by design; this callback is
+the training loop's side of the protocol. Before a training batch it calls ``select()``, so the
+objective takes a single-reference DPO step against the sampled reference. After the optimizer
+step it scores a fixed feedback subsample of the validation pairs and calls
+``update(arm, improved)`` with ``improved`` = the reference-free policy margin accuracy went up
+strictly (a tie is not an improvement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from mrpo.data.types import PreferenceBatch
+from mrpo.metrics import policy_margin_accuracy, response_token_counts
+
+
+class ThompsonFeedback(L.Callback):
+    """Connects a Thompson-sampling weighting to the training loop.
+
+    Args:
+        feedback_batches: the fixed validation subsample, already collated (policy
+            tokenizer); scored after every optimizer step.
+    """
+
+    def __init__(self, feedback_batches: Sequence[PreferenceBatch]) -> None:
+        if not feedback_batches:
+            raise ValueError("the Thompson feedback subsample is empty")
+        self.feedback_batches = list(feedback_batches)
+        self.arm: int | None = None
+        self.previous: float | None = None
+
+    def _strategy(self, pl_module: L.LightningModule) -> Any:
+        return pl_module.objective.weighting
+
+    @torch.no_grad()
+    def feedback_accuracy(self, pl_module: L.LightningModule) -> float:
+        """Policy margin accuracy on the feedback subsample (eval mode, no gradient)."""
+        was_training = pl_module.training
+        pl_module.eval()
+        hits, total = 0.0, 0
+        for batch in self.feedback_batches:
+            batch = batch.to(pl_module.device)
+            chosen, rejected = pl_module.forward_logps(batch)
+            counts = response_token_counts(batch.labels)
+            b = batch.num_pairs
+            acc = policy_margin_accuracy(chosen, rejected, counts[:b], counts[b:])
+            hits += float(acc) * b
+            total += b
+        pl_module.train(was_training)
+        return hits / total
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.previous is None:
+            self.previous = self.feedback_accuracy(pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation scores the objective against the arm the bandit last chose; before the
+        # first training step there is none yet, so draw one.
+        strategy = self._strategy(pl_module)
+        if strategy.current_arm is None:
+            strategy.select()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.arm = self._strategy(pl_module).select()
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.arm is None:
+            return
+        accuracy = self.feedback_accuracy(pl_module)
+        improved = self.previous is not None and accuracy > self.previous
+        self._strategy(pl_module).update(self.arm, improved=improved)
+        pl_module.log_dict(
+            {"train/bandit/arm": float(self.arm), "train/bandit/feedback_accuracy": accuracy},
+            on_step=True,
+            on_epoch=False,
+            batch_size=batch.num_pairs,
+        )
+        self.previous = accuracy
+        self.arm = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"previous": self.previous}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous = state_dict.get("previous")

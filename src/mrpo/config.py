@@ -1,0 +1,202 @@
+"""Typed configuration schema for ``mrpo-train`` and ``mrpo-eval``.
+
+The dataclasses below are registered with Hydra's ConfigStore and named first in the primary
+configs' defaults lists, so every YAML file under ``conf/`` is merged *into* a typed schema: a
+misspelt key or a value of the wrong type fails at composition, before anything is loaded.
+``???`` marks values a user must give. Entry points turn the composed config into these plain
+dataclasses (``OmegaConf.to_object``); library code never sees OmegaConf objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""The repository's ``conf/`` folder (the project is used from a clone, installed editable)."""
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA adapters on the policy (peft)."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a hub id, a local directory or ``packaged:smollm2-135m-instruct``."""
+
+    source: str = MISSING
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class ReferenceConfig:
+    """One frozen reference model; ``source: self`` means the policy's initial weights."""
+
+    name: str = MISSING
+    source: str = "self"
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    dtype: str = "float32"
+    length_normalize: bool = False
+
+
+@dataclass
+class ReferencesConfig:
+    """The reference ensemble: the first ``num_refs`` entries of ``pool`` (all when null)."""
+
+    pool: list[ReferenceConfig] = MISSING
+    num_refs: int | None = None
+    mode: str = "cached"  # cached | live
+    batch_size: int = 8
+
+
+@dataclass
+class DataConfig:
+    """Preference data: source, split and tokenization limits."""
+
+    source: str = MISSING
+    subset: str | None = None
+    split: str = "train"
+    data_dir: str | None = None
+    drop_invalid: bool = False
+    max_samples: int | None = None
+    val_size: float = 0.1
+    split_seed: int = 0
+    max_length: int = 512
+    max_prompt_length: int | None = 256
+    batch_size: int = 4
+    eval_batch_size: int = 8
+    group_by_length: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """The objective (a name in ``mrpo.objectives``) and its options."""
+
+    name: str = MISSING
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    ctro: bool | None = None  # None: the objective's own default
+    epsilon: float = 0.1
+    adaptive_epsilon: bool = True
+    harmonic_pairing: str = "general"
+    length_normalize: bool = False
+
+
+@dataclass
+class WeightsConfig:
+    """How reference weights α are chosen (``mrpo.objectives`` weighting strategies)."""
+
+    strategy: str = "uniform"
+    values: list[float] | None = None
+    window: int = 1  # sliding_window: number of previous batches averaged
+    prior: list[float] = field(default_factory=lambda: [5.0, 5.0])
+    seed: int = 0
+    feedback_size: int = 16  # thompson: validation pairs scored for the bandit's reward
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule: a ``transformers.get_scheduler`` name plus warm-up."""
+
+    name: str = "cosine"
+    warmup_ratio: float = 0.1
+
+
+@dataclass
+class EvalConfig:
+    """Benchmarks: run by the evaluation callback during training, and by ``mrpo-eval``
+    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens`` and ``log_samples``;
+    ``every_n_steps`` and ``final_limit`` concern training only)."""
+
+    tasks: list[str] = field(default_factory=list)
+    every_n_steps: int = 0
+    limit: int | None = 50
+    final_limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 256
+    log_samples: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases settings; ``mode`` is online, offline, disabled or auto."""
+
+    wandb: bool = True
+    project: str = "mrpo"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str = "train"
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = MISSING
+    data_dir: str | None = None
+    cache_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """Primary config of ``mrpo-train``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    stage: str = "train"  # train | cache
+    seed: int = 0
+    ckpt_path: str | None = None
+    save_model: bool = True
+    task_name: str = "train"
+
+
+@dataclass
+class EvalRunConfig:
+    """Primary config of ``mrpo-eval`` (scoring is deterministic: greedy decoding and the
+    harness's fixed few-shot seed, so there is no ``seed``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    checkpoint: str | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "eval"
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (called by the entry points)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)

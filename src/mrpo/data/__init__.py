@@ -1,0 +1,1 @@
+"""Preference and evaluation data: loading, validation, tokenization, collation."""

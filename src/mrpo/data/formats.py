@@ -1,0 +1,213 @@
+"""Normalize one row of a known source format to a `PreferenceExample`.
+
+Two formats, told apart per source by its fields (`detect_format`):
+
+``transcripts`` -- fields ``chosen`` and ``rejected`` only, each either a full HH-RLHF transcript
+(``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or a chat message list. The prompt is the turns the two
+conversations share before their final assistant turn; the responses are those final turns.
+HH-RLHF transcripts are parsed with these rules (each case seen in the released data):
+
+- the turn markers are ``"\\n\\nHuman:"`` and ``"\\n\\nAssistant:"``; a transcript may also begin
+  with ``"Human:"`` without the blank line. Text before the first marker is malformed.
+- turn texts are stripped of surrounding whitespace (the format puts a space, sometimes two,
+  after the colon). ``Human:`` inside a turn without the preceding blank line is turn text.
+- consecutive turns of the same speaker are merged into one message joined by a blank line, so
+  the prompt alternates user/assistant as strict chat templates require. This also normalizes
+  pairs where one transcript has two Assistant turns in a row at its end: its response is both
+  turns, and the prompt is what the transcripts share before them.
+- a transcript must start with a Human turn and end with an Assistant turn; the two transcripts
+  must agree on every turn before the final one (else ``diverging_transcripts``).
+
+``prompt_chosen_rejected`` -- field ``prompt`` (a string, read as one user turn, or a message
+list) and ``chosen``/``rejected`` (strings or message lists). A response message list may include
+the prompt turns, as in ``HuggingFaceH4/ultrafeedback_binarized``; the response is its final
+message, which must be an assistant message. Texts of this format are kept verbatim.
+
+For every format: the prompt ends with a non-empty user turn, both responses are non-empty, and
+chosen differs from rejected (ignoring surrounding whitespace).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mrpo.data.types import Message, PreferenceExample
+from mrpo.data.validation import DataValidationError, RowError
+
+FORMATS = ("transcripts", "prompt_chosen_rejected")
+ROLES = ("system", "user", "assistant")
+
+_MARKER = re.compile(r"\n\n(Human|Assistant):")
+_SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def detect_format(fields: Iterable[str], source: str) -> str:
+    """The format of a source from the union of its row fields (see module doc).
+
+    Raises:
+        DataValidationError: neither format's fields are present.
+    """
+    keys = set(fields)
+    has_response = bool(keys & {"chosen", "rejected"})
+    if "prompt" in keys and has_response:
+        return "prompt_chosen_rejected"
+    if has_response:
+        return "transcripts"
+    raise DataValidationError(
+        f"{source}: cannot tell the preference format from the fields {sorted(keys)}; expected "
+        "'chosen' and 'rejected' (HH-RLHF transcripts or message lists), or 'prompt', 'chosen' "
+        "and 'rejected'",
+        source=source,
+    )
+
+
+def normalize_row(value: Any, fmt: str, index: int) -> PreferenceExample:
+    """Normalize one raw row of format ``fmt``; ``index`` becomes `PreferenceExample.index`.
+
+    Raises:
+        RowError: the row cannot be normalized; its reason code says why.
+    """
+    if isinstance(value, RowError):
+        raise value
+    if not isinstance(value, dict):
+        raise RowError("not_object", f"expected a JSON object, got {type(value).__name__}")
+    if fmt == "prompt_chosen_rejected":
+        prompt_value, chosen_value, rejected_value = _fields(
+            value, ("prompt", "chosen", "rejected")
+        )
+        prompt = _as_prompt(prompt_value)
+        chosen = _as_response(chosen_value, "chosen")
+        rejected = _as_response(rejected_value, "rejected")
+    elif fmt == "transcripts":
+        prompt, chosen, rejected = _split_transcripts(*_fields(value, ("chosen", "rejected")))
+    else:
+        raise ValueError(f"unknown preference format {fmt!r}; expected one of {FORMATS}")
+    return _checked_example(prompt, chosen, rejected, index)
+
+
+def parse_hh_transcript(text: str, name: str = "transcript") -> tuple[Message, ...]:
+    """Parse an HH-RLHF transcript into alternating user/assistant messages (module doc rules).
+
+    Raises:
+        RowError: ``malformed_transcript`` (text before the first turn, no turns, or a first
+            turn by the Assistant).
+    """
+    body = text.lstrip()
+    if body.startswith(("Human:", "Assistant:")):
+        body = "\n\n" + body
+    parts = _MARKER.split(body)
+    if parts[0].strip():
+        raise RowError(
+            "malformed_transcript",
+            f"{name} transcript has text before its first Human turn: {parts[0][:40]!r}",
+        )
+    if len(parts) == 1:
+        raise RowError("malformed_transcript", f"{name} transcript has no Human/Assistant turns")
+    turns: list[Message] = []
+    for speaker, raw in zip(parts[1::2], parts[2::2], strict=True):
+        role, content = _SPEAKER_ROLE[speaker], raw.strip()
+        if turns and turns[-1]["role"] == role:
+            merged = "\n\n".join(t for t in (turns[-1]["content"], content) if t)
+            turns[-1] = {"role": role, "content": merged}
+        else:
+            turns.append({"role": role, "content": content})
+    if turns[0]["role"] != "user":
+        raise RowError(
+            "malformed_transcript", f"{name} transcript starts with an Assistant turn, not Human"
+        )
+    return tuple(turns)
+
+
+def _fields(row: dict[str, Any], names: Sequence[str]) -> list[Any]:
+    missing = [n for n in names if row.get(n) is None]
+    if missing:
+        raise RowError("missing_field", "missing field(s) " + ", ".join(map(repr, missing)))
+    return [row[n] for n in names]
+
+
+def _as_messages(value: Any, name: str) -> tuple[Message, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise RowError("not_text", f"{name!r} is a {type(value).__name__}, not text or messages")
+    messages = []
+    for i, message in enumerate(value, start=1):
+        ok = (
+            isinstance(message, dict)
+            and message.get("role") in ROLES
+            and isinstance(message.get("content"), str)
+        )
+        if not ok:
+            raise RowError(
+                "not_text",
+                f"{name!r} message {i} is not a {{'role': {'|'.join(ROLES)}, 'content': text}} "
+                f"message: {str(message)[:60]}",
+            )
+        messages.append({"role": message["role"], "content": message["content"]})
+    return tuple(messages)
+
+
+def _as_prompt(value: Any) -> tuple[Message, ...]:
+    if isinstance(value, str):
+        return ({"role": "user", "content": value},)
+    return _as_messages(value, "prompt")
+
+
+def _as_response(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    messages = _as_messages(value, name)
+    if not messages or messages[-1]["role"] != "assistant":
+        last = messages[-1]["role"] if messages else "nothing"
+        raise RowError(
+            "response_not_assistant", f"{name!r} message list ends with {last}, not assistant"
+        )
+    return messages[-1]["content"]
+
+
+def _split_transcripts(chosen: Any, rejected: Any) -> tuple[tuple[Message, ...], str, str]:
+    """(prompt, chosen response, rejected response) from two whole conversations."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        conversations = (
+            parse_hh_transcript(chosen, "chosen"),
+            parse_hh_transcript(rejected, "rejected"),
+        )
+    elif not isinstance(chosen, str) and not isinstance(rejected, str):
+        conversations = _as_messages(chosen, "chosen"), _as_messages(rejected, "rejected")
+    else:
+        raise RowError("not_text", "'chosen' and 'rejected' mix a transcript and a message list")
+    for name, turns in zip(("chosen", "rejected"), conversations, strict=True):
+        if not turns or turns[-1]["role"] != "assistant":
+            raise RowError("response_not_assistant", f"{name} does not end with an assistant turn")
+    chosen_prompt, rejected_prompt = conversations[0][:-1], conversations[1][:-1]
+    if chosen_prompt != rejected_prompt:
+        turn = next(
+            (
+                i
+                for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt, strict=False), 1)
+                if a != b
+            ),
+            min(len(chosen_prompt), len(rejected_prompt)) + 1,
+        )
+        raise RowError(
+            "diverging_transcripts",
+            f"chosen and rejected differ at turn {turn}, before their final assistant turns",
+        )
+    return chosen_prompt, conversations[0][-1]["content"], conversations[1][-1]["content"]
+
+
+def _checked_example(
+    prompt: tuple[Message, ...], chosen: str, rejected: str, index: int
+) -> PreferenceExample:
+    if not prompt:
+        raise RowError("prompt_not_user", "the prompt has no messages")
+    if prompt[-1]["role"] != "user":
+        raise RowError("prompt_not_user", f"the prompt ends with a {prompt[-1]['role']} turn")
+    if not prompt[-1]["content"].strip():
+        raise RowError("empty_prompt", "the prompt's last user turn is empty")
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            raise RowError("empty_response", f"the {name} response is empty")
+    if chosen.strip() == rejected.strip():
+        raise RowError("identical_responses", "chosen and rejected responses are identical")
+    return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, index=index)

@@ -1,0 +1,94 @@
+"""Typed records shared by the data pipeline, the references and the training module.
+
+Shapes use B = number of preference pairs in a batch, T = padded sequence length,
+K = number of reference models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+Message = dict[str, str]
+"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """One preference pair, normalized from any source format.
+
+    Attributes:
+        prompt: chat messages before the response; the last one is a ``user`` turn.
+        chosen: the preferred assistant response (plain text, non-empty).
+        rejected: the dispreferred assistant response (plain text, non-empty, != chosen).
+        index: row number of the pair in its data set (stable key for the reference cache).
+    """
+
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+    index: int
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """A preference pair tokenized by one tokenizer and chat template.
+
+    ``prompt_ids`` is the rendered prompt (chat template with the generation prompt); the
+    response id lists hold the response tokens only (ending with the end-of-turn token). A
+    full sequence is ``prompt_ids + chosen_ids`` (resp. ``rejected_ids``).
+    """
+
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    index: int
+    truncated: bool = False
+
+
+@dataclass
+class PreferenceBatch:
+    """A padded batch of B preference pairs, chosen rows first.
+
+    Attributes:
+        input_ids: (2B, T) int64; rows ``[0, B)`` are prompt+chosen, rows ``[B, 2B)`` are
+            prompt+rejected, in the same pair order.
+        attention_mask: (2B, T) int64, 1 on real tokens, 0 on padding.
+        labels: (2B, T) int64, equal to ``input_ids`` on response tokens and -100 on prompt
+            and padding tokens (unshifted: position t is predicted from positions < t).
+        index: (B,) int64 data set row of each pair.
+        ref_chosen: (K, B) float32 reference log-probs of the chosen responses, or None when
+            the references run live.
+        ref_rejected: (K, B) float32, likewise for the rejected responses.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_pairs(self) -> int:
+        """B, the number of preference pairs."""
+        return int(self.index.shape[0])
+
+    def to(self, device: torch.device | str) -> PreferenceBatch:
+        """Return a copy with every tensor moved to ``device``."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return replace(
+            self,
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            labels=move(self.labels),
+            index=move(self.index),
+            ref_chosen=move(self.ref_chosen),
+            ref_rejected=move(self.ref_rejected),
+            extras={k: v.to(device, non_blocking=True) for k, v in self.extras.items()},
+        )

@@ -1,0 +1,170 @@
+"""Sequence log-probabilities from a causal LM: the one place that shifts and masks.
+
+Every objective, reference score and evaluation in the project reduces token log-probs over a
+span of a sequence. The convention, shared with ``PreferenceBatch.labels``:
+
+- ``labels`` has the shape of ``input_ids`` and is *unshifted*: ``labels[n, t]`` is the token at
+  position t if it is scored, and ``IGNORE_INDEX`` (-100) on prompt and padding positions.
+- The logits at position t predict the token at position t + 1, so the first position of a row
+  is never scored.
+
+ℓ(y) = Σ_t log p(labels[t] | tokens < t) over the scored positions, or its mean per token when
+``average`` is set (``length_normalize`` in the configs).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+"""Label value of positions that are not scored (prompt and padding)."""
+
+
+class SequenceLogProbs(NamedTuple):
+    """Per-sequence log-probabilities.
+
+    Attributes:
+        logps: (N,) float32, the sum (or the per-token mean) of the scored token log-probs.
+        num_tokens: (N,) int64, the number of scored tokens of each row.
+    """
+
+    logps: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label) per position in float32: (n, t, V) logits, (n, t) labels -> (n, t).
+
+    ``gather - logsumexp`` gives the same numbers as ``log_softmax`` followed by a gather, but
+    never holds a second vocabulary-sized tensor of log-probs.
+    """
+    logits = logits.float()
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _validate(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int | None) -> None:
+    if logits.dim() != 3:
+        raise ValueError(f"logits must have shape (N, T, V), got {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"labels must have shape (N, T) = {tuple(logits.shape[:2])} to match the logits, "
+            f"got {tuple(labels.shape)}"
+        )
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}")
+    scored = labels[labels != IGNORE_INDEX]
+    if scored.numel() and (scored.min() < 0 or scored.max() >= logits.shape[-1]):
+        raise ValueError(
+            f"labels must be token ids in [0, {logits.shape[-1]}) or {IGNORE_INDEX}, "
+            f"got values in [{int(scored.min())}, {int(scored.max())}]"
+        )
+
+
+def sequence_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    chunk_size: int | None = None,
+) -> SequenceLogProbs:
+    """Sum (or average) the log-probs of the labelled tokens of each sequence.
+
+    The math runs in float32 whatever the dtype of ``logits``, and is differentiable with
+    respect to ``logits``.
+
+    Args:
+        logits: (N, T, V) next-token logits of a causal LM, any float dtype.
+        labels: (N, T) int64 token ids, ``IGNORE_INDEX`` (-100) where not scored; unshifted
+            (see the module docstring).
+        average: return the mean log-prob per scored token instead of the sum.
+        chunk_size: process this many rows at a time, so that at most ``chunk_size x T x V``
+            float32 values are alive at once (None: all rows together). When ``logits`` are not
+            float32 and need a gradient, each chunk is recomputed in the backward pass instead
+            of keeping its float32 copy.
+
+    Returns:
+        ``SequenceLogProbs`` with ``logps`` (N,) float32 and ``num_tokens`` (N,) int64. A row
+        with no scored token has ``logps`` 0 for both reductions (never NaN) and
+        ``num_tokens`` 0.
+    """
+    _validate(logits, labels, chunk_size)
+    # Shift: the logits at t score the label at t + 1.
+    logits = logits[:, :-1]
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    # Ignored positions gather an arbitrary valid id (0); their values are discarded below.
+    safe_labels = labels.masked_fill(~mask, 0).long()
+
+    step = chunk_size or max(logits.shape[0], 1)
+    recompute = logits.requires_grad and logits.dtype != torch.float32 and chunk_size is not None
+    pieces = []
+    for start in range(0, logits.shape[0], step):
+        rows = slice(start, start + step)
+        if recompute:
+            piece = checkpoint(_token_logps, logits[rows], safe_labels[rows], use_reentrant=False)
+        else:
+            piece = _token_logps(logits[rows], safe_labels[rows])
+        pieces.append(piece)
+    token_logps = torch.cat(pieces) if pieces else logits.new_zeros(labels.shape).float()
+
+    # where (not multiply) so that a non-finite value at an ignored position cannot leak in.
+    token_logps = torch.where(mask, token_logps, token_logps.new_zeros(()))
+    total = token_logps.sum(dim=-1)
+    num_tokens = mask.sum(dim=-1, dtype=torch.int64)
+    if average:
+        # clamp: a row without scored tokens has total 0, so its mean is 0 rather than 0/0.
+        total = total / num_tokens.clamp(min=1).to(total.dtype)
+    return SequenceLogProbs(logps=total, num_tokens=num_tokens)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) position of each token among the real tokens of its row, 0 on left padding.
+
+    transformers numbers positions 0..T-1 regardless of padding, which shifts the rotary
+    positions of a left-padded row; counting only real tokens makes left- and right-padded
+    batches give the same log-probs.
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def model_sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    chunk_size: int | None = None,
+) -> SequenceLogProbs:
+    """Run a causal LM on a padded batch and reduce the log-probs of its labelled tokens.
+
+    Args:
+        model: a causal LM (a transformers model or a peft wrapper of one).
+        input_ids: (N, T) int64 token ids, left- or right-padded.
+        attention_mask: (N, T) 1 on real tokens, 0 on padding.
+        labels: (N, T) int64, ``IGNORE_INDEX`` on positions that are not scored.
+        average: mean per scored token instead of the sum.
+        chunk_size: see ``sequence_logprobs``.
+
+    Returns:
+        ``SequenceLogProbs`` (N,) float32 log-probs and (N,) int64 token counts. Gradients
+        flow to the model's trainable parameters when grad mode is on.
+    """
+    if input_ids.shape != attention_mask.shape or input_ids.shape != labels.shape:
+        raise ValueError(
+            "input_ids, attention_mask and labels must have the same (N, T) shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(labels.shape)}"
+        )
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return sequence_logprobs(outputs.logits, labels, average=average, chunk_size=chunk_size)

@@ -1,0 +1,41 @@
+"""Load policies, references and tokenizers from the packaged GGUF model, a directory or the hub.
+
+Public API:
+
+- model sources: ``DEFAULT_MODEL``, ``PACKAGED_MODEL``, ``resolve_source``,
+  ``packaged_gguf_path``, ``model_fingerprint``, ``default_model_cache_dir``,
+  ``ModelSourceError`` (see ``mrpo.models.sources``);
+- loading: ``load_model``, ``load_tokenizer``, ``LoraSettings``, ``disable_dropout``,
+  ``DTYPES`` (see ``mrpo.models.loading``);
+- GGUF conversion cache: ``ensure_converted`` (see ``mrpo.models.gguf``).
+"""
+
+from mrpo.models.gguf import ensure_converted
+from mrpo.models.loading import DTYPES, LoraSettings, disable_dropout, load_model, load_tokenizer
+from mrpo.models.sources import (
+    DEFAULT_MODEL,
+    PACKAGED_MODEL,
+    ModelSource,
+    ModelSourceError,
+    default_model_cache_dir,
+    model_fingerprint,
+    packaged_gguf_path,
+    resolve_source,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DTYPES",
+    "PACKAGED_MODEL",
+    "LoraSettings",
+    "ModelSource",
+    "ModelSourceError",
+    "default_model_cache_dir",
+    "disable_dropout",
+    "ensure_converted",
+    "load_model",
+    "load_tokenizer",
+    "model_fingerprint",
+    "packaged_gguf_path",
+    "resolve_source",
+]

@@ -1,0 +1,237 @@
+"""Load tokenizers and causal LMs (policy or frozen reference) from any model source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from mrpo.models.gguf import ensure_converted
+from mrpo.models.sources import (
+    ModelSource,
+    ModelSourceError,
+    default_model_cache_dir,
+    resolve_source,
+)
+
+DTYPES: dict[str, torch.dtype | str] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "auto": "auto",
+}
+"""dtype names ``load_model`` accepts; ``auto`` keeps the dtype stored with the weights."""
+
+_DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapter settings (peft ``LoraConfig``).
+
+    Attributes:
+        r: rank of the update matrices (> 0).
+        alpha: scaling numerator; the update is scaled by ``alpha / r``.
+        dropout: dropout on the adapter input, in [0, 1). This is the only dropout left in a
+            model from ``load_model``, so it is 0 unless asked for.
+        target_modules: names of the linear layers that get adapters (Llama/Qwen names by
+            default), or ``("all-linear",)`` for every linear layer but the output head.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        # Configs give lists (or one name); a tuple keeps the settings hashable and immutable.
+        modules = self.target_modules
+        modules = (modules,) if isinstance(modules, str) else tuple(modules)
+        object.__setattr__(self, "target_modules", modules)
+        if self.r < 1:
+            raise ValueError(f"LoRA r must be a positive integer, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules must name at least one module")
+
+
+def _location(source: str, cache_dir: str | Path | None) -> tuple[ModelSource, str, dict]:
+    """Resolve ``source`` to (its description, what transformers loads, hub keyword arguments).
+
+    GGUF sources are converted into the model cache on first use.
+    """
+    resolved = resolve_source(source)
+    if resolved.kind == "gguf":
+        cache = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
+        return resolved, str(ensure_converted(resolved.location, resolved.name, cache)), {}
+    if resolved.kind == "local" and not (Path(resolved.location) / "config.json").is_file():
+        raise ModelSourceError(
+            f"model source {source!r} is a directory without config.json, not a model directory"
+        )
+    hub_kwargs = {"revision": resolved.revision} if resolved.revision else {}
+    return resolved, resolved.location, hub_kwargs
+
+
+def _hub_failure(resolved: ModelSource, error: Exception) -> ModelSourceError:
+    return ModelSourceError(
+        f"could not load model source {resolved.source!r}: there is no such local directory, "
+        f"and the Hugging Face hub id {resolved.location!r} (revision "
+        f"{resolved.revision or 'main'}) could not be fetched or found in the local hub cache "
+        f"(offline?). Download it once online, or pass a local directory. Cause: {error}"
+    )
+
+
+def load_tokenizer(
+    source: str,
+    *,
+    chat_template: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model source, ready for chat templating and padding.
+
+    - ``chat_template`` (a Jinja string) replaces the tokenizer's own template when given.
+    - A tokenizer without a pad token gets its eos token as pad token (else its unk token).
+      Padding is never scored or attended to (labels -100, attention mask 0), so sharing the
+      id with eos is harmless; code must mask by attention mask, never by comparing to the
+      pad id.
+
+    Args:
+        source: a model source (see ``mrpo.models.sources``).
+        chat_template: Jinja chat template overriding the tokenizer's, or None.
+        cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
+
+    Raises:
+        ModelSourceError: the source cannot be found or loaded.
+        ValueError: the tokenizer has no chat template and none was given, or it has no pad,
+            eos or unk token to pad with.
+    """
+    if chat_template is not None and not chat_template.strip():
+        raise ValueError(f"chat_template for {source!r} is empty; pass None to keep the own one")
+    resolved, location, hub_kwargs = _location(source, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **hub_kwargs)
+    except OSError as error:
+        if resolved.kind == "hub":
+            raise _hub_failure(resolved, error) from error
+        raise ModelSourceError(f"could not load a tokenizer from {source!r}: {error}") from error
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if not tokenizer.chat_template:
+        raise ValueError(
+            f"the tokenizer of {source!r} has no chat template; pass one with "
+            "chat_template=... (in the configs: the model's or reference's `chat_template`)"
+        )
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"the tokenizer of {source!r} has no pad, eos or unk token")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _zero_config_dropout(config: PretrainedConfig) -> None:
+    """Set every dropout probability of ``config`` (and its sub-configs) to 0, in place.
+
+    Modules copy these values when they are built (e.g. Llama's ``attention_dropout``), so the
+    config must be edited before the model is instantiated. Keys: ``*dropout*`` and ``*pdrop``.
+    """
+    for key, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            _zero_config_dropout(value)
+        elif isinstance(value, float) and ("dropout" in key or key.endswith("pdrop")):
+            setattr(config, key, 0.0)
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set the probability of every ``torch.nn`` dropout layer in ``model`` to 0, in place.
+
+    As in the DPO reference code, log-probs must not be noisy in ``train()`` mode either.
+    """
+    for module in model.modules():
+        if isinstance(module, _DROPOUT_MODULES):
+            module.p = 0.0
+
+
+def _apply_lora(model: PreTrainedModel, lora: LoraSettings) -> PeftModel:
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=(
+            "all-linear" if lora.target_modules == ("all-linear",) else list(lora.target_modules)
+        ),
+        task_type="CAUSAL_LM",
+    )
+    # get_peft_model freezes every base weight; only the adapters stay trainable.
+    return get_peft_model(model, config)
+
+
+def load_model(
+    source: str,
+    *,
+    dtype: str = "float32",
+    cache_dir: str | Path | None = None,
+    lora: LoraSettings | None = None,
+    trainable: bool = True,
+) -> PreTrainedModel | PeftModel:
+    """Load a causal LM from a model source, with dropout disabled.
+
+    Every dropout probability is 0 (config and layers), so ``train()`` mode computes the same
+    log-probs as ``eval()`` mode.
+
+    Args:
+        source: a model source (see ``mrpo.models.sources``); GGUF sources are converted into
+            ``cache_dir`` on first use.
+        dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto".
+        cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
+        lora: wrap the model in LoRA adapters (a peft ``PeftModel``); only the adapters are
+            trainable.
+        trainable: False gives a frozen model (eval mode, no parameter requires grad), e.g.
+            for a reference.
+
+    Raises:
+        ValueError: an unknown dtype.
+        ModelSourceError: the source cannot be found or loaded (the message names it).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(
+            f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
+        )
+    resolved, location, hub_kwargs = _location(source, cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(location, **hub_kwargs)
+        _zero_config_dropout(config)
+        model = AutoModelForCausalLM.from_pretrained(
+            location, config=config, dtype=DTYPES[dtype], **hub_kwargs
+        )
+    except OSError as error:
+        if resolved.kind == "hub":
+            raise _hub_failure(resolved, error) from error
+        raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
+    disable_dropout(model)
+    if lora is not None:
+        model = _apply_lora(model, lora)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    return model

@@ -1,0 +1,64 @@
+"""The reference ensemble: K frozen reference models, their cached log-probs, live scoring.
+
+A reference is described by a :class:`ReferenceSpec`. Its ``source`` is a model source (hub
+id, directory, GGUF file, ``packaged:smollm2-135m-instruct``) or ``"self"``: the policy's
+initial weights, with the policy's tokenizer. The same weights with a different
+``system_prompt`` make a *prompted reference*, a cheap way to get distinct reference
+distributions offline.
+
+Cross-tokenizer: every reference renders the pair's *text* with its own chat template and
+system prompt, tokenizes it with its own tokenizer, and sums its own token log-probs over the
+response span. The policy's token ids are never fed to a reference.
+
+Cached mode (:meth:`ReferenceEnsemble.precompute`, :meth:`ReferenceEnsemble.table`): each
+reference's log-probs on a list of rows are computed once and stored in a
+:class:`mrpo.refcache.RefCache`, keyed by everything that determines them; runs and sweep jobs
+that need the same reference reuse the file, and no reference model is in memory while
+training. Live mode (:class:`LiveReferences`) keeps the models in memory and scores every batch,
+for on-policy data and for checking the cache.
+
+Modules: ``spec`` (what a reference is), ``scoring`` (batched scoring and fingerprints),
+``ensemble`` (keys, cache, precompute), ``table`` (batch lookup), ``live`` (live mode).
+"""
+
+from mrpo.refcache import RefCache, RefCacheKey
+from mrpo.references.ensemble import (
+    TRUNCATION,
+    Precomputed,
+    ReferenceEnsemble,
+    ReferenceStats,
+    check_distinct_indices,
+)
+from mrpo.references.live import LiveReferences
+from mrpo.references.scoring import (
+    PairScores,
+    adapters_disabled,
+    data_fingerprint,
+    score_pairs,
+    tokenizer_fingerprint,
+)
+from mrpo.references.spec import SELF, ReferenceSpec, ResolvedReference, resolve_reference
+from mrpo.references.table import RefTable
+from mrpo.reflogps import RefLogps
+
+__all__ = [
+    "SELF",
+    "TRUNCATION",
+    "LiveReferences",
+    "PairScores",
+    "Precomputed",
+    "RefCache",
+    "RefCacheKey",
+    "RefLogps",
+    "RefTable",
+    "ReferenceEnsemble",
+    "ReferenceSpec",
+    "ReferenceStats",
+    "ResolvedReference",
+    "adapters_disabled",
+    "check_distinct_indices",
+    "data_fingerprint",
+    "resolve_reference",
+    "score_pairs",
+    "tokenizer_fingerprint",
+]

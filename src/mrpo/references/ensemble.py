@@ -1,0 +1,335 @@
+"""``ReferenceEnsemble``: K references, tokenized their own way, scored once into the cache."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
+from mrpo.data.types import PreferenceExample, TokenizedPair
+from mrpo.models import load_model, load_tokenizer, model_fingerprint
+from mrpo.refcache import RefCache, RefCacheKey, canonical_json
+from mrpo.references.scoring import (
+    PairScores,
+    data_fingerprint,
+    score_pairs,
+    tokenizer_fingerprint,
+)
+from mrpo.references.spec import ReferenceSpec, resolve_reference
+from mrpo.references.table import RefTable
+from mrpo.reflogps import RefLogps
+
+log = logging.getLogger("mrpo.references")
+
+TRUNCATION = "prompt-keep-end,response-keep-start"
+"""Name of the truncation rule of :mod:`mrpo.data.tokenize`; a part of every cache key."""
+
+
+@dataclass
+class ReferenceStats:
+    """Counters of reference work (one ``precompute`` call, or an ensemble's lifetime).
+
+    Attributes:
+        hits: references read from the cache.
+        misses: references computed (and stored).
+        model_loads: reference models loaded.
+        forward_passes: model forward calls made to score rows.
+        seconds: wall-clock time spent in ``precompute``.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    model_loads: int = 0
+    forward_passes: int = 0
+    seconds: float = 0.0
+
+    def minus(self, other: ReferenceStats) -> ReferenceStats:
+        """The counters accumulated since the snapshot ``other``."""
+        return ReferenceStats(
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
+        )
+
+
+@dataclass
+class Precomputed:
+    """Result of :meth:`ReferenceEnsemble.precompute`.
+
+    Attributes:
+        logps: one :class:`RefLogps` per reference, in spec order.
+        stats: the work this call did.
+    """
+
+    logps: list[RefLogps]
+    stats: ReferenceStats = field(default_factory=ReferenceStats)
+
+
+def check_distinct_indices(examples: Sequence[PreferenceExample]) -> None:
+    """Raise ValueError naming repeated row indices (cached rows are keyed by index)."""
+    seen: set[int] = set()
+    repeated = sorted({ex.index for ex in examples if ex.index in seen or seen.add(ex.index)})
+    if repeated:
+        raise ValueError(
+            f"preference rows must have distinct indices to be cached; repeated: {repeated[:5]}"
+        )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class ReferenceEnsemble:
+    """K reference models with a shared on-disk log-prob cache.
+
+    Args:
+        specs: the K references, the primary one first.
+        policy_source: the policy's model source; needed when a spec's source is ``self``.
+        policy_tokenizer: the policy's tokenizer source (default ``policy_source``).
+        policy_chat_template: the policy's chat template override, if any.
+        max_length: most tokens of prompt + response (see :mod:`mrpo.data.tokenize`).
+        max_prompt_length: prompt length a too-long pair's prompt is cut to.
+        cache_dir: directory of the reference log-prob cache.
+        batch_size: pairs per forward pass when scoring.
+        model_cache_dir: directory of converted GGUF models (see :mod:`mrpo.models`).
+        device: where reference models run (default: CUDA if available, else CPU).
+
+    Raises:
+        ValueError: no specs, repeated names, ``self`` without ``policy_source``, or a
+            batch size below 1.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[ReferenceSpec],
+        *,
+        policy_source: str | None = None,
+        policy_tokenizer: str | None = None,
+        policy_chat_template: str | None = None,
+        max_length: int,
+        max_prompt_length: int | None = None,
+        cache_dir: str | Path,
+        batch_size: int = 8,
+        model_cache_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not specs:
+            raise ValueError("a reference ensemble needs at least one reference")
+        names = [s.name for s in specs]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"reference names must be unique; repeated: {repeated}")
+        if batch_size < 1:
+            raise ValueError(f"references batch_size must be >= 1, got {batch_size}")
+        self.specs = tuple(specs)
+        self.resolved = tuple(
+            resolve_reference(
+                s,
+                policy_source=policy_source,
+                policy_tokenizer=policy_tokenizer,
+                policy_chat_template=policy_chat_template,
+            )
+            for s in specs
+        )
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.cache = RefCache(cache_dir)
+        self.batch_size = batch_size
+        self.model_cache_dir = model_cache_dir
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.stats = ReferenceStats()
+        self._tokenizers: dict[tuple[str, str | None], Any] = {}
+        self._fingerprints: dict[tuple[str, Any], str] = {}
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The K reference names, in order."""
+        return tuple(s.name for s in self.specs)
+
+    def model_groups(self) -> dict[tuple[str, str], list[int]]:
+        """Reference positions grouped by loaded model (same weights source and dtype)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for k, ref in enumerate(self.resolved):
+            groups.setdefault(ref.model_group, []).append(k)
+        return groups
+
+    # --- tokenization and keys -------------------------------------------------------------
+
+    def tokenizer(self, k: int) -> Any:
+        """Reference ``k``'s tokenizer (with its chat template override), loaded once."""
+        ref = self.resolved[k]
+        if ref.tokenizer_group not in self._tokenizers:
+            self._tokenizers[ref.tokenizer_group] = load_tokenizer(
+                ref.tokenizer, chat_template=ref.chat_template, cache_dir=self.model_cache_dir
+            )
+        return self._tokenizers[ref.tokenizer_group]
+
+    def tokenize(
+        self,
+        k: int,
+        examples: Sequence[PreferenceExample],
+        memo: dict[Any, TokenizedPairs] | None = None,
+    ) -> TokenizedPairs:
+        """``examples`` rendered and tokenized as reference ``k`` sees them.
+
+        Args:
+            k: the reference.
+            examples: the rows.
+            memo: a dict the caller keeps for one list of examples; references that see the
+                same token ids (same tokenizer, template and system prompt) share the work.
+        """
+        group = self.resolved[k].text_group
+        if memo is not None and group in memo:
+            return memo[group]
+        pairs = tokenize_pairs(
+            examples,
+            self.tokenizer(k),
+            max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
+            system_prompt=self.specs[k].system_prompt,
+        )
+        if memo is not None:
+            memo[group] = pairs
+        return pairs
+
+    def _identity(self, k: int, part: str) -> str:
+        """Weights (``part="model"``) or tokenizer identity of reference ``k``, computed once."""
+        ref = self.resolved[k]
+        group = (part, ref.weights if part == "model" else ref.tokenizer_group)
+        if group not in self._fingerprints:
+            self._fingerprints[group] = (
+                model_fingerprint(ref.weights)
+                if part == "model"
+                else tokenizer_fingerprint(self.tokenizer(k))
+            )
+        return self._fingerprints[group]
+
+    def key(self, k: int, pairs: Sequence[TokenizedPair]) -> RefCacheKey:
+        """The cache key of reference ``k`` on rows it has tokenized (see :meth:`tokenize`)."""
+        template = self.tokenizer(k).chat_template
+        return RefCacheKey(
+            model=self._identity(k, "model"),
+            tokenizer=self._identity(k, "tokenizer"),
+            chat_template=template if isinstance(template, str) else canonical_json(template),
+            system_prompt=self.specs[k].system_prompt,
+            data=data_fingerprint(pairs),
+            max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
+            truncation=TRUNCATION,
+            dtype=self.specs[k].dtype,
+        )
+
+    def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
+        """The cache key of reference ``k`` on ``examples`` (tokenized its own way)."""
+        check_distinct_indices(examples)
+        return self.key(k, self.tokenize(k, examples).pairs)
+
+    # --- models and scoring ----------------------------------------------------------------
+
+    def load_model(self, k: int) -> torch.nn.Module:
+        """Load reference ``k``'s weights: frozen, in eval mode, on :attr:`device`."""
+        ref = self.resolved[k]
+        log.info("loading reference model %s (%s) on %s", ref.weights, ref.spec.dtype, self.device)
+        model = load_model(
+            ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
+        )
+        self.stats.model_loads += 1
+        return model.to(self.device)
+
+    def score(
+        self, k: int, model: torch.nn.Module, pairs: TokenizedPairs, *, progress: bool = False
+    ) -> PairScores:
+        """Score reference ``k``'s tokenized rows (:meth:`tokenize`) with its loaded model."""
+        scores = score_pairs(
+            model,
+            pairs.pairs,
+            pad_token_id=self.tokenizer(k).pad_token_id,
+            batch_size=self.batch_size,
+            progress=progress,
+            desc=f"reference {self.specs[k].name}",
+        )
+        self.stats.forward_passes += scores.forward_passes
+        return scores
+
+    # --- cached mode -----------------------------------------------------------------------
+
+    def precompute(
+        self, examples: Sequence[PreferenceExample], *, progress: bool = True
+    ) -> Precomputed:
+        """Each reference's log-probs on ``examples``: from the cache, or computed and stored.
+
+        A model is loaded only for references missing from the cache, once for all the
+        references that share it (e.g. ``self`` and its prompted variants), and freed before
+        the next one is loaded. Each reference logs ``cache hit`` or ``computed N rows``.
+
+        Args:
+            examples: the rows (distinct ``index`` values).
+            progress: show a progress bar while scoring.
+
+        Returns:
+            :class:`Precomputed` with K :class:`RefLogps` (rows sorted by index) and counters.
+        """
+        check_distinct_indices(examples)
+        start, before = time.perf_counter(), replace(self.stats)
+        memo: dict[Any, TokenizedPairs] = {}
+        results: list[RefLogps] = [None] * len(self)  # type: ignore[list-item]
+        for members in self.model_groups().values():
+            loaded: list[torch.nn.Module] = []  # filled by the group's first miss
+            for k in members:
+                results[k] = self._get_or_compute(
+                    k, self.tokenize(k, examples, memo), loaded, progress
+                )
+            if loaded:  # drop the group's model before the next group loads its own
+                loaded.clear()
+                _free_memory()
+        self.stats.seconds += time.perf_counter() - start
+        return Precomputed(results, self.stats.minus(before))
+
+    def _get_or_compute(
+        self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
+    ) -> RefLogps:
+        name, key, t0 = self.specs[k].name, self.key(k, pairs.pairs), time.perf_counter()
+        meta = {"reference": name, "source": self.resolved[k].weights, "rows": len(pairs.pairs)}
+        compute = partial(self._compute, k, pairs, loaded, progress)
+        value, hit = self.cache.get_or_compute(key, compute, meta)
+        if hit:
+            self.stats.hits += 1
+            log.info("reference %s: cache hit (%d rows, key %s)", name, len(value), key.digest[:12])
+        else:
+            self.stats.misses += 1
+            dt = time.perf_counter() - t0
+            log.info("reference %s: computed %d rows in %.1f s", name, len(value), dt)
+        return value
+
+    def _compute(
+        self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
+    ) -> RefLogps:
+        index = torch.tensor([p.index for p in pairs.pairs], dtype=torch.int64)
+        if not pairs.pairs:  # nothing to score: no reason to load a model
+            empty = torch.zeros(0)
+            return RefLogps(index, empty, empty, index.clone(), index.clone())
+        if not loaded:
+            loaded.append(self.load_model(k))
+        scores = self.score(k, loaded[0], pairs, progress=progress)
+        order = torch.argsort(index)  # stored sorted by row index, whatever the input order
+        return RefLogps(index[order], *(t[order] for t in scores[:4]))
+
+    def table(self, examples: Sequence[PreferenceExample], *, progress: bool = True) -> RefTable:
+        """A :class:`RefTable` over ``examples`` (precomputing what the cache lacks)."""
+        pre = self.precompute(examples, progress=progress)
+        return RefTable.from_logps(
+            pre.logps, length_normalize=[s.length_normalize for s in self.specs], names=self.names
+        )

@@ -1,0 +1,102 @@
+"""``LiveReferences``: every reference scores each batch (no cache), for on-policy data and
+for checking the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from mrpo.data.tokenize import TokenizedPairs
+from mrpo.data.types import PreferenceBatch, PreferenceExample
+from mrpo.models import DTYPES
+from mrpo.references.ensemble import ReferenceEnsemble
+from mrpo.references.scoring import PairScores, adapters_disabled, model_device
+from mrpo.reflogps import mean_per_token
+
+
+class LiveReferences:
+    """Scores rows with every reference on each call; the models stay in memory.
+
+    A ``self`` reference runs the policy itself with its LoRA adapters disabled when the
+    policy is a peft model in the reference's dtype (no second copy); otherwise it loads its
+    own copy of the initial weights, since a fully fine-tuned policy moves away from them.
+    References sharing weights and dtype share one loaded model.
+
+    Args:
+        ensemble: the references.
+        policy: the policy being trained, if any.
+        examples: the rows that :meth:`__call__` finds by ``PreferenceBatch.index``.
+    """
+
+    def __init__(
+        self,
+        ensemble: ReferenceEnsemble,
+        *,
+        policy: torch.nn.Module | None = None,
+        examples: Sequence[PreferenceExample] = (),
+    ) -> None:
+        self.ensemble = ensemble
+        self.policy = policy
+        self.examples = {ex.index: ex for ex in examples}
+        self.uses_policy = tuple(self._can_use_policy(k) for k in range(len(ensemble)))
+        self._models: dict[tuple[str, str], torch.nn.Module] = {}
+        for group, members in ensemble.model_groups().items():
+            if not all(self.uses_policy[k] for k in members):
+                self._models[group] = ensemble.load_model(members[0])
+
+    def _can_use_policy(self, k: int) -> bool:
+        ref = self.ensemble.resolved[k]
+        if not ref.is_self or not isinstance(self.policy, PeftModel):
+            return False
+        want = DTYPES[ref.spec.dtype]
+        return want == "auto" or next(self.policy.parameters()).dtype == want
+
+    def _scores(self, k: int, pairs: TokenizedPairs) -> PairScores:
+        if self.uses_policy[k]:
+            with adapters_disabled(self.policy) as base:
+                return self.ensemble.score(k, base, pairs)
+        return self.ensemble.score(k, self._models[self.ensemble.resolved[k].model_group], pairs)
+
+    def score(self, examples: Sequence[PreferenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs of ``examples``, each reference's ``length_normalize`` applied.
+
+        Returns:
+            ``(ref_chosen, ref_rejected)``, each (K, B) float32 on the CPU, rows in input order.
+        """
+        memo: dict[Any, TokenizedPairs] = {}
+        chosen, rejected = [], []
+        for k, spec in enumerate(self.ensemble.specs):
+            s = self._scores(k, self.ensemble.tokenize(k, examples, memo))
+            if spec.length_normalize:
+                chosen.append(mean_per_token(s.chosen, s.chosen_tokens))
+                rejected.append(mean_per_token(s.rejected, s.rejected_tokens))
+            else:
+                chosen.append(s.chosen)
+                rejected.append(s.rejected)
+        return torch.stack(chosen), torch.stack(rejected)
+
+    def to(self, device: torch.device | str) -> LiveReferences:
+        """Move the reference models this object owns (never the policy) to ``device``."""
+        device = torch.device(device)
+        for group, model in self._models.items():
+            if model_device(model) != device:
+                self._models[group] = model.to(device)
+        return self
+
+    def __call__(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs (K, B) of a batch's rows, on the batch's device.
+
+        Raises:
+            ValueError: a row of the batch is not among the ``examples`` given.
+        """
+        index = batch.index.tolist()
+        missing = [i for i in index if i not in self.examples]
+        if missing:
+            raise ValueError(f"live references were not given the batch rows {missing[:5]}")
+        device = batch.input_ids.device
+        self.to(device)
+        chosen, rejected = self.score([self.examples[i] for i in index])
+        return chosen.to(device), rejected.to(device)

@@ -1,0 +1,108 @@
+"""What a reference is: :class:`ReferenceSpec`, and its resolution against the policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mrpo.models import DTYPES
+
+SELF = "self"
+"""Reference source meaning the policy's initial weights (and the policy's tokenizer)."""
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """One frozen reference model (the fields of a ``references.pool`` entry in the configs).
+
+    Attributes:
+        name: a unique name (logs, metric names, cache metadata).
+        source: a model source (hub id, directory, GGUF file,
+            ``packaged:smollm2-135m-instruct``), or ``"self"`` for the policy's initial weights.
+        tokenizer: tokenizer source; None uses ``source`` (for ``self``: the policy's).
+        chat_template: a Jinja template replacing the tokenizer's own (for ``self``, None
+            keeps the policy's template).
+        system_prompt: system message inserted into (or replacing the first one of) every
+            prompt; None keeps the prompts as they are. The same weights with another system
+            prompt make a *prompted reference*.
+        dtype: dtype the reference runs in (a ``mrpo.models.DTYPES`` name).
+        length_normalize: use the mean log-prob per response token instead of the sum.
+    """
+
+    name: str
+    source: str = SELF
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    dtype: str = "float32"
+    length_normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"reference name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError(f"reference {self.name!r}: source must be a non-empty string")
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"reference {self.name!r}: unknown dtype {self.dtype!r}; choose from {list(DTYPES)}"
+            )
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise ValueError(f"reference {self.name!r}: chat_template is empty; use None")
+
+
+@dataclass(frozen=True)
+class ResolvedReference:
+    """A spec with ``self`` replaced by the policy's sources.
+
+    Attributes:
+        spec: the spec as given.
+        weights: the model source whose weights are loaded.
+        tokenizer: the tokenizer source.
+        chat_template: the chat template override (None: the tokenizer's own).
+        is_self: whether the spec said ``self``.
+    """
+
+    spec: ReferenceSpec
+    weights: str
+    tokenizer: str
+    chat_template: str | None
+    is_self: bool
+
+    @property
+    def model_group(self) -> tuple[str, str]:
+        """References with equal groups share one loaded model (weights source, dtype)."""
+        return (self.weights, self.spec.dtype)
+
+    @property
+    def tokenizer_group(self) -> tuple[str, str | None]:
+        """References with equal groups share one loaded tokenizer."""
+        return (self.tokenizer, self.chat_template)
+
+    @property
+    def text_group(self) -> tuple[str, str | None, str | None]:
+        """References with equal groups see the same token ids."""
+        return (self.tokenizer, self.chat_template, self.spec.system_prompt)
+
+
+def resolve_reference(
+    spec: ReferenceSpec,
+    *,
+    policy_source: str | None = None,
+    policy_tokenizer: str | None = None,
+    policy_chat_template: str | None = None,
+) -> ResolvedReference:
+    """Replace ``self`` by the policy's model source, tokenizer and chat template.
+
+    Raises:
+        ValueError: the spec says ``self`` but no ``policy_source`` is given.
+    """
+    if spec.source != SELF:
+        tokenizer = spec.tokenizer or spec.source
+        return ResolvedReference(spec, spec.source, tokenizer, spec.chat_template, is_self=False)
+    if policy_source is None:
+        raise ValueError(
+            f"reference {spec.name!r} has source 'self' (the policy's initial weights) but no "
+            "policy source was given"
+        )
+    tokenizer = spec.tokenizer or policy_tokenizer or policy_source
+    template = spec.chat_template if spec.chat_template is not None else policy_chat_template
+    return ResolvedReference(spec, policy_source, tokenizer, template, is_self=True)

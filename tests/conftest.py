@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models on disk, a preference file, and composed training configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mrpo.config import CONFIG_DIR, register_configs
+from mrpo.testing.runs import write_hh_pairs, write_tiny_model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    # Tiny models are dominated by thread hand-off cost on a small shared machine.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_chatml"), kind="chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_zephyr_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_zephyr"), kind="zephyr", seed=1)
+
+
+@pytest.fixture(scope="session")
+def hh_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_hh_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 24)
+
+
+TrainComposer = Callable[..., DictConfig]
+
+
+@pytest.fixture
+def compose_train(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> TrainComposer:
+    """Compose ``conf/train.yaml`` for a tiny CPU run in ``tmp_path`` (no W&B)."""
+
+    def _compose(overrides: Sequence[str] = (), *, output_dir: Path | None = None) -> DictConfig:
+        register_configs()
+        base = [
+            "debug=tiny",
+            f"model.source={tiny_model_dir}",
+            "data=local_file",
+            f"data.source={hh_file}",
+            f"paths.output_dir={output_dir or tmp_path / 'run'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "logger=none",
+            "+trainer.enable_model_summary=false",
+        ]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=[*base, *overrides])
+
+    return _compose

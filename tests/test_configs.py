@@ -1,0 +1,345 @@
+"""Every config under conf/ composes, converts to the typed schema and passes the checks.
+
+Composition goes through Hydra's compose API on the real ``conf/`` folder, the way
+``mrpo-train`` composes it; the composed config is turned into :class:`mrpo.config.TrainConfig`
+with ``OmegaConf.to_object`` and handed to :func:`mrpo.checks.check_train_config`. Options that
+need a value the user must give (``???``) get one here, and a separate test shows that leaving
+it out fails naming the key.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from mrpo.checks import ConfigError, check_train_config
+from mrpo.config import CONFIG_DIR, EvalRunConfig, TrainConfig, register_configs
+from mrpo.evals import EVAL_NAMES
+
+CONF_DIR = CONFIG_DIR
+PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
+
+# Values for the options whose config holds a required value (`???`), keyed by "group/option".
+REQUIRED_VALUES: dict[str, Sequence[str]] = {
+    "weights/fixed": ["weights.values=[1.0]"],  # default references: K=1
+    "data/local_file": ["data.source={pairs_file}"],
+}
+
+
+def group_options(conf_dir: Path = CONF_DIR) -> list[tuple[str, str]]:
+    """(group, option) for every yaml file in a config group folder of ``conf_dir``.
+
+    Groups nest (``hydra/launcher``); the primary configs at the top are not group options.
+    """
+    options = []
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        rel = path.relative_to(conf_dir)
+        if len(rel.parts) > 1:
+            options.append((rel.parent.as_posix(), rel.stem))
+    return options
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prompt/chosen/rejected jsonl file for ``data=local_file``."""
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text('{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}\n')
+    return path
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("run")
+
+
+def compose_config(
+    overrides: Sequence[str],
+    *,
+    config_name: str = "train",
+    conf_dir: Path = CONF_DIR,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """Compose ``config_name`` from ``conf_dir`` with command-line style overrides."""
+    register_configs()  # idempotent: the schemas the primary configs name first
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(
+            config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+def checked_train_config(overrides: Sequence[str], output_dir: Path) -> TrainConfig:
+    """Compose the train config, convert it to the schema and run the config checks."""
+    cfg = compose_config([f"paths.output_dir={output_dir}", *overrides])
+    run_cfg = OmegaConf.to_object(cfg)
+    assert isinstance(run_cfg, TrainConfig)
+    check_train_config(run_cfg)
+    return run_cfg
+
+
+def expect_config_error(overrides: Sequence[str], output_dir: Path) -> str:
+    """Compose and convert (both must succeed); the checks must raise. Return the message."""
+    with pytest.raises(ConfigError) as info:
+        checked_train_config(overrides, output_dir)
+    return str(info.value)
+
+
+# --- every option of every group -------------------------------------------------------
+
+
+def _train_group_options() -> Iterator[tuple[str, str]]:
+    for group, option in group_options():
+        if group.split("/")[0] != "hydra":  # Hydra's own groups: tested below
+            yield group, option
+
+
+def test_config_groups_are_found() -> None:
+    groups = {group for group, _ in group_options()}
+    expected = {
+        "model", "references", "data", "loss", "weights", "optimizer", "scheduler",
+        "trainer", "logger", "callbacks", "eval", "paths", "hydra", "experiment", "debug",
+    }  # fmt: skip
+    assert expected <= groups
+
+
+@pytest.mark.parametrize(("group", "option"), list(_train_group_options()))
+def test_every_group_option_composes_and_passes_checks(
+    group: str, option: str, pairs_file: Path, output_dir: Path
+) -> None:
+    extra = [v.format(pairs_file=pairs_file) for v in REQUIRED_VALUES.get(f"{group}/{option}", [])]
+    run_cfg = checked_train_config([f"{group}={option}", *extra], output_dir)
+    assert run_cfg.paths.output_dir == str(output_dir)
+
+
+def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:
+    run_cfg = checked_train_config(
+        ["loss=multi_dpo", "weights=vaw", "references=prompted", "data=local_file",
+         f"data.source={pairs_file}", "optimizer=sgd", "trainer=gpu"],
+        output_dir,
+    )  # fmt: skip
+    assert run_cfg.loss.name == "multi_dpo"
+    assert run_cfg.loss.ctro is False
+    assert run_cfg.weights.strategy == "vaw"
+    assert [r.name for r in run_cfg.references.pool] == [
+        "self", "harmless", "concise", "empathetic"
+    ]  # fmt: skip
+    assert run_cfg.data.source == str(pairs_file)
+    assert run_cfg.optimizer["_target_"] == "torch.optim.SGD"
+    assert run_cfg.trainer["precision"] == "bf16-mixed"
+    assert run_cfg.trainer["max_epochs"] == 1  # from trainer/default, which gpu extends
+
+
+@pytest.mark.parametrize(
+    ("option", "key"),
+    [("weights=fixed", "weights.values"), ("data=local_file", "data.source")],
+)
+def test_required_value_left_out_fails_naming_the_key(
+    option: str, key: str, output_dir: Path
+) -> None:
+    # data.source stays `???` and the conversion fails; weights.values is optional in the
+    # schema (other strategies take none), so `???` leaves it None and the checks reject it.
+    with pytest.raises((MissingMandatoryValue, ConfigError)) as info:
+        checked_train_config([option], output_dir)
+    assert key in str(info.value)
+
+
+def test_experiments_compose(output_dir: Path) -> None:
+    experiments = [option for group, option in group_options() if group == "experiment"]
+    assert "quickstart" in experiments
+    for name in experiments:
+        run_cfg = checked_train_config([f"experiment={name}"], output_dir)
+        assert run_cfg.task_name == name
+
+
+def test_quickstart_experiment_values(output_dir: Path) -> None:
+    run_cfg = checked_train_config(["experiment=quickstart"], output_dir)
+    assert run_cfg.references.num_refs == 3
+    assert [r.name for r in run_cfg.references.pool[:3]] == ["self", "harmless", "concise"]
+    assert (run_cfg.loss.name, run_cfg.weights.strategy) == ("mrpo", "arwc")
+    assert run_cfg.data.max_samples == 160
+
+
+def test_debug_applies_after_experiment(output_dir: Path) -> None:
+    run_cfg = checked_train_config(["experiment=quickstart", "debug=tiny"], output_dir)
+    assert run_cfg.data.max_samples == 24  # debug wins over the experiment's 160
+    assert run_cfg.trainer["max_steps"] == 2
+    assert run_cfg.references.num_refs == 3  # the experiment's value is kept
+
+
+def test_eval_primary_config_composes(output_dir: Path) -> None:
+    cfg = compose_config([f"paths.output_dir={output_dir}"], config_name="eval")
+    eval_cfg = OmegaConf.to_object(cfg)
+    assert isinstance(eval_cfg, EvalRunConfig)
+    assert eval_cfg.eval.tasks  # scores something by default, with names the runner knows
+    assert set(eval_cfg.eval.tasks) <= set(EVAL_NAMES)
+    assert eval_cfg.logger.job_type == "eval"
+
+
+def test_default_launcher_is_local_and_sequential() -> None:
+    cfg = compose_config([], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")  # local, one job at a time
+    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+
+
+def test_slurm_launcher_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the sweepers extra")
+    cfg = compose_config(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu"
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+    assert launcher.cpus_per_task == 8
+    assert launcher.mem_gb == 64
+    assert launcher.timeout_min == 120
+    # The launcher object is built from this config exactly as `mrpo-train -m` builds it.
+    slurm = hydra.utils.instantiate(launcher)
+    assert type(slurm).__name__ == "SlurmLauncher"
+    assert slurm.params["partition"] == "gpu"
+
+
+def test_optuna_sweeper_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweepers extra")
+    cfg = compose_config(["hydra/sweeper=optuna_tpe"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert sweeper.direction == "maximize"  # mrpo-train returns the final val accuracy
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper.sampler.seed == 0
+    assert sweeper.n_jobs == 1
+
+
+_PLUGINS = {"launcher": "hydra_submitit_launcher", "sweeper": "hydra_optuna_sweeper"}
+
+
+def _hydra_plugin_options() -> Iterator[tuple[str, str]]:
+    for group, option in group_options():
+        if group.split("/")[0] == "hydra" and group != "hydra":
+            yield group, option
+
+
+@pytest.mark.parametrize(("group", "option"), list(_hydra_plugin_options()))
+def test_every_hydra_plugin_option_composes(group: str, option: str) -> None:
+    """Each file under conf/hydra/<launcher|sweeper>/ composes as that Hydra group's option."""
+    plugin = _PLUGINS[group.split("/")[1]]
+    pytest.importorskip(f"hydra_plugins.{plugin}", reason="needs the sweepers extra")
+    cfg = compose_config([f"{group}={option}"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices[group] == option
+    assert plugin in cfg.hydra[group.split("/")[1]]._target_
+
+
+# --- typos and wrong types fail at composition -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("loss.bta=0.2", ["loss.bta", "bta"]),  # misspelt key
+        ("loss.beta=high", ["loss.beta", "high"]),  # wrong type
+        ("references.num_refs=two", ["references.num_refs", "two"]),
+        ("data.batch_size=1.5", ["data.batch_size"]),
+        ("loss=mrpoo", ["loss/mrpoo"]),  # unknown group option
+        ("seeed=1", ["seeed"]),
+    ],
+)
+def test_typos_and_wrong_types_fail_at_composition(
+    override: str, names: list[str], output_dir: Path
+) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config([f"paths.output_dir={output_dir}", override])
+    message = f"{info.value} {info.value.__cause__}"
+    for name in names:
+        assert name in message
+
+
+def test_typo_in_a_config_file_fails_naming_the_key(tmp_path: Path) -> None:
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (conf / "loss" / "typo.yaml").write_text("name: mrpo\nbeta: 0.1\nepsilonn: 0.2\n")
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(["paths.output_dir=x", "loss=typo"], conf_dir=conf)
+    message = f"{info.value} {info.value.__cause__}"
+    assert "epsilonn" in message
+    assert "loss/typo" in message
+
+
+# --- values that compose but cannot work (mrpo.checks) ---------------------------------
+
+
+def test_unknown_loss_is_rejected(output_dir: Path) -> None:
+    message = expect_config_error(["loss.name=kto"], output_dir)
+    assert message.startswith("loss.name:")
+    assert "'kto'" in message
+    assert "mrpo" in message  # lists the known objectives
+
+
+def test_fixed_weights_length_must_equal_num_refs(output_dir: Path) -> None:
+    overrides = ["references=prompted", "references.num_refs=3", "weights=fixed"]
+    checked_train_config([*overrides, "weights.values=[0.5,0.3,0.2]"], output_dir)
+    message = expect_config_error([*overrides, "weights.values=[0.5,0.5]"], output_dir)
+    assert message.startswith("weights.values:")
+    assert "2 entries" in message
+    assert "K=3" in message
+
+
+@pytest.mark.parametrize("beta", ["0", "-0.1"])
+def test_beta_must_be_positive(beta: str, output_dir: Path) -> None:
+    message = expect_config_error([f"loss.beta={beta}"], output_dir)
+    assert message.startswith("loss.beta:")
+    assert "> 0" in message
+
+
+def test_num_refs_cannot_exceed_the_pool(output_dir: Path) -> None:
+    checked_train_config(["references=prompted", "references.num_refs=4"], output_dir)
+    message = expect_config_error(["references=prompted", "references.num_refs=5"], output_dir)
+    assert message.startswith("references.num_refs:")
+    assert "pool size 4" in message
+    assert "5" in message
+
+
+def test_official_pairing_needs_two_references(output_dir: Path) -> None:
+    base = ["loss=mrpo", "loss.harmonic_pairing=official", "references=prompted"]
+    checked_train_config([*base, "references.num_refs=2"], output_dir)
+    message = expect_config_error([*base, "references.num_refs=3"], output_dir)
+    assert message.startswith("loss.harmonic_pairing:")
+    assert "K=2" in message
+    assert "K=3" in message
+
+
+def test_unknown_trainer_argument_is_rejected(output_dir: Path) -> None:
+    message = expect_config_error(["+trainer.max_step=10"], output_dir)
+    assert message.startswith("trainer.max_step:")
+    assert "lightning.Trainer" in message
+
+
+def test_unknown_eval_task_is_rejected(output_dir: Path) -> None:
+    checked_train_config(["eval=quick"], output_dir)
+    message = expect_config_error(["eval=quick", "eval.tasks=[gsm8k,mmlu]"], output_dir)
+    assert message.startswith("eval.tasks:")
+    assert "'mmlu'" in message
+
+
+# --- instantiation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "cls"), [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
+)
+def test_optimizer_partial_instantiates(
+    option: str, cls: type[torch.optim.Optimizer], output_dir: Path
+) -> None:
+    run_cfg = checked_train_config([f"optimizer={option}", "optimizer.lr=0.25"], output_dir)
+    factory = hydra.utils.instantiate(run_cfg.optimizer)  # what mrpo-train hands the module
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    optimizer = factory(params)
+    assert type(optimizer) is cls
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert optimizer.param_groups[0]["params"] == params

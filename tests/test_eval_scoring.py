@@ -1,0 +1,194 @@
+"""Batched log-likelihood and generation: harness tokenization, stops, batch independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mrpo.evals.generate import StopOnStrings, cut_at_stops, eos_token_ids, generate_until
+from mrpo.evals.loglik import encode_pair, loglikelihood, score_token_pairs
+from mrpo.testing.models import make_tiny_model
+from mrpo.testing.tokenizers import make_tiny_tokenizer
+
+CONTEXTS = [
+    "Question: How many clips did she sell?\nAnswer:",
+    "Q: What is the capital of France?\nA:",
+    "The quick brown fox ",  # trailing space moves to the continuation
+    "Hi",
+]
+CONTINUATIONS = [
+    " 72 clips",
+    " Paris.",
+    "jumps over the lazy dog.",
+    " there, how are you doing today?",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tiny_tokenizer("chatml")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return make_tiny_model(len(tokenizer), seed=1, max_position_embeddings=512)
+
+
+def test_encode_pair_splits_like_the_harness(tokenizer) -> None:
+    ctx, cont = encode_pair(tokenizer, "The quick brown fox ", "jumps")
+    whole = tokenizer.encode("The quick brown fox jumps", add_special_tokens=False)
+    context = tokenizer.encode("The quick brown fox", add_special_tokens=False)
+    assert ctx == context
+    assert cont == whole[len(context) :]
+    assert tokenizer.decode(cont).startswith(" jumps")
+    # Empty context: the end-of-text token stands in for it.
+    ctx, cont = encode_pair(tokenizer, "", " hello")
+    assert ctx == [tokenizer.eos_token_id]
+    assert cont == tokenizer.encode(" hello", add_special_tokens=False)
+    with pytest.raises(ValueError, match="no tokens"):
+        encode_pair(tokenizer, "abc", "")
+
+
+def naive(model, ctx: list[int], cont: list[int]) -> float:
+    """Unpadded single-sequence reference in float64."""
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return sum(float(logprobs[len(ctx) - 1 + t, tok]) for t, tok in enumerate(cont))
+
+
+def test_loglik_batched_equals_one_by_one_and_naive(model, tokenizer) -> None:
+    requests = [(c, k) for c in CONTEXTS for k in CONTINUATIONS[:2]] + [
+        (c, k) for c, k in zip(CONTEXTS, CONTINUATIONS, strict=True)
+    ]
+    batched = loglikelihood(model, tokenizer, requests, batch_size=5)
+    single = [loglikelihood(model, tokenizer, [r], batch_size=1)[0] for r in requests]
+    for (context, continuation), b, s in zip(requests, batched, single, strict=True):
+        ctx, cont = encode_pair(tokenizer, context, continuation)
+        assert b.logprob == pytest.approx(s.logprob, abs=1e-4)
+        assert b.logprob == pytest.approx(naive(model, ctx, cont), abs=1e-4)
+        assert b.num_tokens == len(cont) and b.is_greedy == s.is_greedy
+
+
+def test_loglik_is_greedy_and_duplicates_scored_once(model) -> None:
+    ctx = [5, 6, 7]
+    with torch.no_grad():
+        greedy_next = int(model(torch.tensor([ctx])).logits[0, -1].argmax())
+    rows_seen: list[int] = []
+    hook = model.register_forward_hook(
+        lambda m, args, kw, out: rows_seen.append(len(kw["input_ids"])), with_kwargs=True
+    )
+    try:
+        results = score_token_pairs(
+            model,
+            [(ctx, [greedy_next]), (ctx, [greedy_next]), (ctx, [(greedy_next + 1) % 384])],
+            batch_size=8,
+        )
+    finally:
+        hook.remove()
+    assert rows_seen == [2]  # three requests, two distinct
+    assert [r.is_greedy for r in results] == [True, True, False]
+    assert results[0] == results[1]
+
+
+def test_loglik_shared_prefix_runs_once(model, tokenizer) -> None:
+    context = "Q: What is the capital of France?\nA: The capital of France is Paris.\n\nQ: Who?\nA:"
+    requests = [(context, " Me."), (context, " You, and them."), (context + " Hmm", " ok")]
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_hook(
+        lambda m, args, kw, out: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        shared = loglikelihood(model, tokenizer, requests, batch_size=3)
+    finally:
+        hook.remove()
+    plain = loglikelihood(model, tokenizer, requests, batch_size=3, share_prefix=False)
+    prefix = len(tokenizer.encode(context, add_special_tokens=False))
+    # The common context runs once, but for its last token: that one predicts a scored token.
+    assert shapes[0] == (1, prefix - 1)
+    # Then each row runs only its own tokens: its input (context + continuation, less the last
+    # token) after the shared prefix.
+    pairs = [encode_pair(tokenizer, ctx, cont) for ctx, cont in requests]
+    width = max(len(c) + len(k) - 1 for c, k in pairs) - (prefix - 1)
+    assert shapes[1:] == [(3, width)]
+    for a, b, (ctx, cont) in zip(shared, plain, requests, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert a.logprob == pytest.approx(
+            naive(model, *encode_pair(tokenizer, ctx, cont)), abs=1e-4
+        )
+
+
+def test_loglik_left_truncates_to_max_length(model) -> None:
+    ctx, cont = list(range(10, 40)), [41, 42]
+    result = score_token_pairs(model, [(ctx, cont)], max_length=8)[0]
+    # The harness feeds (ctx + cont)[-(max_length + 1):][:-1]: the last 7 context tokens.
+    assert result.logprob == pytest.approx(naive(model, ctx[-7:], cont), abs=1e-4)
+    with pytest.raises(ValueError, match="exceeds max_length"):
+        score_token_pairs(model, [(ctx, list(range(9)))], max_length=8)
+
+
+def test_cut_at_stops() -> None:
+    text = "12 apples.\n\nQuestion: next one</s>"
+    assert cut_at_stops(text, ["Question:", "</s>"]) == "12 apples.\n\n"
+    assert cut_at_stops(text, ["</s>", "Question:"]) == "12 apples.\n\n"  # earliest, any order
+    assert cut_at_stops("no stop here", ["Question:", ""]) == "no stop here"
+
+
+def test_stop_criterion_marks_rows_with_a_stop(tokenizer) -> None:
+    prompt = tokenizer.encode("Question: hi\nAnswer:", add_special_tokens=False)
+    rows = [" 12 apples.\nQuestion: and", " 12 apples and more"]
+    encoded = [prompt + tokenizer.encode(r, add_special_tokens=False) for r in rows]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id
+    batch = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    criterion = StopOnStrings(tokenizer, ["Question:"], prompt_width=len(prompt))
+    assert criterion(batch, None).tolist() == [True, False]
+
+
+def test_generation_batched_equals_one_by_one(model, tokenizer) -> None:
+    prompts = [*CONTEXTS, "Plants use sunlight, water and"]
+    kwargs = {"stop": ["Question:"], "max_new_tokens": 12}
+    batched = generate_until(model, tokenizer, prompts, batch_size=3, **kwargs)
+    single = [generate_until(model, tokenizer, [p], batch_size=1, **kwargs)[0] for p in prompts]
+    assert batched == single
+    assert all(
+        g.prompt_tokens == len(tokenizer.encode(p)) for g, p in zip(batched, prompts, strict=True)
+    )
+
+
+def test_generation_stops_at_stop_strings_and_eos(model, tokenizer) -> None:
+    prompt = CONTEXTS[1]
+    free = generate_until(model, tokenizer, [prompt], stop=[], max_new_tokens=16)[0]
+    assert free.num_tokens == 16
+    # A stop string taken from the free run (printable ASCII, so every decode shows it alike).
+    start = next(i for i in range(2, len(free.text)) if free.text[i : i + 2].isalnum())
+    stop = free.text[start : start + 2]
+    stopped = generate_until(
+        model, tokenizer, [prompt, CONTEXTS[0]], stop=[stop], max_new_tokens=16
+    )
+    assert stopped[0].text == free.text[: free.text.find(stop)]
+    assert stopped[0].num_tokens < 16  # the criterion ended this row early
+
+    # A token of the free run declared end-of-sequence: generation ends there, text excluded.
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    out = model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=16, do_sample=False, pad_token_id=0
+    )
+    new_ids = out[0, len(prompt_ids) :].tolist()
+    eos = new_ids[4]
+    model.generation_config.eos_token_id = eos
+    try:
+        assert eos in eos_token_ids(model, tokenizer)
+        ended = generate_until(model, tokenizer, [prompt], stop=[], max_new_tokens=16)[0]
+    finally:
+        model.generation_config.eos_token_id = None
+    first = new_ids.index(eos)
+    assert ended.text == tokenizer.decode(new_ids[:first], skip_special_tokens=True)
+    assert ended.num_tokens == first + 1
+
+
+def test_generation_rejects_bad_arguments(model, tokenizer) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_until(model, tokenizer, ["a"], stop=[], batch_size=0)
+    with pytest.raises(ValueError, match="leaves no room"):
+        generate_until(model, tokenizer, ["a"], stop=[], max_new_tokens=600)
