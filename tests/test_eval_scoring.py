@@ -135,14 +135,11 @@ def test_cut_at_stops() -> None:
 
 
 def test_stop_criterion_marks_rows_with_a_stop(tokenizer) -> None:
-    prompt = tokenizer.encode("Question: hi\nAnswer:", add_special_tokens=False)
-    rows = [" 12 apples.\nQuestion: and", " 12 apples and more"]
-    encoded = [prompt + tokenizer.encode(r, add_special_tokens=False) for r in rows]
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id
-    batch = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-    criterion = StopOnStrings(tokenizer, ["Question:"], prompt_width=len(prompt))
-    assert criterion(batch, None).tolist() == [True, False]
+    criterion = StopOnStrings(tokenizer, ["Question:"])
+    rows = [" 12 apples.\nQuestion: and", " 12 apples and more", "Quest"]
+    hits = [criterion(tokenizer.encode(r, add_special_tokens=False)) for r in rows]
+    assert hits == [True, False, False]
+    assert not StopOnStrings(tokenizer, [])(tokenizer.encode("Question:"))
 
 
 def test_generation_batched_equals_one_by_one(model, tokenizer) -> None:
@@ -160,6 +157,13 @@ def test_generation_stops_at_stop_strings_and_eos(model, tokenizer) -> None:
     prompt = CONTEXTS[1]
     free = generate_until(model, tokenizer, [prompt], stop=[], max_new_tokens=16)[0]
     assert free.num_tokens == 16
+    # Without stops, the text is transformers' own greedy decoding (the harness's generate).
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    out = model.generate(
+        torch.tensor([prompt_ids]), max_new_tokens=16, do_sample=False, pad_token_id=0
+    )
+    new_ids = out[0, len(prompt_ids) :].tolist()
+    assert free.text == tokenizer.decode(new_ids, skip_special_tokens=True)
     # A stop string taken from the free run (printable ASCII, so every decode shows it alike).
     start = next(i for i in range(2, len(free.text)) if free.text[i : i + 2].isalnum())
     stop = free.text[start : start + 2]
@@ -168,13 +172,11 @@ def test_generation_stops_at_stop_strings_and_eos(model, tokenizer) -> None:
     )
     assert stopped[0].text == free.text[: free.text.find(stop)]
     assert stopped[0].num_tokens < 16  # the criterion ended this row early
+    # The other row went on without it (its cache rows dropped) and is unchanged by that.
+    alone = generate_until(model, tokenizer, [CONTEXTS[0]], stop=[stop], max_new_tokens=16)
+    assert stopped[1] == alone[0] and stopped[1].num_tokens > stopped[0].num_tokens
 
     # A token of the free run declared end-of-sequence: generation ends there, text excluded.
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    out = model.generate(
-        torch.tensor([prompt_ids]), max_new_tokens=16, do_sample=False, pad_token_id=0
-    )
-    new_ids = out[0, len(prompt_ids) :].tolist()
     eos = new_ids[4]
     model.generation_config.eos_token_id = eos
     try:

@@ -129,6 +129,12 @@ def test_train_writes_records_and_reuses_the_reference_cache(compose_train, tmp_
     )
     assert second["reference_cache"]["hits"] == 2 and second["reference_cache"]["misses"] == 0
     assert second["reference_cache"]["forward_passes"] == 0
+    # The record says what ran on what: the same rows give the same data fingerprints.
+    for split in ("train", "val"):
+        assert summary["data"][f"{split}_fingerprint"].startswith("sha256:")
+        assert second["data"][f"{split}_fingerprint"] == summary["data"][f"{split}_fingerprint"]
+    assert summary["data"]["train_fingerprint"] != summary["data"]["val_fingerprint"]
+    assert {"torch", "transformers", "lightning"} <= set(summary["environment"]["packages"])
 
 
 def test_cross_tokenizer_ensemble_trains(compose_train, tiny_zephyr_model_dir: Path) -> None:

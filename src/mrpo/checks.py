@@ -13,10 +13,9 @@ import re
 import lightning as L
 
 from mrpo.config import TrainConfig
+from mrpo.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the config key."""
+__all__ = ["ConfigError", "check_train_config", "num_references"]
 
 
 _REF_MODES = ("cached", "live")
@@ -47,6 +46,25 @@ def check_train_config(cfg: TrainConfig) -> None:
         _require(task in EVAL_NAMES, "eval.tasks", f"unknown task {task!r}; one of {EVAL_NAMES}")
     _require(cfg.logger.mode in _WANDB_MODES, "logger.mode", f"must be one of {_WANDB_MODES}")
     _check_trainer_kwargs(cfg.trainer)
+    _check_callback_targets(cfg.callbacks)
+
+
+def _check_callback_targets(callbacks: dict) -> None:
+    """Every ``callbacks.<name>._target_`` must name an importable Lightning callback class."""
+    from hydra.utils import get_class
+    from lightning.pytorch.callbacks import Callback
+
+    for name, spec in callbacks.items():
+        if not (isinstance(spec, dict) and "_target_" in spec):
+            continue
+        key = f"callbacks.{name}._target_"
+        try:
+            target = get_class(spec["_target_"])
+        except Exception as err:  # not importable, or not a class
+            raise ConfigError(f"{key}: cannot import {spec['_target_']!r} ({err})") from None
+        _require(
+            issubclass(target, Callback), key, f"{target.__name__} is not a Lightning Callback"
+        )
 
 
 _OPTION_KEYS = {

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from mrpo.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` folder (the project is used from a clone, installed editable)."""
@@ -149,6 +152,7 @@ class LoggerConfig:
     job_type: str = "train"
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
+    init_timeout: float = 60.0
 
 
 @dataclass
@@ -193,6 +197,21 @@ class EvalRunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "eval"
+
+
+def to_dataclass(cfg: DictConfig) -> Any:
+    """The composed config as its schema's dataclass (``TrainConfig``, ``EvalRunConfig``).
+
+    Raises:
+        ConfigError: a required value (``???``) was left unset; the message names its key.
+    """
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        key = err.full_key
+        raise ConfigError(
+            f"{key}: required value is missing (??? in the config); set it, e.g. {key}=..."
+        ) from None
 
 
 def register_configs() -> None:

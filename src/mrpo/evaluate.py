@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mrpo.callbacks.eval import log_sample_tables
 from mrpo.checks import ConfigError
-from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs
+from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
+from mrpo.errors import InputError
 from mrpo.evals.checkpoint import CheckpointError, checkpoint_kind, load_checkpoint_policy
 from mrpo.evals.runner import (
     EVAL_NAMES,
@@ -61,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (``eval/<name>/<metric>`` -> value, counts and seconds included), the model source,
     checkpoint, tasks, limit, batch size, timings and the run directory.
     """
-    run_cfg: EvalRunConfig = OmegaConf.to_object(cfg)
+    run_cfg: EvalRunConfig = to_dataclass(cfg)
     check_eval_run_config(run_cfg)
     output_dir = Path(run_cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data=data,
         batch_size=ev.batch_size,
         max_new_tokens=ev.max_new_tokens,
+        progress=True,
     )
     results: dict[str, Any] = {
         "run_dir": str(output_dir),
@@ -242,6 +244,7 @@ def _wandb_settings(cfg: EvalRunConfig) -> WandbSettings:
         name=None,
         tags=["eval", *(f"task:{t}" for t in cfg.eval.tasks), *cfg.logger.tags],
         mode=cfg.logger.mode,
+        init_timeout=cfg.logger.init_timeout,
     )
 
 
@@ -268,9 +271,9 @@ def format_scores(results: dict[str, Any]) -> str:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except ConfigError as err:
-        # A user error: one clear line, no traceback, non-zero exit.
-        log.error("config error: %s", err)
+    except InputError as err:
+        # A user error (config, data, model source, checkpoint): no traceback, exit 2.
+        log.error("%s: %s", err.kind, err)
         sys.exit(2)
 
 

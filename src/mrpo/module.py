@@ -98,15 +98,12 @@ class PreferenceModule(L.LightningModule):
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
         policy_chosen, policy_rejected = self.forward_logps(batch)
         ref_chosen, ref_rejected = self.reference_logps(batch)
-        # Only training batches advance stateful weightings (the sliding window).
-        out = self.objective(
-            policy_chosen,
-            policy_rejected,
-            ref_chosen,
-            ref_rejected,
-            update_state=stage == "train",
-        )
+        out = self.objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
         loss = out.losses.mean()
+        # Only training batches with a finite loss advance stateful weightings (the sliding
+        # window): a skipped non-finite batch must not poison the weights of later batches.
+        if stage == "train" and torch.isfinite(loss):
+            self.objective.observe(ref_chosen, ref_rejected)
         metrics = preference_metrics(out, policy_chosen, policy_rejected, batch)
         on_step = stage == "train"
         # Training metrics per step; validation metrics averaged over the whole split.
@@ -140,7 +137,8 @@ class PreferenceModule(L.LightningModule):
             )
         self.skipped_batches += 1
         self.log("train/skipped_batches", float(self.skipped_batches), batch_size=len(rows))
-        return None  # Lightning skips backward and the optimizer step for this batch
+        # Lightning skips backward; the optimizer step finds no gradients and changes nothing.
+        return None
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback
-from mrpo.checks import num_references
+from mrpo.checks import ConfigError, num_references
 from mrpo.config import TrainConfig
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.preference import load_preference_data, train_val_split
@@ -24,6 +24,7 @@ from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.models import LoraSettings, load_model, load_tokenizer
 from mrpo.objectives import Objective, get_objective, get_objective_spec
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
+from mrpo.references.scoring import data_fingerprint
 
 log = logging.getLogger("mrpo.train")
 
@@ -79,6 +80,9 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         "train_pairs": len(train_tok.pairs),
         "val_pairs": len(val_tok.pairs),
         "truncated": train_tok.num_truncated + val_tok.num_truncated,
+        # What the policy saw, exactly (token ids): equal fingerprints, equal data.
+        "train_fingerprint": data_fingerprint(train_tok.pairs),
+        "val_fingerprint": data_fingerprint(val_tok.pairs),
     }
     log.info("data: %s", report)
     return PreparedData(train_ex, val_ex, list(train_tok.pairs), list(val_tok.pairs), report)
@@ -225,17 +229,7 @@ def build_callbacks(
     callbacks: list[Callback] = []
     ckpt = cfg.callbacks.get("checkpoint")
     if ckpt:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(output_dir / "checkpoints"),
-                monitor=ckpt.get("monitor"),
-                mode=ckpt.get("mode", "max"),
-                save_last=ckpt.get("save_last", True),
-                save_top_k=ckpt.get("save_top_k", 1),
-                every_n_train_steps=ckpt.get("every_n_train_steps"),
-                filename="best-{step}",
-            )
-        )
+        callbacks.extend(checkpoint_callbacks(ckpt, output_dir / "checkpoints"))
     if cfg.callbacks.get("lr_monitor"):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.eval.tasks:
@@ -255,7 +249,57 @@ def build_callbacks(
         )
     if cfg.loss.name != "dpo" and cfg.weights.strategy == "thompson":
         callbacks.append(ThompsonFeedback(feedback_batches(cfg, data, tokenizer)))
+    # Any other Lightning callback, lightning-hydra-template style:
+    # +callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
+    for name, spec in cfg.callbacks.items():
+        if isinstance(spec, dict) and "_target_" in spec:
+            callbacks.append(instantiate_callback(name, spec))
     return callbacks
+
+
+def checkpoint_callbacks(ckpt: dict[str, Any], dirpath: Path) -> list[Callback]:
+    """``last.ckpt`` (resumable, periodic) and the best checkpoints by the monitored metric.
+
+    Two callbacks, because a single monitoring ``ModelCheckpoint`` defers every save until the
+    monitored validation metric exists: a run killed in its first epoch would have no
+    checkpoint at all. ``last.ckpt`` is written every ``every_n_train_steps`` steps (if set)
+    and at the end of every epoch, whatever the metrics; ``best-step=<n>.ckpt`` files keep
+    the ``save_top_k`` best validations.
+    """
+    callbacks: list[Callback] = []
+    if ckpt.get("save_last", True):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(dirpath),
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=ckpt.get("every_n_train_steps"),
+            )
+        )
+    if ckpt.get("save_top_k", 1) != 0 and ckpt.get("monitor"):
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(dirpath),
+                monitor=ckpt["monitor"],
+                mode=ckpt.get("mode", "max"),
+                save_top_k=ckpt.get("save_top_k", 1),
+                save_last=False,
+                filename="best-{step}",
+            )
+        )
+    return callbacks
+
+
+def instantiate_callback(name: str, spec: dict[str, Any]) -> Callback:
+    """Instantiate ``callbacks.<name>`` (its class was checked by ``check_train_config``)."""
+    import hydra
+
+    try:
+        return hydra.utils.instantiate(spec)
+    except Exception as err:  # bad arguments
+        raise ConfigError(
+            f"callbacks.{name}: cannot instantiate {spec['_target_']}: {err}"
+        ) from None
 
 
 def feedback_batches(cfg: TrainConfig, data: PreparedData, tokenizer: Any) -> list[PreferenceBatch]:
@@ -295,6 +339,7 @@ def wandb_settings(cfg: TrainConfig) -> Any:
         name=name,
         tags=tags,
         mode=cfg.logger.mode,
+        init_timeout=cfg.logger.init_timeout,
     )
 
 

@@ -56,6 +56,7 @@ class WandbSettings:
     name: str | None
     tags: Sequence[str]
     mode: str  # auto | online | offline | disabled
+    init_timeout: float = 60.0  # seconds before a failing online start falls back to offline
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -117,7 +118,8 @@ def _start_wandb(
     )
     try:
         logger = WandbLogger(
-            **kwargs, settings=wandb.Settings(mode=mode, init_timeout=60, silent=True)
+            **kwargs,
+            settings=wandb.Settings(mode=mode, init_timeout=settings.init_timeout, silent=True),
         )
         _ = logger.experiment  # start now: failures surface here, not mid-training
         return logger
@@ -125,7 +127,8 @@ def _start_wandb(
         if mode == "offline":
             raise
         log.warning("W&B could not start online (%s); logging offline instead.", err)
-        wandb.finish()
+        # The failed start still holds the run id in the W&B service: stop the service.
+        wandb.teardown()
         logger = WandbLogger(**kwargs, settings=wandb.Settings(mode="offline", silent=True))
         _ = logger.experiment
         return logger

@@ -19,7 +19,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.checks import ConfigError, check_train_config, num_references
-from mrpo.config import CONFIG_DIR, TrainConfig, register_configs
+from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
+from mrpo.errors import InputError
+from mrpo.module import NonFiniteLossError
 from mrpo.pipeline import (
     build_callbacks,
     build_objective,
@@ -38,7 +40,7 @@ log = logging.getLogger("mrpo.train")
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config and return its final metrics."""
-    run_cfg: TrainConfig = OmegaConf.to_object(cfg)
+    run_cfg: TrainConfig = to_dataclass(cfg)
     check_train_config(run_cfg)
     output_dir = Path(run_cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +169,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
-    except ConfigError as err:
-        # A user error: one clear line, no traceback, non-zero exit.
-        log.error("config error: %s", err)
+    except InputError as err:
+        # A user error (config, data, model source): its message, no traceback, exit 2.
+        log.error("%s: %s", err.kind, err)
         sys.exit(2)
+    except NonFiniteLossError as err:
+        # Diverged training is not a crash of the program: say where, and what is kept.
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        kept = f"resume from {last}" if last.exists() else "no checkpoint was saved before it"
+        log.error("training stopped: %s; %s", err, kept)
+        sys.exit(3)
     value = summary.get("final/val/rewards/accuracy")
     return None if value is None else float(value)  # the Optuna sweeper's objective
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from mrpo.errors import InputError
+
 REASONS: dict[str, str] = {
     "not_json": "not valid JSON",
     "not_object": "not a JSON object",
@@ -28,13 +30,15 @@ REASONS: dict[str, str] = {
 _MAX_ROWS_LISTED = 10  # row numbers listed per reason in messages before "+N more"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InputError):
     """Preference data that cannot be loaded: a file-level problem or invalid rows.
 
     Attributes:
         source: the file path or hub id the problem is in.
         report: for invalid rows, the `DropReport` listing them (None for file-level problems).
     """
+
+    kind = "data error"
 
     def __init__(self, message: str, *, source: str, report: DropReport | None = None) -> None:
         super().__init__(message)
@@ -127,5 +131,8 @@ class DropReport:
         lines += [f"  - {line}" for line in self.reason_lines()]
         lines.append("First invalid rows:")
         lines += [f"  {self.unit} {r.row}: {r.detail}" for r in self.invalid[:max_examples]]
-        lines.append("Fix the data, or pass drop_invalid=True to drop these rows.")
+        lines.append(
+            "Fix the data, or drop these rows with drop_invalid=True "
+            "(mrpo-train: data.drop_invalid=true)."
+        )
         return "\n".join(lines)

@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from mrpo.errors import InputError
 from mrpo.models import LoraSettings, load_model
 
 POLICY_PREFIX = "policy."
@@ -25,8 +26,10 @@ CHECKPOINT_SUFFIX = ".ckpt"
 _LORA_MARKERS = (".lora_A.", ".lora_B.", "lora_embedding_", "base_model.model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be read, or whose weights do not fit the base model."""
+
+    kind = "checkpoint error"
 
 
 def checkpoint_kind(path: str | Path) -> str:

@@ -180,11 +180,12 @@ def evaluate_gsm8k(
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
     max_length: int | None = None,
+    progress: str | None = None,
 ) -> GSM8KResult:
     """Generate answers for ``records`` (test rows) and score them.
 
     ``train`` is needed for few-shot prompts (``chat=False`` and ``num_fewshot > 0``); the chat
-    variant is always 0-shot.
+    variant is always 0-shot. ``progress`` labels a progress bar over generation batches.
     """
     if not records:
         raise ValueError("no GSM8K records to evaluate")
@@ -202,6 +203,7 @@ def evaluate_gsm8k(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         max_length=max_length,
+        progress=progress,
     )
     metrics, samples = score_generations([g.text for g in generations], records)
     for sample, prompt in zip(samples, prompts, strict=True):

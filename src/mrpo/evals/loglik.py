@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.logprobs import position_ids_from_mask
@@ -94,6 +95,7 @@ def loglikelihood(
     batch_size: int = 16,
     max_length: int | None = None,
     share_prefix: bool = True,
+    progress: str | None = None,
 ) -> list[LoglikResult]:
     """Score ``(context, continuation)`` string pairs; results in request order.
 
@@ -107,6 +109,7 @@ def loglikelihood(
         pad_token_id=pad_token_id(tokenizer),
         max_length=max_length,
         share_prefix=share_prefix,
+        progress=progress,
     )
 
 
@@ -119,6 +122,7 @@ def score_token_pairs(
     pad_token_id: int = 0,
     max_length: int | None = None,
     share_prefix: bool = True,
+    progress: str | None = None,
 ) -> list[LoglikResult]:
     """Score ``(context_ids, continuation_ids)`` pairs in batches; results in input order.
 
@@ -131,6 +135,7 @@ def score_token_pairs(
             config's ``max_position_embeddings`` when it has one).
         share_prefix: run the context tokens that all rows of a batch start with once, and
             the rows' remaining tokens on its KV cache (see the module doc).
+        progress: label of a progress bar over batches (stderr); None: no bar.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -146,7 +151,8 @@ def score_token_pairs(
     order = sorted(range(len(unique)), key=lambda i: (-len(unique[i][0]), unique[i]))
     min_shared = MIN_SHARED_PREFIX if share_prefix else None
     scored: dict[tuple[tuple[int, ...], tuple[int, ...]], LoglikResult] = {}
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         batch = [unique[i] for i in order[start : start + batch_size]]
         results = _score_batch(model, batch, pad_token_id, max_length, min_shared)
         scored.update(zip(batch, results, strict=True))
@@ -224,7 +230,7 @@ def prefix_cache(model: PreTrainedModel, prefix: Sequence[int], batch_size: int)
     """KV cache of ``prefix`` (run once), repeated for ``batch_size`` rows; None if unsupported."""
     device = next(model.parameters()).device
     kwargs: dict[str, Any] = {"input_ids": torch.tensor([list(prefix)], device=device)}
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1  # only the cache is needed
     cache = model(**kwargs, use_cache=True).past_key_values
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
@@ -252,13 +258,14 @@ def forward_logits(
     }
     if past_key_values is not None:
         kwargs["past_key_values"] = past_key_values
-    if _accepts_logits_to_keep(model):
+    if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
     return logits[:, -keep:, :]
 
 
-def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
+def accepts_logits_to_keep(model: PreTrainedModel) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (logits of the last positions only)."""
     # A peft wrapper forwards extra keyword arguments to the model it wraps.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -94,12 +94,14 @@ def run_eval_suite(
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
     max_length: int | None = None,
+    progress: bool = False,
 ) -> EvalOutput:
     """Run ``evals`` and return their metrics and samples.
 
     The model is put in eval mode for the run and its previous mode restored afterwards.
     ``data`` skips loading (pass the result of :func:`load_eval_data`); otherwise the sets are
-    loaded from ``data_dir``, ``MRPO_DATA_DIR`` or the hub.
+    loaded from ``data_dir``, ``MRPO_DATA_DIR`` or the hub. ``progress`` shows a progress bar
+    per evaluation (stderr).
     """
     evals = check_eval_names(evals)
     if limit is not None and limit < 1:
@@ -112,7 +114,15 @@ def run_eval_suite(
         for name in evals:
             start = time.perf_counter()
             metrics, samples, counts = _run_one(
-                name, model, tokenizer, data, limit, batch_size, max_new_tokens, max_length
+                name,
+                model,
+                tokenizer,
+                data,
+                limit,
+                batch_size,
+                max_new_tokens,
+                max_length,
+                name if progress else None,
             )
             counts["seconds"] = time.perf_counter() - start
             for key, value in {**metrics, **counts}.items():
@@ -156,6 +166,7 @@ def _run_one(
     batch_size: int,
     max_new_tokens: int,
     max_length: int | None,
+    progress: str | None,
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
     if name in ("gsm8k", "gsm8k_chat"):
         records = _required(data.gsm8k_test, "gsm8k test")[:limit]
@@ -169,12 +180,18 @@ def _run_one(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             max_length=max_length,
+            progress=progress,
         )
         counts = {"num_samples": len(records), "generated_tokens": result.num_generated_tokens}
         return result.metrics, result.samples, counts
     records_tqa = _required(data.truthfulqa, "truthfulqa")[:limit]
     result_tqa = evaluate_truthfulqa(
-        model, tokenizer, records_tqa, batch_size=batch_size, max_length=max_length
+        model,
+        tokenizer,
+        records_tqa,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
     )
     counts = {"num_samples": len(records_tqa), "num_requests": result_tqa.num_requests}
     return result_tqa.metrics, result_tqa.samples, counts

@@ -81,8 +81,12 @@ def evaluate_truthfulqa(
     tasks: Sequence[str] = TASKS,
     batch_size: int = 16,
     max_length: int | None = None,
+    progress: str | None = None,
 ) -> TruthfulQAResult:
-    """Score every choice of ``records`` and compute the requested MC metrics."""
+    """Score every choice of ``records`` and compute the requested MC metrics.
+
+    ``progress`` labels a progress bar over scoring batches (None: no bar).
+    """
     if not records:
         raise ValueError("no TruthfulQA records to evaluate")
     for task in tasks:
@@ -97,7 +101,12 @@ def evaluate_truthfulqa(
             spans[-1][task] = (len(requests), len(requests) + len(choices))
             requests.extend((context, TARGET_DELIMITER + choice) for choice in choices)
     results = loglikelihood(
-        model, tokenizer, requests, batch_size=batch_size, max_length=max_length
+        model,
+        tokenizer,
+        requests,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
     )
     logliks = [r.logprob for r in results]
 

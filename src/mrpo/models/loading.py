@@ -121,30 +121,29 @@ def load_tokenizer(
         cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
 
     Raises:
-        ModelSourceError: the source cannot be found or loaded.
-        ValueError: the tokenizer has no chat template and none was given, or it has no pad,
-            eos or unk token to pad with.
+        ModelSourceError: the source cannot be loaded, its tokenizer has no chat template and
+            none was given, or it has no pad, eos or unk token to pad with.
     """
     if chat_template is not None and not chat_template.strip():
         raise ValueError(f"chat_template for {source!r} is empty; pass None to keep the own one")
     resolved, location, hub_kwargs = _location(source, cache_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **hub_kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, or files transformers cannot use
         if resolved.kind == "hub":
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load a tokenizer from {source!r}: {error}") from error
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     if not tokenizer.chat_template:
-        raise ValueError(
+        raise ModelSourceError(
             f"the tokenizer of {source!r} has no chat template; pass one with "
             "chat_template=... (in the configs: the model's or reference's `chat_template`)"
         )
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
-            raise ValueError(f"the tokenizer of {source!r} has no pad, eos or unk token")
+            raise ModelSourceError(f"the tokenizer of {source!r} has no pad, eos or unk token")
         tokenizer.pad_token = fallback
     return tokenizer
 
@@ -224,7 +223,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             location, config=config, dtype=DTYPES[dtype], **hub_kwargs
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:  # missing files, or files transformers cannot use
         if resolved.kind == "hub":
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error

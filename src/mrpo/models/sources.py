@@ -25,6 +25,8 @@ from typing import Literal
 from huggingface_hub import try_to_load_from_cache
 from transformers.utils.hub import extract_commit_hash
 
+from mrpo.errors import InputError
+
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
 DEFAULT_MODEL = PACKAGED_MODEL
@@ -46,8 +48,10 @@ _CONTENT_HASHED = ("config.json", "adapter_config.json")
 SourceKind = Literal["gguf", "local", "hub"]
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(InputError):
     """A model source that does not name a usable model (with the source in the message)."""
+
+    kind = "model error"
 
 
 @dataclass(frozen=True)

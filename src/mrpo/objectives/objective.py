@@ -201,6 +201,14 @@ class Objective:
             self.weighting.observe(ref_chosen, ref_rejected)
         return output
 
+    def observe(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> None:
+        """Let a stateful weighting record a training batch's (K, B) reference log-probs.
+
+        The same as calling the objective with ``update_state=True``; for callers that first
+        check the loss (a skipped, non-finite batch must leave no trace in the state).
+        """
+        self.weighting.observe(ref_chosen, ref_rejected)
+
     def state_dict(self) -> dict[str, Any]:
         """State to store in a checkpoint (the weight strategy's state)."""
         return {"objective": self.name, "weighting": self.weighting.state_dict()}

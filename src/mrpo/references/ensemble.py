@@ -15,7 +15,7 @@ import torch
 
 from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
-from mrpo.models import load_model, load_tokenizer, model_fingerprint
+from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.refcache import RefCache, RefCacheKey, canonical_json
 from mrpo.references.scoring import (
     PairScores,
@@ -172,9 +172,12 @@ class ReferenceEnsemble:
         """Reference ``k``'s tokenizer (with its chat template override), loaded once."""
         ref = self.resolved[k]
         if ref.tokenizer_group not in self._tokenizers:
-            self._tokenizers[ref.tokenizer_group] = load_tokenizer(
-                ref.tokenizer, chat_template=ref.chat_template, cache_dir=self.model_cache_dir
-            )
+            try:
+                self._tokenizers[ref.tokenizer_group] = load_tokenizer(
+                    ref.tokenizer, chat_template=ref.chat_template, cache_dir=self.model_cache_dir
+                )
+            except ModelSourceError as err:
+                raise ModelSourceError(f"reference {k} ({ref.spec.name!r}): {err}") from None
         return self._tokenizers[ref.tokenizer_group]
 
     def tokenize(
@@ -243,9 +246,12 @@ class ReferenceEnsemble:
         """Load reference ``k``'s weights: frozen, in eval mode, on :attr:`device`."""
         ref = self.resolved[k]
         log.info("loading reference model %s (%s) on %s", ref.weights, ref.spec.dtype, self.device)
-        model = load_model(
-            ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
-        )
+        try:
+            model = load_model(
+                ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
+            )
+        except ModelSourceError as err:
+            raise ModelSourceError(f"reference {k} ({ref.spec.name!r}): {err}") from None
         self.stats.model_loads += 1
         return model.to(self.device)
 
@@ -285,13 +291,14 @@ class ReferenceEnsemble:
         check_distinct_indices(examples)
         start, before = time.perf_counter(), replace(self.stats)
         memo: dict[Any, TokenizedPairs] = {}
+        # Every reference's tokenizer and rows first: an unusable tokenizer or chat template
+        # fails here, before any model is loaded or any reference is scored.
+        tokenized = [self.tokenize(k, examples, memo) for k in range(len(self))]
         results: list[RefLogps] = [None] * len(self)  # type: ignore[list-item]
         for members in self.model_groups().values():
             loaded: list[torch.nn.Module] = []  # filled by the group's first miss
             for k in members:
-                results[k] = self._get_or_compute(
-                    k, self.tokenize(k, examples, memo), loaded, progress
-                )
+                results[k] = self._get_or_compute(k, tokenized[k], loaded, progress)
             if loaded:  # drop the group's model before the next group loads its own
                 loaded.clear()
                 _free_memory()
