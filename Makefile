@@ -39,6 +39,12 @@ test-all: setup
 quickstart: setup
 	$(VENV)/bin/mrpo-train experiment=quickstart
 
+# Speed figures (printed, never asserted): objectives, training step, evaluation throughput.
+bench: setup
+	$(PY) benchmarks/bench_objectives.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py --questions 16 --batch-size 16 --tqa-questions 16
+
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks

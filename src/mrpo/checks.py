@@ -146,3 +146,8 @@ def _check_trainer_kwargs(trainer: dict) -> None:
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in trainer:
         _require(key in accepted, f"trainer.{key}", "is not a lightning.Trainer argument")
+    _require(
+        "use_distributed_sampler" not in trainer,
+        "trainer.use_distributed_sampler",
+        "is always False in mrpo (its batch samplers split batches across ranks); remove it",
+    )

@@ -65,6 +65,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.batch_size,
             seed=self.seed,
             group_by_length=self.group_by_length,
+            **self._replicas(),
         )
         # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
         # trained on: the order depends only on (seed, epoch), so it continues exactly where
@@ -88,9 +89,21 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         # Sorted by length, not shuffled: validation order does not matter, padding does.
         sampler = LengthGroupedBatchSampler(
-            pair_lengths(self.val_pairs), self.eval_batch_size, shuffle=False
+            pair_lengths(self.val_pairs), self.eval_batch_size, shuffle=False, **self._replicas()
         )
         return self._loader(self.val_pairs, sampler)
+
+    def _replicas(self) -> dict[str, int]:
+        """Data parallel position: rank r of n takes every n-th batch of the global order.
+
+        The Trainer must not swap in its own distributed sampler (``use_distributed_sampler=
+        False``): the samplers here split the same length-grouped order that one process
+        would see, so n ranks with batch size B step like one process with B and n-fold
+        gradient accumulation.
+        """
+        if self.trainer is None:
+            return {}
+        return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
 
     def _loader(self, pairs: list[TokenizedPair], sampler: LengthGroupedBatchSampler) -> DataLoader:
         return DataLoader(

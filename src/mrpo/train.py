@@ -89,6 +89,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer = L.Trainer(
         **run_cfg.trainer,
+        # The data module's samplers split batches across ranks themselves.
+        use_distributed_sampler=False,
         default_root_dir=str(output_dir),
         logger=loggers,
         callbacks=build_callbacks(run_cfg, output_dir, data, tokenizer),
@@ -114,7 +116,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **{f"final/{k}": v for k, v in after.items()},
         **{f"final/{k}": v for k, v in _callback_metrics(trainer, "eval/").items()},
     }
-    if run_cfg.save_model and trainer.is_global_zero:
+    if not trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
+        return summary
+    if run_cfg.save_model:
         summary["model_dir"] = str(_save_policy(module, output_dir / "model"))
     write_json(output_dir / "summary.json", summary)
     finish_wandb(loggers, summary)
