@@ -39,11 +39,14 @@ test-all: setup
 quickstart: setup
 	$(VENV)/bin/mrpo-train experiment=quickstart
 
-# Speed figures (printed, never asserted): objectives, training step, evaluation throughput.
+# Speed figures (printed, never asserted): objectives, training step, evaluation throughput,
+# and mrpo against TRL's DPOTrainer and a bare PyTorch loop (installs the `bench` extra).
 bench: setup
+	$(PIP) -e '.[bench]' 2>&1 | $(QUIET)
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py --questions 16 --batch-size 16 --tqa-questions 16
+	$(PY) benchmarks/bench_trl.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

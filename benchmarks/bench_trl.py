@@ -1,0 +1,418 @@
+"""mrpo against TRL's DPOTrainer and a bare PyTorch loop: DPO, same model, data and settings.
+
+Arms (each a separate process, so peak memory is its own; run interleaved in rounds):
+
+- ``trl``: ``trl.DPOTrainer`` with its defaults for the reference (a frozen copy of the policy,
+  run every step);
+- ``trl_precompute``: the same with ``precompute_ref_log_probs=True``;
+- ``mrpo_live``: ``PreferenceModule`` in a Lightning ``Trainer``, reference ``self`` run live;
+- ``mrpo_cached``: the same with the reference log-probs from mrpo's cache (``mrpo-train``'s
+  default);
+- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows,
+  log-probs, DPO loss against the cached reference log-probs, backward, gradient clipping, AdamW
+  step): the floor that mrpo's training step is measured against.
+
+Equal settings: sigmoid DPO with β = 0.1, float32 on CPU, batch size ``--batch-size`` pairs,
+AdamW (lr 5e-6, no weight decay, constant schedule), gradient norm clipped at 1.0, one epoch
+over the same pairs, which are HH-RLHF harmless-base test pairs (``$MRPO_DATA_DIR``) short enough
+that neither framework truncates them. Timed: the training loop of the epoch (from train start
+to train end; model loading, tokenization and the reference precomputation are reported apart).
+Tokens/s counts every real (non-padding) token the policy reads: prompt + chosen and prompt +
+rejected, from each framework's own tokenization.
+
+Usage::
+
+    pip install trl           # benchmark-only dependency (the `bench` extra)
+    python benchmarks/bench_trl.py                      # random SmolLM2-width model, 4 layers
+    python benchmarks/bench_trl.py --model packaged --pairs 32 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "bare")
+BETA = 0.1
+LR = 5e-6
+MAX_GRAD_NORM = 1.0
+
+
+# --- data and model (shared by the arms) ---------------------------------------------------
+
+
+def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """Write the model and the selected pairs into ``scratch``; return their description."""
+    from bench_train import write_random_model  # a sibling script in benchmarks/
+
+    from mrpo.data.preference import load_preference_data
+    from mrpo.data.tokenize import tokenize_pairs
+    from mrpo.models import PACKAGED_MODEL, load_tokenizer
+
+    source = (
+        PACKAGED_MODEL
+        if args.model == "packaged"
+        else str(write_random_model(scratch / "policy", args.layers))
+    )
+    tokenizer = load_tokenizer(source)
+    loaded = load_preference_data(
+        "Anthropic/hh-rlhf", subset="harmless-base", split="test", drop_invalid=True, limit=1000
+    )
+    # Pairs that fit with room to spare (chat templates differ by a few tokens between the
+    # frameworks' ways of rendering them), so that neither side truncates.
+    tokenized = tokenize_pairs(loaded.examples, tokenizer, max_length=10**6).pairs
+    budget = args.max_length - 16
+    keep = [
+        ex
+        for ex, pair in zip(loaded.examples, tokenized, strict=True)
+        if len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids)) <= budget
+    ][: args.pairs]
+    if len(keep) < args.pairs:
+        raise SystemExit(f"only {len(keep)} pairs fit in --max-length {args.max_length}")
+    rows = [
+        {
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in ex.prompt],
+            "chosen": ex.chosen,
+            "rejected": ex.rejected,
+        }
+        for ex in keep
+    ]
+    data = scratch / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"source": source, "data": str(data), "pairs": len(rows)}
+
+
+# --- the arms ------------------------------------------------------------------------------
+
+
+def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -> dict[str, Any]:
+    import datasets
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from mrpo.models import load_model, load_tokenizer
+
+    rows = [json.loads(line) for line in Path(setup["data"]).read_text().splitlines()]
+    dataset = datasets.Dataset.from_list(
+        [
+            {
+                "prompt": r["prompt"],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+            }
+            for r in rows
+        ]
+    )
+    model = load_model(setup["source"], trainable=True)
+    tokenizer = load_tokenizer(setup["source"])
+    times: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            times["start"] = time.perf_counter()
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            times["end"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        config = DPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=1,
+            learning_rate=LR,
+            weight_decay=0.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=MAX_GRAD_NORM,
+            beta=BETA,
+            loss_type=["sigmoid"],
+            max_length=args.max_length,
+            precompute_ref_log_probs=precompute,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            seed=0,
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[Clock()],
+        )
+        before = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - before
+        train = trainer.train_dataset
+        tokens = sum(
+            2 * len(p) + len(c) + len(r)
+            for p, c, r in zip(
+                train["prompt_ids"], train["chosen_ids"], train["rejected_ids"], strict=True
+            )
+        )
+        steps = trainer.state.global_step
+    loop = times["end"] - times["start"]
+    return {"loop_s": loop, "outside_loop_s": total - loop, "tokens": tokens, "steps": steps}
+
+
+def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> dict[str, Any]:
+    """Policy, tokenizer, pairs and reference log-probs (cached table or live scorer)."""
+    from mrpo.data.preference import load_preference_data
+    from mrpo.data.tokenize import tokenize_pairs
+    from mrpo.models import load_model, load_tokenizer
+    from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec
+
+    examples = load_preference_data(setup["data"]).examples
+    tokenizer = load_tokenizer(setup["source"])
+    pairs = tokenize_pairs(examples, tokenizer, max_length=args.max_length).pairs
+    policy = load_model(setup["source"], trainable=True)
+    policy.train()
+    ensemble = ReferenceEnsemble(
+        [ReferenceSpec("self")],
+        policy_source=setup["source"],
+        max_length=args.max_length,
+        cache_dir=Path(setup["scratch"]) / "refcache",
+        batch_size=args.batch_size,
+    )
+    start = time.perf_counter()
+    table = ensemble.table(examples, progress=False) if cached else None
+    live = None if cached else LiveReferences(ensemble, policy=policy, examples=examples)
+    return {
+        "policy": policy,
+        "tokenizer": tokenizer,
+        "pairs": pairs,
+        "table": table,
+        "live": live,
+        "reference_s": time.perf_counter() - start,
+        "tokens": sum(
+            2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs
+        ),
+    }
+
+
+def run_mrpo(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> dict[str, Any]:
+    import lightning as L
+    import torch
+
+    from mrpo.datamodule import PreferenceDataModule
+    from mrpo.module import PreferenceModule
+    from mrpo.objectives import get_objective
+
+    parts = mrpo_parts(setup, args, cached)
+    module = PreferenceModule(
+        parts["policy"],
+        parts["tokenizer"],
+        get_objective("dpo", beta=BETA),
+        functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0),
+        scheduler_name="constant",
+        live_references=parts["live"],
+    )
+    data = PreferenceDataModule(
+        parts["pairs"],
+        [],
+        pad_token_id=parts["tokenizer"].pad_token_id,
+        ref_lookup=parts["table"],
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+    )
+    times: dict[str, float] = {}
+
+    class Clock(L.Callback):
+        def on_train_start(self, *a: Any) -> None:
+            times["start"] = time.perf_counter()
+
+        def on_train_end(self, *a: Any) -> None:
+            times["end"] = time.perf_counter()
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        precision="32-true",
+        gradient_clip_val=MAX_GRAD_NORM,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, datamodule=data)
+    return {
+        "loop_s": times["end"] - times["start"],
+        "reference_s": parts["reference_s"],
+        "tokens": parts["tokens"],
+        "steps": trainer.global_step,
+    }
+
+
+def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The same epoch as ``mrpo_cached`` (same batches), as a plain PyTorch loop."""
+    import torch
+    import torch.nn.functional as F
+
+    from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
+
+    parts = mrpo_parts(setup, args, cached=True)
+    policy, pairs = parts["policy"], parts["pairs"]
+    collate = PreferenceCollator(parts["tokenizer"].pad_token_id, ref_lookup=parts["table"])
+    sampler = LengthGroupedBatchSampler(pair_lengths(pairs), args.batch_size, seed=0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+    start = time.perf_counter()
+    steps = 0
+    for rows in sampler:
+        batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
+        steps += 1
+        logits = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        labels = batch.labels[:, 1:]
+        mask = labels != -100
+        token_logps = torch.gather(
+            logits[:, :-1].log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)
+        ).squeeze(-1)
+        logps = (token_logps * mask).sum(-1)
+        b = logps.shape[0] // 2
+        margin = (logps[:b] - logps[b:]) - (batch.ref_chosen[0] - batch.ref_rejected[0])
+        loss = -F.logsigmoid(BETA * margin).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {
+        "loop_s": time.perf_counter() - start,
+        "reference_s": parts["reference_s"],
+        "tokens": parts["tokens"],
+        "steps": steps,
+    }
+
+
+def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Run one arm in this process; add tokens/s and the process's peak resident memory."""
+    import torch
+
+    torch.manual_seed(0)
+    if arm.startswith("trl"):
+        result = run_trl(setup, args, precompute=arm == "trl_precompute")
+    elif arm == "bare":
+        result = run_bare(setup, args)
+    else:
+        result = run_mrpo(setup, args, cached=arm == "mrpo_cached")
+    result["tokens_per_s"] = result["tokens"] / result["loop_s"]
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+# --- orchestration and report --------------------------------------------------------------
+
+
+def spawn(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--arm", arm, "--setup", json.dumps(setup), *args.passthrough]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"arm {arm} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict[str, list[dict[str, Any]]]) -> None:
+    med = {
+        arm: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for arm, runs in results.items()
+    }
+    print(
+        f"\n{'arm':<16}{'tokens/s':>10}{'loop s':>9}{'steps':>7}{'tokens':>9}"
+        f"{'ref s':>8}{'peak GB':>9}"
+    )
+    for arm, m in med.items():
+        ref = m.get("reference_s", float("nan"))
+        print(
+            f"{arm:<16}{m['tokens_per_s']:>10.1f}{m['loop_s']:>9.1f}{m['steps']:>7.0f}"
+            f"{m['tokens']:>9.0f}{ref:>8.1f}{m['peak_rss_gb']:>9.2f}"
+        )
+
+    def ratio(a: str, b: str, key: str = "tokens_per_s") -> str:
+        return f"{med[a][key] / med[b][key]:.3f}" if a in med and b in med else "n/a"
+
+    print("\nspeed = tokens/s ratio (> 1: mrpo faster); memory = peak RSS ratio (< 1: smaller)")
+    print(
+        f"mrpo_live / trl (both run the reference each step): speed {ratio('mrpo_live', 'trl')}, "
+        f"memory {ratio('mrpo_live', 'trl', 'peak_rss_gb')}"
+    )
+    print(
+        f"mrpo_cached / trl_precompute (both precompute): speed "
+        f"{ratio('mrpo_cached', 'trl_precompute')}, memory "
+        f"{ratio('mrpo_cached', 'trl_precompute', 'peak_rss_gb')}"
+    )
+    print(
+        f"mrpo_cached / trl (each framework's default): speed {ratio('mrpo_cached', 'trl')}, "
+        f"memory {ratio('mrpo_cached', 'trl', 'peak_rss_gb')}"
+    )
+    if "bare" in med and "mrpo_cached" in med:
+        overhead = med["bare"]["tokens_per_s"] / med["mrpo_cached"]["tokens_per_s"]
+        print(f"framework overhead, mrpo_cached step time / bare loop: {overhead:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("random", "packaged"), default="random")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the random model")
+    parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all arms")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, json.loads(args.setup), args)))
+        return
+    arms = args.arms.split(",")
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS}")
+    args.passthrough = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in ("model", "layers", "pairs", "batch_size", "max_length")
+    ]
+    import torch
+    import transformers
+    import trl
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), transformers {transformers.__version__}, trl {trl.__version__}"
+    )
+    with tempfile.TemporaryDirectory(prefix="mrpo-bench-trl-") as tmp:
+        setup = {**prepare(args, Path(tmp)), "scratch": tmp}
+        print(
+            f"model {args.model} ({setup['source']}), {setup['pairs']} HH-RLHF pairs, batch "
+            f"{args.batch_size}, max length {args.max_length}, {args.rounds} rounds of {arms}"
+        )
+        results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+        for r in range(args.rounds):
+            for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
+                results[arm].append(spawn(arm, setup, args))
+                last = results[arm][-1]
+                print(f"round {r}: {arm:<15} {last['tokens_per_s']:8.1f} tokens/s", flush=True)
+    report(results)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
