@@ -16,6 +16,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.checks import ConfigError, check_train_config, num_references
@@ -87,13 +88,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = make_loggers(
         output_dir, wandb_settings(run_cfg), OmegaConf.to_container(cfg, resolve=True)
     )
+    callbacks = build_callbacks(run_cfg, output_dir, data, tokenizer)
+    trainer_kwargs = dict(run_cfg.trainer)
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        # No checkpoints configured: keep Lightning from adding its default one.
+        trainer_kwargs["enable_checkpointing"] = False
     trainer = L.Trainer(
-        **run_cfg.trainer,
+        **trainer_kwargs,
         # The data module's samplers split batches across ranks themselves.
         use_distributed_sampler=False,
         default_root_dir=str(output_dir),
         logger=loggers,
-        callbacks=build_callbacks(run_cfg, output_dir, data, tokenizer),
+        callbacks=callbacks,
     )
     ckpt_path = _resolve_ckpt_path(run_cfg.ckpt_path, output_dir)
     before = {} if ckpt_path else _validate(trainer, module, datamodule)
