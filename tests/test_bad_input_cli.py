@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from mrpo.testing.runs import run_train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +65,8 @@ def run_cli(args: list[str], tmp_path: Path, tiny_model_dir: Path) -> tuple[int,
         "data=local_file",
         "logger=none",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mrpo.train", *base, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    done = run_train_cli([*base, *args], tmp_path / "run", timeout=300)
     return done.returncode, done.stdout + done.stderr
 
 

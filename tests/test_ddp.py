@@ -9,14 +9,13 @@ The final weights and validation metrics must agree.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from mrpo.testing.runs import run_train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +38,7 @@ COMMON = [
 
 
 def run_train(args: list[str], run_dir: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "mrpo.train", *args, f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = run_train_cli(args, run_dir)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 

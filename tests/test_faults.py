@@ -7,16 +7,14 @@ the reference-cache faults (killed writers, racing jobs) are in test_refcache.py
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from mrpo.compare.records import read_metrics
+from mrpo.testing.runs import run_train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -35,19 +33,6 @@ COMMON = [
     "weights=sliding_window",
 ]
 FINAL_KEYS = ("final/val/loss", "final/val/rewards/accuracy", "final/val/policy_margin_accuracy")
-
-
-def run_train(
-    args: list[str], run_dir: Path, *, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m mrpo.train`` with ``args`` in ``run_dir``, one torch thread, W&B offline."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    full_env["OMP_NUM_THREADS"] = "1"
-    full_env.update(env or {})
-    for key in [k for k, v in full_env.items() if v == ""]:
-        del full_env[key]  # an empty value means: unset
-    cmd = [sys.executable, "-m", "mrpo.train", *args, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
 
 
 @pytest.fixture
@@ -73,17 +58,17 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(
     base_args: list[str], tmp_path: Path
 ) -> None:
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
-    full = run_train(base_args, full_dir)
+    full = run_train_cli(base_args, full_dir)
     assert full.returncode == 0, full.stderr[-3000:]
 
     kill = ["+callbacks.kill._target_=mrpo.testing.faults.KillAtStep", "+callbacks.kill.step=5"]
-    killed = run_train([*base_args, *kill], killed_dir)
+    killed = run_train_cli([*base_args, *kill], killed_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (killed_dir / "summary.json").exists()
     last = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 4  # the step-5 checkpoint never got written
 
-    resumed = run_train([*base_args, "ckpt_path=last"], killed_dir)
+    resumed = run_train_cli([*base_args, "ckpt_path=last"], killed_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     reference, after = summary_of(full_dir), summary_of(killed_dir)
@@ -111,7 +96,7 @@ def test_wandb_that_cannot_start_online_falls_back_to_offline(
         "WANDB_BASE_URL": "http://127.0.0.1:9",  # nothing listens there
     }
     args = [*base_args, "trainer.max_steps=2", "logger.mode=online", "logger.init_timeout=5"]
-    run = run_train(args, tmp_path / "run", env=env)
+    run = run_train_cli(args, tmp_path / "run", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "W&B could not start online" in run.stdout + run.stderr
     summary = summary_of(tmp_path / "run")
@@ -123,7 +108,7 @@ def test_nan_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint
     base_args: list[str], tmp_path: Path
 ) -> None:
     nan = ["+callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep", "+callbacks.nan.step=5"]
-    run = run_train([*base_args, *nan], tmp_path / "stop")
+    run = run_train_cli([*base_args, *nan], tmp_path / "stop")
     assert run.returncode == 3, run.stderr[-3000:]
     log = run.stdout + run.stderr
     assert "training stopped: non-finite loss (nan) at global step 5, batch 5" in log
@@ -132,7 +117,7 @@ def test_nan_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint
     assert last["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
-    skip = run_train([*base_args, *nan, "callbacks.nan_guard.action=skip"], tmp_path / "skip")
+    skip = run_train_cli([*base_args, *nan, "callbacks.nan_guard.action=skip"], tmp_path / "skip")
     assert skip.returncode == 0, skip.stderr[-3000:]
     skipped = read_metrics(tmp_path / "skip")["train/skipped_batches"]
     assert min(skipped) == 5 and set(skipped.values()) == {1.0}  # one skip, at step 5
@@ -143,7 +128,7 @@ def test_nan_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint
 
 def test_same_seed_and_config_give_the_same_metrics(base_args: list[str], tmp_path: Path) -> None:
     args = [*base_args, "trainer.max_steps=3", "logger=none"]
-    first, second = (run_train(args, tmp_path / name) for name in ("a", "b"))
+    first, second = (run_train_cli(args, tmp_path / name) for name in ("a", "b"))
     assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
     a, b = summary_of(tmp_path / "a"), summary_of(tmp_path / "b")
     for key in FINAL_KEYS:

@@ -135,10 +135,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if ckpt_path != "last":
         return ckpt_path
-    last = output_dir / "checkpoints" / "last.ckpt"
+    last = _last_checkpoint(output_dir)
     if not last.exists():
         raise ConfigError(f"ckpt_path: 'last' but there is no {last}; start without it")
     return str(last)
+
+
+def _last_checkpoint(output_dir: Path) -> Path:
+    return output_dir / "checkpoints" / "last.ckpt"
 
 
 def _validate(trainer: L.Trainer, module: Any, datamodule: Any) -> dict[str, float]:
@@ -185,7 +189,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except NonFiniteLossError as err:
         # Diverged training is not a crash of the program: say where, and what is kept.
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        last = _last_checkpoint(Path(cfg.paths.output_dir))
         kept = f"resume from {last}" if last.exists() else "no checkpoint was saved before it"
         log.error("training stopped: %s; %s", err, kept)
         sys.exit(3)

@@ -132,13 +132,11 @@ class EvalCallback(L.Callback):
         step = trainer.global_step
         self._last_step = step
         if trainer.is_global_zero:
-            output = self._run(pl_module, limit, progress=trainer.is_global_zero)
+            output = self._run(pl_module, limit)
             self._publish(trainer, output, step, final=final)
         trainer.strategy.barrier("mrpo_eval")
 
-    def _run(
-        self, pl_module: L.LightningModule, limit: int | None, *, progress: bool = False
-    ) -> EvalOutput:
+    def _run(self, pl_module: L.LightningModule, limit: int | None) -> EvalOutput:
         if self._data is None:
             self._data = load_eval_data(self.evals, data_dir=self.data_dir)
         tokenizer = self._resolve_tokenizer(pl_module)
@@ -151,7 +149,7 @@ class EvalCallback(L.Callback):
                 data=self._data,
                 batch_size=self.batch_size,
                 max_new_tokens=self.max_new_tokens,
-                progress=progress,
+                progress=True,  # only rank 0 evaluates
             )
 
     def _resolve_tokenizer(self, pl_module: L.LightningModule) -> PreTrainedTokenizerBase:

@@ -12,7 +12,8 @@ Each row's text is then its new tokens up to the first end-of-sequence token, de
 special tokens skipped, and cut before the earliest stop string (the harness splits on each
 ``until`` string in turn, which is the same cut). As in the harness, the tokenizer's eos text is
 also a stop string. Greedy decoding with masked padding and position ids that follow the mask
-makes every row's text independent of the batch it shares (up to float rounding)."""
+makes every row's text independent of the batch it shares (up to float rounding).
+"""
 
 from __future__ import annotations
 

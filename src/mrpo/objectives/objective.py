@@ -198,7 +198,7 @@ class Objective:
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, used, self.config
         )
         if update_state:
-            self.weighting.observe(ref_chosen, ref_rejected)
+            self.observe(ref_chosen, ref_rejected)
         return output
 
     def observe(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -168,16 +169,22 @@ class ReferenceEnsemble:
 
     # --- tokenization and keys -------------------------------------------------------------
 
+    @contextmanager
+    def _naming_reference(self, k: int) -> Iterator[None]:
+        """Prefix a ``ModelSourceError`` with the reference it concerns (position and name)."""
+        try:
+            yield
+        except ModelSourceError as err:
+            raise ModelSourceError(f"reference {k} ({self.specs[k].name!r}): {err}") from None
+
     def tokenizer(self, k: int) -> Any:
         """Reference ``k``'s tokenizer (with its chat template override), loaded once."""
         ref = self.resolved[k]
         if ref.tokenizer_group not in self._tokenizers:
-            try:
+            with self._naming_reference(k):
                 self._tokenizers[ref.tokenizer_group] = load_tokenizer(
                     ref.tokenizer, chat_template=ref.chat_template, cache_dir=self.model_cache_dir
                 )
-            except ModelSourceError as err:
-                raise ModelSourceError(f"reference {k} ({ref.spec.name!r}): {err}") from None
         return self._tokenizers[ref.tokenizer_group]
 
     def tokenize(
@@ -246,12 +253,10 @@ class ReferenceEnsemble:
         """Load reference ``k``'s weights: frozen, in eval mode, on :attr:`device`."""
         ref = self.resolved[k]
         log.info("loading reference model %s (%s) on %s", ref.weights, ref.spec.dtype, self.device)
-        try:
+        with self._naming_reference(k):
             model = load_model(
                 ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
             )
-        except ModelSourceError as err:
-            raise ModelSourceError(f"reference {k} ({ref.spec.name!r}): {err}") from None
         self.stats.model_loads += 1
         return model.to(self.device)
 

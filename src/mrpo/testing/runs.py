@@ -6,7 +6,10 @@ Used by the test suite and by smoke checks; everything is built offline in a few
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mrpo.testing.models import make_tiny_model, save_tiny_model
@@ -37,3 +40,23 @@ def write_hh_pairs(path: Path, num_pairs: int, *, seed: int = 0) -> Path:
         lines.append(json.dumps({"chosen": prompt + good, "rejected": prompt + bad}))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def run_train_cli(
+    args: Sequence[str],
+    run_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m mrpo.train *args`` in ``run_dir`` as a real process; capture its output.
+
+    One torch thread and W&B offline unless ``env`` says otherwise; an empty value in ``env``
+    removes that variable.
+    """
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    full_env["WANDB_SILENT"] = "true"
+    full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v != ""}
+    cmd = [sys.executable, "-m", "mrpo.train", *args, f"hydra.run.dir={run_dir}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
