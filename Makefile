@@ -44,9 +44,11 @@ quickstart: setup
 bench: setup
 	$(PIP) -e '.[bench]' 2>&1 | $(QUIET)
 	$(PY) benchmarks/bench_objectives.py
+	$(PY) benchmarks/bench_logprobs.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py --questions 16 --batch-size 16 --tqa-questions 16
 	$(PY) benchmarks/bench_trl.py
+	$(PY) benchmarks/bench_trl.py --arms mrpo_cached,mrpo_nogroup,mrpo_fulllogits,mrpo_gradckpt,mrpo_compile
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -304,6 +304,23 @@ def test_num_refs_cannot_exceed_the_pool(output_dir: Path) -> None:
     assert "5" in message
 
 
+def test_shard_timeout_must_be_positive(output_dir: Path) -> None:
+    run_cfg = checked_train_config(["references.shard_timeout_s=60"], output_dir)
+    assert (run_cfg.references.split_across_ranks, run_cfg.references.shard_timeout_s) == (True, 60)
+    message = expect_config_error(["references.shard_timeout_s=0"], output_dir)
+    assert message.startswith("references.shard_timeout_s:")
+    assert "> 0" in message
+
+
+def test_logprob_chunk_size_must_be_positive(output_dir: Path) -> None:
+    assert (
+        checked_train_config(["model.logprob_chunk_size=2"], output_dir).model.logprob_chunk_size
+        == 2
+    )
+    message = expect_config_error(["model.logprob_chunk_size=0"], output_dir)
+    assert message.startswith("model.logprob_chunk_size:")
+
+
 def test_official_pairing_needs_two_references(output_dir: Path) -> None:
     base = ["loss=mrpo", "loss.harmonic_pairing=official", "references=prompted"]
     checked_train_config([*base, "references.num_refs=2"], output_dir)
@@ -342,3 +359,25 @@ def test_optimizer_partial_instantiates(
     assert type(optimizer) is cls
     assert optimizer.param_groups[0]["lr"] == 0.25
     assert optimizer.param_groups[0]["params"] == params
+
+
+def test_adamw_is_fused_and_steps_like_the_default_implementation(output_dir: Path) -> None:
+    run_cfg = checked_train_config(["optimizer=adamw", "optimizer.weight_decay=0.1"], output_dir)
+    factory = hydra.utils.instantiate(run_cfg.optimizer)
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(4, 3, generator=generator), torch.randn(5, generator=generator)]
+    grads = [[torch.randn(p.shape, generator=generator) for p in start] for _ in range(3)]
+    results = []
+    for make in (factory, lambda ps: torch.optim.AdamW(ps, lr=5e-6, weight_decay=0.1)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append((optimizer, [p.detach() for p in params]))
+    (fused, fused_params), (_, reference_params) = results
+    assert fused.defaults["fused"] is True
+    for a, b in zip(fused_params, reference_params, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    assert not torch.equal(fused_params[0], start[0])

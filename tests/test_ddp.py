@@ -9,6 +9,10 @@ The final weights and validation metrics must agree.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,30 +41,86 @@ COMMON = [
 ]
 
 
-def run_train(args: list[str], run_dir: Path) -> dict:
-    done = run_train_cli(args, run_dir)
+def run_train(args: list[str], run_dir: Path, env: dict[str, str] | None = None) -> dict:
+    done = run_train_cli(args, run_dir, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
-    tiny_model_dir: Path, hh_file: Path, tmp_path: Path
-) -> None:
-    base = [
+def base_args(model_dir: Path, data_file: Path, cache: Path) -> list[str]:
+    return [
         *COMMON,
-        f"model.source={tiny_model_dir}",
-        f"data.source={hh_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"model.source={model_dir}",
+        f"data.source={data_file}",
+        f"paths.cache_dir={cache}",
     ]
-    single = run_train([*base, "trainer.accumulate_grad_batches=2"], tmp_path / "single")
-    ddp = run_train([*base, "trainer=ddp", "trainer.accelerator=cpu"], tmp_path / "ddp")
 
+
+@pytest.fixture(scope="module")
+def single(tiny_model_dir: Path, hh_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One process, 2-step gradient accumulation: the run every data-parallel run must match."""
+    root = tmp_path_factory.mktemp("single")
+    args = [
+        *base_args(tiny_model_dir, hh_file, root / "cache"),
+        "trainer.accumulate_grad_batches=2",
+    ]
+    return run_train(args, root / "run")
+
+
+def assert_same_training(single: dict, ddp: dict, initial_dir: Path) -> None:
     assert single["global_step"] == ddp["global_step"] == 5
     for key in ("final/val/loss", "final/val/rewards/margin", "final/val/policy_margin_accuracy"):
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
     weights = [load_file(Path(s["model_dir"]) / "model.safetensors") for s in (single, ddp)]
-    initial = load_file(tiny_model_dir / "model.safetensors")
+    initial = load_file(initial_dir / "model.safetensors")
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-4)
     # ... and training did move them.
     assert any(not torch.equal(weights[0][n], initial[n]) for n in initial)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
+    single: dict, tiny_model_dir: Path, hh_file: Path, tmp_path: Path
+) -> None:
+    args = [*base_args(tiny_model_dir, hh_file, tmp_path / "cache"), "trainer=ddp"]
+    ddp = run_train([*args, "trainer.accelerator=cpu"], tmp_path / "ddp")
+    assert_same_training(single, ddp, tiny_model_dir)
+    # Lightning starts rank 1 when training begins: rank 0 scored every reference row alone.
+    assert ddp["reference_cache"]["forward_passes"] == single["reference_cache"]["forward_passes"]
+
+
+def test_torchrun_ranks_split_reference_scoring_and_train_like_one_process(
+    single: dict, tiny_model_dir: Path, hh_file: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "torchrun"
+    args = [*base_args(tiny_model_dir, hh_file, tmp_path / "cache"), "trainer=ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "mrpo.train",
+        *args,
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={run_dir}",  # every rank must write to the same run directory
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ddp = json.loads((run_dir / "summary.json").read_text())
+    assert_same_training(single, ddp, tiny_model_dir)
+    # Both ranks started together: rank 0 scored half of each reference's rows (24 rows in
+    # batches of 8: 2 forward passes for its 12 against 3 for all 24, for each of 2 references).
+    assert single["reference_cache"]["forward_passes"] == 2 * 3
+    assert ddp["reference_cache"]["forward_passes"] == 2 * 2
+    assert ddp["reference_cache"]["misses"] == 2
+    assert not list((tmp_path / "cache" / "reflogps" / "shards").glob("*/*.safetensors"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -12,6 +12,7 @@ from mrpo.logprobs import (
     IGNORE_INDEX,
     model_sequence_logprobs,
     position_ids_from_mask,
+    scored_window,
     sequence_logprobs,
 )
 from mrpo.testing.models import make_tiny_model
@@ -244,3 +245,52 @@ def test_model_logprobs_rejects_mismatched_shapes(tiny_model):
     input_ids, attention_mask, labels = padded_batch(left=False)
     with pytest.raises(ValueError, match="same"):
         model_sequence_logprobs(tiny_model, input_ids, attention_mask[:, :-1], labels)
+
+
+def test_scored_window_spans_from_before_the_first_scored_label():
+    ignore = IGNORE_INDEX
+    labels = torch.tensor(
+        [[ignore, ignore, ignore, 5, 6, ignore], [ignore, ignore, ignore, ignore, 7, 8]]
+    )
+    assert scored_window(labels) == 4  # logits at positions 2..5: position 2 predicts label 3
+    assert scored_window(torch.full((2, 5), ignore)) == 1  # nothing scored
+    assert scored_window(torch.tensor([[3, 4, 5]])) == 3  # column 0 is never predicted: all
+
+
+class NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep`` (as older or custom models)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+
+
+def test_only_the_scored_window_gets_logits(tiny_model, monkeypatch):
+    input_ids, attention_mask, labels = padded_batch(left=True)
+    with torch.no_grad():
+        full = sequence_logprobs(
+            tiny_model(
+                input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+            ).logits,
+            labels,
+        )
+        seen = []
+        hook = tiny_model.register_forward_hook(lambda m, a, out: seen.append(out.logits.shape[1]))
+        try:
+            windowed = model_sequence_logprobs(tiny_model, input_ids, attention_mask, labels)
+        finally:
+            hook.remove()
+        plain = model_sequence_logprobs(
+            NoLogitsToKeep(tiny_model), input_ids, attention_mask, labels
+        )
+    assert seen == [scored_window(labels)] and seen[0] < input_ids.shape[1]
+    torch.testing.assert_close(windowed.logps, full.logps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(plain.logps, full.logps, atol=1e-6, rtol=0)
+    assert windowed.num_tokens.tolist() == full.num_tokens.tolist()

@@ -45,6 +45,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     for task in cfg.eval.tasks:
         _require(task in EVAL_NAMES, "eval.tasks", f"unknown task {task!r}; one of {EVAL_NAMES}")
     _require(cfg.logger.mode in _WANDB_MODES, "logger.mode", f"must be one of {_WANDB_MODES}")
+    chunk = cfg.model.logprob_chunk_size
+    _require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
     _check_trainer_kwargs(cfg.trainer)
     _check_callback_targets(cfg.callbacks)
 
@@ -120,6 +122,7 @@ def _check_references(cfg: TrainConfig) -> None:
         )
     _require(refs.mode in _REF_MODES, "references.mode", f"must be one of {_REF_MODES}")
     _require(refs.batch_size >= 1, "references.batch_size", "must be >= 1")
+    _require(refs.shard_timeout_s > 0, "references.shard_timeout_s", "must be > 0 seconds")
 
 
 def _check_data(cfg: TrainConfig) -> None:

@@ -44,7 +44,11 @@ class ModelConfig:
     tokenizer: str | None = None
     chat_template: str | None = None
     dtype: str = "float32"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    compile: bool = False  # torch.compile the policy's forward (see docs/scaling.md)
+    # Rows of the policy's logits turned into float32 log-probs at a time (None: all at once);
+    # with bf16 logits this bounds the float32 copy, recomputed in backward (mrpo.logprobs).
+    logprob_chunk_size: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -69,6 +73,9 @@ class ReferencesConfig:
     num_refs: int | None = None
     mode: str = "cached"  # cached | live
     batch_size: int = 8
+    # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
+    split_across_ranks: bool = True
+    shard_timeout_s: float = 7200.0  # how long a rank waits for the others' shards
 
 
 @dataclass

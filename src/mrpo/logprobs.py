@@ -14,6 +14,8 @@ span of a sequence. The convention, shared with ``PreferenceBatch.labels``:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -144,6 +146,11 @@ def model_sequence_logprobs(
 ) -> SequenceLogProbs:
     """Run a causal LM on a padded batch and reduce the log-probs of its labelled tokens.
 
+    Models whose forward takes ``logits_to_keep`` (transformers causal LMs) compute logits
+    only for the last :func:`scored_window` positions: the prompt positions before the first
+    scored token of any row never reach the LM head, which is the largest single layer of a
+    small model with a large vocabulary.
+
     Args:
         model: a causal LM (a transformers model or a peft wrapper of one).
         input_ids: (N, T) int64 token ids, left- or right-padded.
@@ -161,10 +168,45 @@ def model_sequence_logprobs(
             "input_ids, attention_mask and labels must have the same (N, T) shape, got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(labels.shape)}"
         )
+    width = input_ids.shape[1]
+    keep = scored_window(labels) if _takes_logits_to_keep(model) else width
+    # The LM head and the vocabulary-sized log-softmax then run only on the positions whose
+    # logits score a label: from the one before the first scored label (in any row) to the end.
+    extra = {"logits_to_keep": keep} if keep < width else {}
     outputs = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
+        **extra,
     )
-    return sequence_logprobs(outputs.logits, labels, average=average, chunk_size=chunk_size)
+    return sequence_logprobs(
+        outputs.logits, labels[:, width - keep :], average=average, chunk_size=chunk_size
+    )
+
+
+def scored_window(labels: torch.Tensor) -> int:
+    """How many trailing positions of a batch have logits that score a label.
+
+    Args:
+        labels: (N, T) int64, ``IGNORE_INDEX`` where not scored (unshifted).
+
+    Returns:
+        ``T - f + 1`` where ``f`` is the first column with a scored label in any row (the
+        logits at ``f - 1`` predict it); at least 1, and ``T`` when column 0 is scored.
+    """
+    columns = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if columns.numel() == 0:
+        return 1
+    return labels.shape[1] - max(int(columns[0, 0]) - 1, 0)
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM (or the model under a peft wrapper) accepts ``logits_to_keep``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))

@@ -37,6 +37,8 @@ class PreferenceModule(L.LightningModule):
         scheduler_name: a :func:`transformers.get_scheduler` name.
         warmup_ratio: fraction of the training steps used for linear warm-up.
         length_normalize: use mean per-token policy log-probs instead of sums.
+        logprob_chunk_size: rows of logits reduced to log-probs at a time (see
+            :func:`mrpo.logprobs.sequence_logprobs`); None does all rows at once.
         live_references: when set, called on every batch to get ``(ref_chosen, ref_rejected)``,
             each (K, B); otherwise the batch must carry cached reference log-probs.
         on_nonfinite: what a NaN/inf training loss does: ``"stop"`` raises
@@ -55,6 +57,7 @@ class PreferenceModule(L.LightningModule):
         scheduler_name: str = "cosine",
         warmup_ratio: float = 0.0,
         length_normalize: bool = False,
+        logprob_chunk_size: int | None = None,
         live_references: LiveReferenceFn | None = None,
         on_nonfinite: str = "stop",
     ) -> None:
@@ -66,6 +69,7 @@ class PreferenceModule(L.LightningModule):
         self.scheduler_name = scheduler_name
         self.warmup_ratio = warmup_ratio
         self.length_normalize = length_normalize
+        self.logprob_chunk_size = logprob_chunk_size
         self.live_references = live_references
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -80,6 +84,7 @@ class PreferenceModule(L.LightningModule):
             batch.attention_mask,
             batch.labels,
             average=self.length_normalize,
+            chunk_size=self.logprob_chunk_size,
         )
         b = batch.num_pairs
         return out.logps[:b], out.logps[b:]

@@ -21,10 +21,17 @@ from mrpo.data.collate import PreferenceCollator
 from mrpo.data.preference import load_preference_data, train_val_split
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
-from mrpo.models import LoraSettings, load_model, load_tokenizer
+from mrpo.models import (
+    LoraSettings,
+    compile_policy,
+    enable_gradient_checkpointing,
+    load_model,
+    load_tokenizer,
+)
 from mrpo.objectives import Objective, get_objective, get_objective_spec
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
+from mrpo.references.sharding import detect_ranks
 
 log = logging.getLogger("mrpo.train")
 
@@ -106,6 +113,8 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         cache_dir=Path(cfg.paths.cache_dir) / "reflogps",
         batch_size=cfg.references.batch_size,
         model_cache_dir=model_cache_dir(cfg),
+        ranks=detect_ranks() if cfg.references.split_across_ranks else None,
+        shard_timeout=cfg.references.shard_timeout_s,
     )
 
 
@@ -184,7 +193,9 @@ def load_policy(cfg: TrainConfig) -> tuple[Any, Any]:
         trainable=True,
     )
     if m.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(policy)
+    if m.compile:
+        compile_policy(policy)
     policy.train()  # from_pretrained returns eval mode; dropout is already zeroed
     return policy, tokenizer
 

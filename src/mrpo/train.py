@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler_name=run_cfg.scheduler.name,
         warmup_ratio=run_cfg.scheduler.warmup_ratio,
         length_normalize=run_cfg.loss.length_normalize,
+        logprob_chunk_size=run_cfg.model.logprob_chunk_size,
         live_references=live_references(refs, policy, data),
         on_nonfinite=run_cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
     )

@@ -6,12 +6,21 @@ Public API:
   ``packaged_gguf_path``, ``model_fingerprint``, ``default_model_cache_dir``,
   ``ModelSourceError`` (see ``mrpo.models.sources``);
 - loading: ``load_model``, ``load_tokenizer``, ``LoraSettings``, ``disable_dropout``,
+  ``compile_policy``, ``enable_gradient_checkpointing``,
   ``DTYPES`` (see ``mrpo.models.loading``);
 - GGUF conversion cache: ``ensure_converted`` (see ``mrpo.models.gguf``).
 """
 
 from mrpo.models.gguf import ensure_converted
-from mrpo.models.loading import DTYPES, LoraSettings, disable_dropout, load_model, load_tokenizer
+from mrpo.models.loading import (
+    DTYPES,
+    LoraSettings,
+    compile_policy,
+    disable_dropout,
+    enable_gradient_checkpointing,
+    load_model,
+    load_tokenizer,
+)
 from mrpo.models.sources import (
     DEFAULT_MODEL,
     PACKAGED_MODEL,
@@ -30,8 +39,10 @@ __all__ = [
     "LoraSettings",
     "ModelSource",
     "ModelSourceError",
+    "compile_policy",
     "default_model_cache_dir",
     "disable_dropout",
+    "enable_gradient_checkpointing",
     "ensure_converted",
     "load_model",
     "load_tokenizer",

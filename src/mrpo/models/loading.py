@@ -234,3 +234,28 @@ def load_model(
         model.requires_grad_(False)
         model.eval()
     return model
+
+
+def compile_policy(model: torch.nn.Module) -> torch.nn.Module:
+    """Compile ``model``'s forward with ``torch.compile``, in place; return it.
+
+    In place (``nn.Module.compile``) rather than ``torch.compile(model)``, so that parameter
+    names, checkpoints and ``save_pretrained`` are unchanged. ``dynamic=True``: batches come in
+    many padded widths, and recompiling for each width would cost more than it saves.
+    """
+    model.compile(dynamic=True)
+    return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """Recompute each layer's activations in the backward pass (less memory, more compute).
+
+    Always the non-reentrant variant: transformers before 5 defaulted to the reentrant one,
+    under which LoRA adapters get no gradient when the frozen embeddings' output does not
+    require grad.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

@@ -24,6 +24,7 @@ from mrpo.references.scoring import (
     score_pairs,
     tokenizer_fingerprint,
 )
+from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
 from mrpo.references.spec import ReferenceSpec, resolve_reference
 from mrpo.references.table import RefTable
 from mrpo.reflogps import RefLogps
@@ -101,7 +102,11 @@ class ReferenceEnsemble:
         cache_dir: directory of the reference log-prob cache.
         batch_size: pairs per forward pass when scoring.
         model_cache_dir: directory of converted GGUF models (see :mod:`mrpo.models`).
-        device: where reference models run (default: CUDA if available, else CPU).
+        device: where reference models run (default: this rank's GPU if CUDA is available,
+            else CPU).
+        ranks: this process's data-parallel rank; with more than one rank, each scores its
+            share of a missing entry's rows (:mod:`mrpo.references.sharding`).
+        shard_timeout: seconds a rank waits for the other ranks' shards.
 
     Raises:
         ValueError: no specs, repeated names, ``self`` without ``policy_source``, or a
@@ -121,6 +126,8 @@ class ReferenceEnsemble:
         batch_size: int = 8,
         model_cache_dir: str | Path | None = None,
         device: str | torch.device | None = None,
+        ranks: RankInfo | None = None,
+        shard_timeout: float = 7200.0,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -145,8 +152,10 @@ class ReferenceEnsemble:
         self.cache = RefCache(cache_dir)
         self.batch_size = batch_size
         self.model_cache_dir = model_cache_dir
+        self.ranks = ranks or RankInfo()
+        self.shard_timeout = shard_timeout
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.stats = ReferenceStats()
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
@@ -315,8 +324,11 @@ class ReferenceEnsemble:
     ) -> RefLogps:
         name, key, t0 = self.specs[k].name, self.key(k, pairs.pairs), time.perf_counter()
         meta = {"reference": name, "source": self.resolved[k].weights, "rows": len(pairs.pairs)}
-        compute = partial(self._compute, k, pairs, loaded, progress)
-        value, hit = self.cache.get_or_compute(key, compute, meta)
+        if self.ranks.world_size > 1:
+            value, hit = self._get_or_compute_shard(k, key, pairs, loaded, progress, meta)
+        else:
+            compute = partial(self._compute, k, pairs, loaded, progress)
+            value, hit = self.cache.get_or_compute(key, compute, meta)
         if hit:
             self.stats.hits += 1
             log.info("reference %s: cache hit (%d rows, key %s)", name, len(value), key.digest[:12])
@@ -325,6 +337,38 @@ class ReferenceEnsemble:
             dt = time.perf_counter() - t0
             log.info("reference %s: computed %d rows in %.1f s", name, len(value), dt)
         return value
+
+    def _get_or_compute_shard(
+        self,
+        k: int,
+        key: RefCacheKey,
+        pairs: TokenizedPairs,
+        loaded: list[torch.nn.Module],
+        progress: bool,
+        meta: dict[str, Any],
+    ) -> tuple[RefLogps, bool]:
+        """Score this rank's share of a missing entry, then wait for (or join) the others'.
+
+        Returns ``(entry, hit)``; ``hit`` is False when this rank scored rows for it.
+        """
+        value = self.cache.get(key)
+        if value is not None:
+            return value, True
+        rank, world = self.ranks.rank, self.ranks.world_size
+        store = ShardStore(self.cache, key, world)
+        scored = store.read(rank) is None  # a shard left by an earlier run is reused
+        if scored:
+            mine = replace(pairs, pairs=pairs.pairs[rank::world])
+            store.write(rank, self._compute(k, mine, loaded, progress))
+            log.info(
+                "reference %s: rank %d of %d scored %d rows",
+                self.specs[k].name,
+                rank,
+                world,
+                len(mine.pairs),
+            )
+        value, _ = wait_for_entry(store, timeout=self.shard_timeout, meta=meta)
+        return value, not scored
 
     def _compute(
         self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
