@@ -42,6 +42,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -246,15 +247,21 @@ def train_step(arm: Arm, batch_idx: int) -> float:
     return time.perf_counter() - start
 
 
+def rotation(arms: Sequence[Any], i: int) -> list[Any]:
+    """The arms in round ``i``'s order: rotated by ``i``, so that no arm always runs first or
+    right after the same other arm (caches and allocator state carry over between runs)."""
+    k = i % len(arms)
+    return [*arms[k:], *arms[:k]]
+
+
 def bench_steps(arms: list[Arm], steps: int, warmup: int) -> dict[str, list[float]]:
     """Interleaved rounds: every arm takes step i on batch i; warm-up rounds not recorded.
 
-    The order of the arms rotates from round to round, so no arm always runs right after the
-    same other arm (caches and memory allocator state carry over between calls).
+    The order of the arms rotates from round to round (:func:`rotation`).
     """
     times: dict[str, list[float]] = {arm.name: [] for arm in arms}
     for i in range(warmup + steps):
-        for arm in arms[i % len(arms) :] + arms[: i % len(arms)]:
+        for arm in rotation(arms, i):
             seconds = train_step(arm, i)
             if i >= warmup:
                 times[arm.name].append(seconds)

@@ -8,12 +8,25 @@ Arms (each a separate process, so peak memory is its own; run interleaved in rou
 - ``mrpo_live``: ``PreferenceModule`` in a Lightning ``Trainer``, reference ``self`` run live;
 - ``mrpo_cached``: the same with the reference log-probs from mrpo's cache (``mrpo-train``'s
   default);
-- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows,
-  log-probs, DPO loss against the cached reference log-probs, backward, gradient clipping, AdamW
-  step): the floor that mrpo's training step is measured against.
+- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows with
+  logits from the first scored position on, log-probs, DPO loss against the cached reference
+  log-probs, backward, gradient clipping, AdamW step): the floor that mrpo's training step is
+  measured against.
+
+Options of mrpo's training step, as more arms (``--arms`` picks them; not in the default set):
+
+- ``mrpo_nogroup``: ``mrpo_cached`` with shuffled batches instead of length-grouped ones
+  (``data.group_by_length=false``): what grouping saves in padding;
+- ``mrpo_fulllogits``: ``mrpo_cached`` with logits at every position (the policy behind a
+  wrapper whose forward lacks ``logits_to_keep``): what the scored-window logits save;
+- ``mrpo_gradckpt``: ``mrpo_cached`` with gradient checkpointing
+  (``model.gradient_checkpointing=true``): memory against speed;
+- ``mrpo_compile``: ``mrpo_cached`` with the policy compiled by ``torch.compile``
+  (``model.compile=true``); its first steps include the compilation, reported apart.
 
 Equal settings: sigmoid DPO with β = 0.1, float32 on CPU, batch size ``--batch-size`` pairs,
-AdamW (lr 5e-6, no weight decay, constant schedule), gradient norm clipped at 1.0, one epoch
+fused AdamW (lr 5e-6, no weight decay, constant schedule: TRL's default optimizer and mrpo's
+``optimizer=adamw``), gradient norm clipped at 1.0, one epoch
 over the same pairs, which are HH-RLHF harmless-base test pairs (``$MRPO_DATA_DIR``) short enough
 that neither framework truncates them. Timed: the training loop of the epoch (from train start
 to train end; model loading, tokenization and the reference precomputation are reported apart).
@@ -25,6 +38,8 @@ Usage::
     pip install trl           # benchmark-only dependency (the `bench` extra)
     python benchmarks/bench_trl.py                      # random SmolLM2-width model, 4 layers
     python benchmarks/bench_trl.py --model packaged --pairs 32 --rounds 1
+    python benchmarks/bench_trl.py \
+        --arms mrpo_cached,mrpo_nogroup,mrpo_fulllogits,mrpo_gradckpt,mrpo_compile
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "bare")
+OPTION_ARMS = ("mrpo_nogroup", "mrpo_fulllogits", "mrpo_gradckpt", "mrpo_compile")
 BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
@@ -96,6 +112,30 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 # --- the arms ------------------------------------------------------------------------------
 
 
+def watch_batches(model: Any) -> dict[str, int]:
+    """Record the largest (rows x padded width) the model is trained on, and its rows and width.
+
+    Peak memory follows the largest batch, which depends on how each framework groups pairs;
+    forward passes without gradients (reference scoring) are not counted.
+    """
+    import torch
+
+    largest = {"max_batch_tokens": 0, "max_batch_rows": 0, "max_batch_width": 0}
+
+    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not torch.is_grad_enabled() or ids is None:
+            return
+        if ids.numel() > largest["max_batch_tokens"]:
+            rows, width = ids.shape
+            largest.update(
+                max_batch_tokens=rows * width, max_batch_rows=rows, max_batch_width=width
+            )
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return largest
+
+
 def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -> dict[str, Any]:
     import datasets
     from transformers import TrainerCallback
@@ -115,6 +155,7 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
         ]
     )
     model = load_model(setup["source"], trainable=True)
+    largest = watch_batches(model)
     tokenizer = load_tokenizer(setup["source"])
     times: dict[str, float] = {}
 
@@ -131,6 +172,7 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
             per_device_train_batch_size=args.batch_size,
             num_train_epochs=1,
             learning_rate=LR,
+            optim="adamw_torch_fused",  # its default with torch >= 2.8; named for clarity
             weight_decay=0.0,
             lr_scheduler_type="constant",
             warmup_steps=0,
@@ -167,7 +209,13 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
         )
         steps = trainer.state.global_step
     loop = times["end"] - times["start"]
-    return {"loop_s": loop, "outside_loop_s": total - loop, "tokens": tokens, "steps": steps}
+    return {
+        "loop_s": loop,
+        "outside_loop_s": total - loop,
+        "tokens": tokens,
+        "steps": steps,
+        **largest,
+    }
 
 
 def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> dict[str, Any]:
@@ -182,6 +230,7 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
     pairs = tokenize_pairs(examples, tokenizer, max_length=args.max_length).pairs
     policy = load_model(setup["source"], trainable=True)
     policy.train()
+    largest = watch_batches(policy)
     ensemble = ReferenceEnsemble(
         [ReferenceSpec("self")],
         policy_source=setup["source"],
@@ -199,26 +248,38 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
         "table": table,
         "live": live,
         "reference_s": time.perf_counter() - start,
+        "largest": largest,
         "tokens": sum(
             2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs
         ),
     }
 
 
-def run_mrpo(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> dict[str, Any]:
+def run_mrpo(
+    setup: dict[str, Any], args: argparse.Namespace, cached: bool, option: str | None = None
+) -> dict[str, Any]:
+    """One epoch of mrpo's training step in a Lightning ``Trainer``; ``option`` as in the arms."""
     import lightning as L
     import torch
 
     from mrpo.datamodule import PreferenceDataModule
+    from mrpo.models import compile_policy, enable_gradient_checkpointing
     from mrpo.module import PreferenceModule
     from mrpo.objectives import get_objective
 
     parts = mrpo_parts(setup, args, cached)
+    policy = parts["policy"]
+    if option == "gradckpt":
+        enable_gradient_checkpointing(policy)
+    if option == "compile":
+        compile_policy(policy)
+    if option == "fulllogits":
+        policy = all_logits(policy)
     module = PreferenceModule(
-        parts["policy"],
+        policy,
         parts["tokenizer"],
         get_objective("dpo", beta=BETA),
-        functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0),
+        functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
         scheduler_name="constant",
         live_references=parts["live"],
     )
@@ -229,16 +290,9 @@ def run_mrpo(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> d
         ref_lookup=parts["table"],
         batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
+        group_by_length=option != "nogroup",
     )
-    times: dict[str, float] = {}
-
-    class Clock(L.Callback):
-        def on_train_start(self, *a: Any) -> None:
-            times["start"] = time.perf_counter()
-
-        def on_train_end(self, *a: Any) -> None:
-            times["end"] = time.perf_counter()
-
+    clock = step_clock()
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -251,15 +305,79 @@ def run_mrpo(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> d
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,
-        callbacks=[Clock()],
+        callbacks=[clock],
     )
     trainer.fit(module, datamodule=data)
     return {
-        "loop_s": times["end"] - times["start"],
+        "loop_s": clock.end - clock.start,
         "reference_s": parts["reference_s"],
+        **parts["largest"],
         "tokens": parts["tokens"],
         "steps": trainer.global_step,
+        **clock.figures(),
     }
+
+
+def all_logits(model: Any) -> Any:
+    """``model`` behind a forward without ``logits_to_keep``: logits at every position."""
+    import torch
+
+    class AllLogits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, use_cache: bool):
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+            )
+
+    return AllLogits()
+
+
+def step_clock() -> Any:
+    """A Lightning callback that times the loop and each step, and counts each batch's real
+    and padded tokens (Lightning is imported here, so that the TRL arms never load it)."""
+    import lightning as L
+
+    from mrpo.logprobs import scored_window
+
+    class StepClock(L.Callback):
+        def __init__(self) -> None:
+            self.start = self.end = self._t = 0.0
+            self.steps: list[tuple[float, int, int]] = []  # (seconds, real, padded tokens)
+            self.windows: list[float] = []  # fraction of positions that get logits
+
+        def on_train_start(self, *a: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_start(self, *a: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: Any, module: Any, out: Any, batch: Any, *a: Any):
+            mask = batch.attention_mask
+            self.steps.append((time.perf_counter() - self._t, int(mask.sum()), mask.numel()))
+            self.windows.append(scored_window(batch.labels) / batch.labels.shape[1])
+
+        def on_train_end(self, *a: Any) -> None:
+            self.end = time.perf_counter()
+
+        def figures(self) -> dict[str, float]:
+            """Padding fraction, positions with logits, first step's seconds, later tokens/s."""
+            real = sum(r for _, r, _ in self.steps)
+            padded = sum(p for _, _, p in self.steps)
+            rest = self.steps[1:]
+            return {
+                "padding": 1 - real / padded,
+                "logits_window": sum(self.windows) / len(self.windows),
+                "first_step_s": self.steps[0][0],
+                "steady_tokens_per_s": sum(r for _, r, _ in rest) / sum(t for t, _, _ in rest),
+            }
+
+    return StepClock()
 
 
 def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -273,14 +391,20 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     policy, pairs = parts["policy"], parts["pairs"]
     collate = PreferenceCollator(parts["tokenizer"].pad_token_id, ref_lookup=parts["table"])
     sampler = LengthGroupedBatchSampler(pair_lengths(pairs), args.batch_size, seed=0)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0, fused=True)
     start = time.perf_counter()
     steps = 0
     for rows in sampler:
         batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
         steps += 1
-        logits = policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        labels = batch.labels[:, 1:]
+        # Logits only from the position before the first scored label on, as mrpo does.
+        width = batch.labels.shape[1]
+        first = int((batch.labels != -100).any(0).nonzero()[0])
+        keep = width - max(first - 1, 0)
+        logits = policy(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+        ).logits
+        labels = batch.labels[:, width - keep + 1 :]
         mask = labels != -100
         token_logps = torch.gather(
             logits[:, :-1].log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)
@@ -296,6 +420,7 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {
         "loop_s": time.perf_counter() - start,
         "reference_s": parts["reference_s"],
+        **parts["largest"],
         "tokens": parts["tokens"],
         "steps": steps,
     }
@@ -311,7 +436,8 @@ def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[s
     elif arm == "bare":
         result = run_bare(setup, args)
     else:
-        result = run_mrpo(setup, args, cached=arm == "mrpo_cached")
+        option = arm.removeprefix("mrpo_") if arm in OPTION_ARMS else None
+        result = run_mrpo(setup, args, cached=arm != "mrpo_live", option=option)
     result["tokens_per_s"] = result["tokens"] / result["loop_s"]
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
@@ -333,15 +459,21 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
         arm: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for arm, runs in results.items()
     }
+    nan = float("nan")
     print(
         f"\n{'arm':<16}{'tokens/s':>10}{'loop s':>9}{'steps':>7}{'tokens':>9}"
-        f"{'ref s':>8}{'peak GB':>9}"
+        f"{'ref s':>8}{'peak GB':>9}{'largest':>9}{'padding':>9}{'window':>8}{'1st step s':>11}"
+        f"{'later tok/s':>12}"
     )
     for arm, m in med.items():
-        ref = m.get("reference_s", float("nan"))
+        largest = f"{m['max_batch_rows']:.0f}x{m['max_batch_width']:.0f}"
         print(
             f"{arm:<16}{m['tokens_per_s']:>10.1f}{m['loop_s']:>9.1f}{m['steps']:>7.0f}"
-            f"{m['tokens']:>9.0f}{ref:>8.1f}{m['peak_rss_gb']:>9.2f}"
+            f"{m['tokens']:>9.0f}{m.get('reference_s', nan):>8.1f}{m['peak_rss_gb']:>9.2f}"
+            f"{largest:>9}"
+            f"{m.get('padding', nan):>9.3f}{m.get('logits_window', nan):>8.3f}"
+            f"{m.get('first_step_s', nan):>11.2f}"
+            f"{m.get('steady_tokens_per_s', nan):>12.1f}"
         )
 
     def ratio(a: str, b: str, key: str = "tokens_per_s") -> str:
@@ -364,6 +496,13 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
     if "bare" in med and "mrpo_cached" in med:
         overhead = med["bare"]["tokens_per_s"] / med["mrpo_cached"]["tokens_per_s"]
         print(f"framework overhead, mrpo_cached step time / bare loop: {overhead:.3f}")
+    for arm in OPTION_ARMS:
+        if arm in med and "mrpo_cached" in med:
+            print(
+                f"{arm} / mrpo_cached: speed {ratio(arm, 'mrpo_cached')} (after the first step "
+                f"{ratio(arm, 'mrpo_cached', 'steady_tokens_per_s')}), memory "
+                f"{ratio(arm, 'mrpo_cached', 'peak_rss_gb')}"
+            )
 
 
 def main() -> None:
@@ -383,9 +522,9 @@ def main() -> None:
         print(json.dumps(run_arm(args.arm, json.loads(args.setup), args)))
         return
     arms = args.arms.split(",")
-    unknown = set(arms) - set(ARMS)
+    unknown = set(arms) - set(ARMS + OPTION_ARMS)
     if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS}")
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS + OPTION_ARMS}")
     args.passthrough = [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
         for k in ("model", "layers", "pairs", "batch_size", "max_length")
@@ -393,6 +532,7 @@ def main() -> None:
     import torch
     import transformers
     import trl
+    from bench_train import rotation
 
     print(
         f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
@@ -406,7 +546,7 @@ def main() -> None:
         )
         results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
         for r in range(args.rounds):
-            for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
+            for arm in rotation(arms, r):
                 results[arm].append(spawn(arm, setup, args))
                 last = results[arm][-1]
                 print(f"round {r}: {arm:<15} {last['tokens_per_s']:8.1f} tokens/s", flush=True)
