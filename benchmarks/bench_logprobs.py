@@ -58,7 +58,7 @@ def main() -> None:
         chunk = None if args.arm == "none" else int(args.arm)
         print(json.dumps(run_arm(args, chunk)))
         return
-    from bench_train import rotation  # a sibling script in benchmarks/
+    from bench_train import run_rounds  # a sibling script in benchmarks/
 
     arms = args.chunks.split(",")
     common = [
@@ -72,17 +72,19 @@ def main() -> None:
         f"logits {args.rows} x {args.length} x {args.vocab} {args.dtype} ({size_gb:.2f} GB); "
         f"arms (chunk size) {arms}, {args.rounds} rounds"
     )
-    results: dict[str, list[dict[str, float]]] = {a: [] for a in arms}
-    for r in range(args.rounds):
-        for arm in rotation(arms, r):
-            cmd = [sys.executable, __file__, "--arm", arm, *common]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            results[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def run_one(arm: str) -> dict[str, float]:
+        cmd = [sys.executable, __file__, "--arm", arm, *common]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    results = run_rounds(arms, args.rounds, run_one)
     whole = arms[0]
     print(f"\n{'chunk size':<12}{'extra peak GB':>14}{'seconds':>9}{'memory ratio':>14}")
     med = {a: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for a, rs in results.items()}
     for arm, m in med.items():
-        ratio = m["extra_gb"] / med[whole]["extra_gb"]
+        base = med[whole]["extra_gb"]  # 0 when the logits are too small to move the peak
+        ratio = m["extra_gb"] / base if base else float("nan")
         print(f"{arm:<12}{m['extra_gb']:>14.2f}{m['seconds']:>9.2f}{ratio:>14.2f}")
     print(f"(against chunk size {whole}; 'extra' leaves out the logits, not their gradient)")
 

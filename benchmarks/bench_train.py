@@ -42,7 +42,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,25 @@ def rotation(arms: Sequence[Any], i: int) -> list[Any]:
     right after the same other arm (caches and allocator state carry over between runs)."""
     k = i % len(arms)
     return [*arms[k:], *arms[:k]]
+
+
+def run_rounds(
+    arms: Sequence[str],
+    rounds: int,
+    run_one: Callable[[str], dict[str, Any]],
+    on_result: Callable[[int, str, dict[str, Any]], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every arm once per round, in :func:`rotation` order; each arm's results in order.
+
+    ``on_result(round, arm, result)`` is called after each run (e.g. to print progress).
+    """
+    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        for arm in rotation(arms, r):
+            results[arm].append(run_one(arm))
+            if on_result is not None:
+                on_result(r, arm, results[arm][-1])
+    return results
 
 
 def bench_steps(arms: list[Arm], steps: int, warmup: int) -> dict[str, list[float]]:

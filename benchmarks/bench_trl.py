@@ -532,7 +532,7 @@ def main() -> None:
     import torch
     import transformers
     import trl
-    from bench_train import rotation
+    from bench_train import run_rounds
 
     print(
         f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
@@ -544,12 +544,14 @@ def main() -> None:
             f"model {args.model} ({setup['source']}), {setup['pairs']} HH-RLHF pairs, batch "
             f"{args.batch_size}, max length {args.max_length}, {args.rounds} rounds of {arms}"
         )
-        results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-        for r in range(args.rounds):
-            for arm in rotation(arms, r):
-                results[arm].append(spawn(arm, setup, args))
-                last = results[arm][-1]
-                print(f"round {r}: {arm:<15} {last['tokens_per_s']:8.1f} tokens/s", flush=True)
+        results = run_rounds(
+            arms,
+            args.rounds,
+            lambda arm: spawn(arm, setup, args),
+            lambda r, arm, res: print(
+                f"round {r}: {arm:<15} {res['tokens_per_s']:8.1f} tokens/s", flush=True
+            ),
+        )
     report(results)
 
 
