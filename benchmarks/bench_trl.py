@@ -266,6 +266,7 @@ def run_mrpo(
     from mrpo.models import compile_policy, enable_gradient_checkpointing
     from mrpo.module import PreferenceModule
     from mrpo.objectives import get_objective
+    from mrpo.testing.models import AllLogits
 
     parts = mrpo_parts(setup, args, cached)
     policy = parts["policy"]
@@ -274,7 +275,7 @@ def run_mrpo(
     if option == "compile":
         compile_policy(policy)
     if option == "fulllogits":
-        policy = all_logits(policy)
+        policy = AllLogits(policy)
     module = PreferenceModule(
         policy,
         parts["tokenizer"],
@@ -316,26 +317,6 @@ def run_mrpo(
         "steps": trainer.global_step,
         **clock.figures(),
     }
-
-
-def all_logits(model: Any) -> Any:
-    """``model`` behind a forward without ``logits_to_keep``: logits at every position."""
-    import torch
-
-    class AllLogits(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, use_cache: bool):
-            return self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=use_cache,
-            )
-
-    return AllLogits()
 
 
 def step_clock() -> Any:
@@ -386,6 +367,7 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
+    from mrpo.logprobs import scored_window
 
     parts = mrpo_parts(setup, args, cached=True)
     policy, pairs = parts["policy"], parts["pairs"]
@@ -398,9 +380,7 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
         steps += 1
         # Logits only from the position before the first scored label on, as mrpo does.
-        width = batch.labels.shape[1]
-        first = int((batch.labels != -100).any(0).nonzero()[0])
-        keep = width - max(first - 1, 0)
+        width, keep = batch.labels.shape[1], scored_window(batch.labels)
         logits = policy(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
         ).logits

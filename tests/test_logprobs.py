@@ -15,7 +15,7 @@ from mrpo.logprobs import (
     scored_window,
     sequence_logprobs,
 )
-from mrpo.testing.models import make_tiny_model
+from mrpo.testing.models import AllLogits, make_tiny_model
 
 VOCAB = 13
 
@@ -257,19 +257,6 @@ def test_scored_window_spans_from_before_the_first_scored_label():
     assert scored_window(torch.tensor([[3, 4, 5]])) == 3  # column 0 is never predicted: all
 
 
-class NoLogitsToKeep(torch.nn.Module):
-    """A causal LM whose forward has no ``logits_to_keep`` (as older or custom models)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, position_ids, use_cache):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        )
-
-
 def test_only_the_scored_window_gets_logits(tiny_model, monkeypatch):
     input_ids, attention_mask, labels = padded_batch(left=True)
     with torch.no_grad():
@@ -287,9 +274,7 @@ def test_only_the_scored_window_gets_logits(tiny_model, monkeypatch):
             windowed = model_sequence_logprobs(tiny_model, input_ids, attention_mask, labels)
         finally:
             hook.remove()
-        plain = model_sequence_logprobs(
-            NoLogitsToKeep(tiny_model), input_ids, attention_mask, labels
-        )
+        plain = model_sequence_logprobs(AllLogits(tiny_model), input_ids, attention_mask, labels)
     assert seen == [scored_window(labels)] and seen[0] < input_ids.shape[1]
     torch.testing.assert_close(windowed.logps, full.logps, atol=1e-6, rtol=0)
     torch.testing.assert_close(plain.logps, full.logps, atol=1e-6, rtol=0)

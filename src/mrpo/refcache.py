@@ -73,6 +73,7 @@ __all__ = [
     "canonical_json",
     "decode_entry",
     "encode_entry",
+    "read_entry",
     "sha256_json",
 ]
 
@@ -233,6 +234,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def read_entry(path: Path, key: RefCacheKey) -> RefLogps | None:
+    """The verified values stored at ``path`` for ``key``; None if the file is absent or damaged.
+
+    Damage (see :func:`decode_entry`) logs a warning: the caller recomputes the values.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        value, _ = decode_entry(data, key)
+    except CacheFileError as err:
+        log.warning("damaged reference cache file %s (%s); it will be recomputed", path, err)
+        return None
+    return value
+
+
 class RefCache:
     """A directory of reference log-prob entries, one file per :class:`RefCacheKey`.
 
@@ -257,17 +275,7 @@ class RefCache:
 
     def get(self, key: RefCacheKey) -> RefLogps | None:
         """The stored entry for ``key``, or None if absent or damaged (damage logs a warning)."""
-        path = self.path(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            value, _ = decode_entry(data, key)
-        except CacheFileError as err:
-            log.warning("damaged reference cache file %s (%s); it will be recomputed", path, err)
-            return None
-        return value
+        return read_entry(self.path(key), key)
 
     def put(self, key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None = None) -> Path:
         """Store ``value`` under ``key`` (atomically, under the entry's lock); return the path."""

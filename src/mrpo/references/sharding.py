@@ -32,8 +32,8 @@ from mrpo.refcache import (
     RefCache,
     RefCacheKey,
     atomic_write,
-    decode_entry,
     encode_entry,
+    read_entry,
 )
 from mrpo.reflogps import FIELDS, RefLogps
 
@@ -101,10 +101,7 @@ class ShardStore:
 
     def read(self, rank: int) -> RefLogps | None:
         """``rank``'s shard, or None when it is absent or damaged (then it is scored again)."""
-        try:
-            return decode_entry(self.path(rank).read_bytes(), self.key)[0]
-        except (FileNotFoundError, CacheFileError):
-            return None
+        return read_entry(self.path(rank), self.key)
 
     def missing(self) -> list[int]:
         """Ranks whose shard file does not exist yet."""
@@ -156,10 +153,9 @@ def wait_for_entry(
     """
     deadline = time.monotonic() + timeout
     while True:
-        if store.cache.path(store.key).exists():
-            value = store.cache.get(store.key)
-            if value is not None:
-                return value, False
+        value = store.cache.get(store.key)
+        if value is not None:
+            return value, False
         if not store.missing():
             value, hit = store.cache.get_or_compute(store.key, store.join, meta)
             if not hit:

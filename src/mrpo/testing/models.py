@@ -76,3 +76,26 @@ def save_tiny_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+class AllLogits(torch.nn.Module):
+    """``model`` behind a forward without ``logits_to_keep`` (as older or custom models have),
+    so that :func:`mrpo.logprobs.model_sequence_logprobs` computes logits at every position."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        use_cache: bool,
+    ) -> object:
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+        )
