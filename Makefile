@@ -48,7 +48,8 @@ bench: setup
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py --questions 16 --batch-size 16 --tqa-questions 16
 	$(PY) benchmarks/bench_trl.py
-	$(PY) benchmarks/bench_trl.py --arms mrpo_cached,mrpo_nogroup,mrpo_fulllogits,mrpo_gradckpt,mrpo_compile
+	$(PY) benchmarks/bench_trl.py --gradient-checkpointing
+	$(PY) benchmarks/bench_trl.py --arms mrpo_cached,mrpo_nogroup,mrpo_logits,mrpo_fulllogits,mrpo_compile
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

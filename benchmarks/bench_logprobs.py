@@ -1,16 +1,22 @@
-"""Memory of the policy's log-prob computation: whole vs chunked (``model.logprob_chunk_size``).
+"""Memory and time of the policy's log-probs from its last hidden states: fused LM head vs logits.
 
-``sequence_logprobs`` turns (N, T, V) logits into N sequence log-probs in float32. With bf16
-logits (GPU training in ``bf16-mixed``) the float32 copy of all rows is the largest tensor of
-the step; with ``chunk_size`` rows at a time, and each chunk recomputed in the backward pass,
-at most ``chunk_size x T x V`` float32 values are alive. Each arm runs forward + backward from
-a leaf logits tensor in its own process and reports the process's peak resident memory above
-the logits themselves, and the time. Arms run interleaved, in rounds.
+From (N, T, H) hidden states and a (V, H) LM head to N sequence log-probs, forward + backward,
+in one of these ways (each arm its own process, interleaved in rounds):
+
+- ``fused:<tokens>`` (mrpo's default, ``model.lm_head_chunk_tokens``): only the scored positions
+  go through the head, ``<tokens>`` at a time, each tile recomputed in the backward pass
+  (``mrpo.logprobs.hidden_sequence_logprobs``); no logits tensor is made;
+- ``logits``: the (N, T, V) logits, then ``sequence_logprobs`` (``model.fused_lm_head=false``);
+- ``logits:<rows>``: the same with ``model.logprob_chunk_size=<rows>``: float32 log-probs of that
+  many rows at a time, recomputed in backward (bounds the float32 copy of bf16 logits).
+
+Reported: the process's peak resident memory above the inputs (hidden states, head weight,
+labels), and the seconds of forward + backward.
 
 Usage::
 
-    python benchmarks/bench_logprobs.py                       # 8 x 512 x 49,152 bf16 logits
-    python benchmarks/bench_logprobs.py --dtype float32 --rows 4
+    python benchmarks/bench_logprobs.py                  # 8 x 512 positions, SmolLM2's head
+    python benchmarks/bench_logprobs.py --dtype bfloat16 --arms logits,logits:4,logits:1,fused:1024
 """
 
 from __future__ import annotations
@@ -24,20 +30,26 @@ import sys
 import time
 
 
-def run_arm(args: argparse.Namespace, chunk: int | None) -> dict[str, float]:
-    """Forward + backward of ``sequence_logprobs`` in this process: peak RSS growth, seconds."""
+def run_arm(args: argparse.Namespace, arm: str) -> dict[str, float]:
+    """Forward + backward of one arm in this process: peak RSS growth, seconds."""
     import torch
 
-    from mrpo.logprobs import sequence_logprobs
+    from mrpo.logprobs import hidden_sequence_logprobs, sequence_logprobs
 
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    logits = torch.randn(args.rows, args.length, args.vocab, dtype=dtype).requires_grad_()
+    hidden = torch.randn(args.rows, args.length, args.hidden, dtype=dtype).requires_grad_()
+    weight = (torch.randn(args.vocab, args.hidden) / args.hidden**0.5).to(dtype).requires_grad_()
     labels = torch.randint(0, args.vocab, (args.rows, args.length))
-    labels[:, : args.length // 4] = -100  # the prompt is not scored
+    labels[:, : int(args.length * args.prompt)] = -100  # the prompt is not scored
+    kind, _, size = arm.partition(":")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    out = sequence_logprobs(logits, labels, chunk_size=chunk)
+    if kind == "fused":
+        out = hidden_sequence_logprobs(hidden, weight, None, labels, chunk_tokens=int(size))
+    else:
+        logits = torch.nn.functional.linear(hidden, weight)
+        out = sequence_logprobs(logits, labels, chunk_size=int(size) if size else None)
     out.logps.sum().backward()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -48,29 +60,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=8, help="N: 2 x pairs per batch")
     parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=576, help="SmolLM2-135M's width")
     parser.add_argument("--vocab", type=int, default=49152, help="SmolLM2's vocabulary")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--chunks", default="none,4,1", help="chunk sizes; none = all rows")
+    parser.add_argument("--prompt", type=float, default=0.25, help="unscored fraction of a row")
+    parser.add_argument("--dtype", default="float32", choices=("bfloat16", "float32"))
+    parser.add_argument("--arms", default="logits,fused:1024,fused:256")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm
     args = parser.parse_args()
     if args.arm is not None:
-        chunk = None if args.arm == "none" else int(args.arm)
-        print(json.dumps(run_arm(args, chunk)))
+        print(json.dumps(run_arm(args, args.arm)))
         return
     from bench_train import run_rounds  # a sibling script in benchmarks/
 
-    arms = args.chunks.split(",")
-    common = [
-        f"--rows={args.rows}",
-        f"--length={args.length}",
-        f"--vocab={args.vocab}",
-        f"--dtype={args.dtype}",
-    ]
+    arms = args.arms.split(",")
+    common = [f"--{k}={getattr(args, k)}" for k in ("rows", "length", "hidden", "vocab", "prompt")]
+    common.append(f"--dtype={args.dtype}")
     size_gb = args.rows * args.length * args.vocab * (2 if args.dtype == "bfloat16" else 4) / 2**30
     print(
-        f"logits {args.rows} x {args.length} x {args.vocab} {args.dtype} ({size_gb:.2f} GB); "
-        f"arms (chunk size) {arms}, {args.rounds} rounds"
+        f"hidden {args.rows} x {args.length} x {args.hidden}, head {args.vocab} x {args.hidden}, "
+        f"{args.dtype} (whole logits {size_gb:.2f} GB), {1 - args.prompt:.0%} of positions "
+        f"scored; arms {arms}, {args.rounds} rounds"
     )
 
     def run_one(arm: str) -> dict[str, float]:
@@ -79,14 +89,15 @@ def main() -> None:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     results = run_rounds(arms, args.rounds, run_one)
-    whole = arms[0]
-    print(f"\n{'chunk size':<12}{'extra peak GB':>14}{'seconds':>9}{'memory ratio':>14}")
+    first = arms[0]
+    print(f"\n{'arm':<14}{'extra peak GB':>14}{'seconds':>9}{'memory ratio':>14}{'speed':>8}")
     med = {a: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for a, rs in results.items()}
     for arm, m in med.items():
-        base = med[whole]["extra_gb"]  # 0 when the logits are too small to move the peak
+        base = med[first]["extra_gb"]  # 0 when the logits are too small to move the peak
         ratio = m["extra_gb"] / base if base else float("nan")
-        print(f"{arm:<12}{m['extra_gb']:>14.2f}{m['seconds']:>9.2f}{ratio:>14.2f}")
-    print(f"(against chunk size {whole}; 'extra' leaves out the logits, not their gradient)")
+        speed = med[first]["seconds"] / m["seconds"]
+        print(f"{arm:<14}{m['extra_gb']:>14.2f}{m['seconds']:>9.2f}{ratio:>14.2f}{speed:>8.2f}")
+    print(f"(ratios against {first}; 'extra' is the peak above the inputs, gradients included)")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Arms (each a separate process, so peak memory is its own; run interleaved in rou
 - ``mrpo_live``: ``PreferenceModule`` in a Lightning ``Trainer``, reference ``self`` run live;
 - ``mrpo_cached``: the same with the reference log-probs from mrpo's cache (``mrpo-train``'s
   default);
-- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows with
-  logits from the first scored position on, log-probs, DPO loss against the cached reference
+- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows,
+  token log-probs of the scored positions through the same fused LM head as mrpo's
+  (``mrpo.logprobs.hidden_sequence_logprobs``), DPO loss against the cached reference
   log-probs, backward, gradient clipping, AdamW step): the floor that mrpo's training step is
   measured against.
 
@@ -17,16 +18,18 @@ Options of mrpo's training step, as more arms (``--arms`` picks them; not in the
 
 - ``mrpo_nogroup``: ``mrpo_cached`` with shuffled batches instead of length-grouped ones
   (``data.group_by_length=false``): what grouping saves in padding;
+- ``mrpo_logits``: ``mrpo_cached`` with the logits path instead of the fused LM head
+  (``model.fused_lm_head=false``): logits from the first scored position on, then log-softmax;
 - ``mrpo_fulllogits``: ``mrpo_cached`` with logits at every position (the policy behind a
-  wrapper whose forward lacks ``logits_to_keep``): what the scored-window logits save;
-- ``mrpo_gradckpt``: ``mrpo_cached`` with gradient checkpointing
-  (``model.gradient_checkpointing=true``): memory against speed;
+  wrapper that is neither a transformers model nor takes ``logits_to_keep``);
 - ``mrpo_compile``: ``mrpo_cached`` with the policy compiled by ``torch.compile``
   (``model.compile=true``); its first steps include the compilation, reported apart.
 
 Equal settings: sigmoid DPO with β = 0.1, float32 on CPU, batch size ``--batch-size`` pairs,
 fused AdamW (lr 5e-6, no weight decay, constant schedule: TRL's default optimizer and mrpo's
-``optimizer=adamw``), gradient norm clipped at 1.0, one epoch
+``optimizer=adamw``), gradient norm clipped at 1.0, gradient checkpointing off in every arm
+unless ``--gradient-checkpointing`` turns it on in every arm (TRL's ``DPOConfig`` defaults to
+on, mrpo's ``model.gradient_checkpointing`` to off: the flag sets both), one epoch
 over the same pairs, which are HH-RLHF harmless-base test pairs (``$MRPO_DATA_DIR``) short enough
 that neither framework truncates them. Timed: the training loop of the epoch (from train start
 to train end; model loading, tokenization and the reference precomputation are reported apart).
@@ -39,7 +42,8 @@ Usage::
     python benchmarks/bench_trl.py                      # random SmolLM2-width model, 4 layers
     python benchmarks/bench_trl.py --model packaged --pairs 32 --rounds 1
     python benchmarks/bench_trl.py \
-        --arms mrpo_cached,mrpo_nogroup,mrpo_fulllogits,mrpo_gradckpt,mrpo_compile
+        --arms mrpo_cached,mrpo_nogroup,mrpo_logits,mrpo_fulllogits,mrpo_compile
+    python benchmarks/bench_trl.py --gradient-checkpointing   # TRL's default, in every arm
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "bare")
-OPTION_ARMS = ("mrpo_nogroup", "mrpo_fulllogits", "mrpo_gradckpt", "mrpo_compile")
+OPTION_ARMS = ("mrpo_nogroup", "mrpo_logits", "mrpo_fulllogits", "mrpo_compile")
 BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
@@ -132,7 +136,8 @@ def watch_batches(model: Any) -> dict[str, int]:
                 max_batch_tokens=rows * width, max_batch_rows=rows, max_batch_width=width
             )
 
-    model.register_forward_pre_hook(hook, with_kwargs=True)
+    # On the backbone: mrpo's fused LM-head path (and TRL's) call it, not the model's forward.
+    model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
     return largest
 
 
@@ -177,6 +182,7 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
             lr_scheduler_type="constant",
             warmup_steps=0,
             max_grad_norm=MAX_GRAD_NORM,
+            gradient_checkpointing=args.gradient_checkpointing,
             beta=BETA,
             loss_type=["sigmoid"],
             max_length=args.max_length,
@@ -222,7 +228,7 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
     """Policy, tokenizer, pairs and reference log-probs (cached table or live scorer)."""
     from mrpo.data.preference import load_preference_data
     from mrpo.data.tokenize import tokenize_pairs
-    from mrpo.models import load_model, load_tokenizer
+    from mrpo.models import enable_gradient_checkpointing, load_model, load_tokenizer
     from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec
 
     examples = load_preference_data(setup["data"]).examples
@@ -230,6 +236,8 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
     pairs = tokenize_pairs(examples, tokenizer, max_length=args.max_length).pairs
     policy = load_model(setup["source"], trainable=True)
     policy.train()
+    if args.gradient_checkpointing:  # mrpo's arms and the bare loop
+        enable_gradient_checkpointing(policy)
     largest = watch_batches(policy)
     ensemble = ReferenceEnsemble(
         [ReferenceSpec("self")],
@@ -263,15 +271,13 @@ def run_mrpo(
     import torch
 
     from mrpo.datamodule import PreferenceDataModule
-    from mrpo.models import compile_policy, enable_gradient_checkpointing
+    from mrpo.models import compile_policy
     from mrpo.module import PreferenceModule
     from mrpo.objectives import get_objective
     from mrpo.testing.models import AllLogits
 
     parts = mrpo_parts(setup, args, cached)
     policy = parts["policy"]
-    if option == "gradckpt":
-        enable_gradient_checkpointing(policy)
     if option == "compile":
         compile_policy(policy)
     if option == "fulllogits":
@@ -282,6 +288,7 @@ def run_mrpo(
         get_objective("dpo", beta=BETA),
         functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
         scheduler_name="constant",
+        fused_head=option != "logits",
         live_references=parts["live"],
     )
     data = PreferenceDataModule(
@@ -367,7 +374,7 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
-    from mrpo.logprobs import scored_window
+    from mrpo.logprobs import hidden_sequence_logprobs
 
     parts = mrpo_parts(setup, args, cached=True)
     policy, pairs = parts["policy"], parts["pairs"]
@@ -379,17 +386,11 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     for rows in sampler:
         batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
         steps += 1
-        # Logits only from the position before the first scored label on, as mrpo does.
-        width, keep = batch.labels.shape[1], scored_window(batch.labels)
-        logits = policy(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
-        ).logits
-        labels = batch.labels[:, width - keep + 1 :]
-        mask = labels != -100
-        token_logps = torch.gather(
-            logits[:, :-1].log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)
-        ).squeeze(-1)
-        logps = (token_logps * mask).sum(-1)
+        # The LM head on the scored positions only, through the same kernel as mrpo's.
+        hidden = policy.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
+        logps = hidden_sequence_logprobs(hidden, policy.lm_head.weight, None, batch.labels).logps
         b = logps.shape[0] // 2
         margin = (logps[:b] - logps[b:]) - (batch.ref_chosen[0] - batch.ref_rejected[0])
         loss = -F.logsigmoid(BETA * margin).mean()
@@ -470,7 +471,8 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
         f"{ratio('mrpo_cached', 'trl_precompute', 'peak_rss_gb')}"
     )
     print(
-        f"mrpo_cached / trl (each framework's default): speed {ratio('mrpo_cached', 'trl')}, "
+        f"mrpo_cached / trl (mrpo's cache vs TRL's default live reference): speed "
+        f"{ratio('mrpo_cached', 'trl')}, "
         f"memory {ratio('mrpo_cached', 'trl', 'peak_rss_gb')}"
     )
     if "bare" in med and "mrpo_cached" in med:
@@ -494,6 +496,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all arms")
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="in every arm (TRL's default)"
+    )
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -508,7 +513,7 @@ def main() -> None:
     args.passthrough = [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
         for k in ("model", "layers", "pairs", "batch_size", "max_length")
-    ]
+    ] + ["--gradient-checkpointing"] * args.gradient_checkpointing
     import torch
     import transformers
     import trl
@@ -522,14 +527,17 @@ def main() -> None:
         setup = {**prepare(args, Path(tmp)), "scratch": tmp}
         print(
             f"model {args.model} ({setup['source']}), {setup['pairs']} HH-RLHF pairs, batch "
-            f"{args.batch_size}, max length {args.max_length}, {args.rounds} rounds of {arms}"
+            f"{args.batch_size}, max length {args.max_length}, gradient checkpointing "
+            f"{'on' if args.gradient_checkpointing else 'off'}, {args.rounds} rounds of {arms}"
         )
         results = run_rounds(
             arms,
             args.rounds,
             lambda arm: spawn(arm, setup, args),
             lambda r, arm, res: print(
-                f"round {r}: {arm:<15} {res['tokens_per_s']:8.1f} tokens/s", flush=True
+                f"round {r}: {arm:<15} {res['tokens_per_s']:8.1f} tokens/s "
+                f"{res['peak_rss_gb']:6.2f} GB",
+                flush=True,
             ),
         )
     report(results)

@@ -312,13 +312,17 @@ def test_shard_timeout_must_be_positive(output_dir: Path) -> None:
     assert "> 0" in message
 
 
-def test_logprob_chunk_size_must_be_positive(output_dir: Path) -> None:
+def test_logprob_chunk_sizes_must_be_positive(output_dir: Path) -> None:
     assert (
         checked_train_config(["model.logprob_chunk_size=2"], output_dir).model.logprob_chunk_size
         == 2
     )
     message = expect_config_error(["model.logprob_chunk_size=0"], output_dir)
     assert message.startswith("model.logprob_chunk_size:")
+    model = checked_train_config(["model.lm_head_chunk_tokens=7"], output_dir).model
+    assert (model.fused_lm_head, model.lm_head_chunk_tokens) == (True, 7)
+    message = expect_config_error(["model.lm_head_chunk_tokens=0"], output_dir)
+    assert message.startswith("model.lm_head_chunk_tokens:")
 
 
 def test_official_pairing_needs_two_references(output_dir: Path) -> None:

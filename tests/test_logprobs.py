@@ -220,20 +220,26 @@ def unpadded_reference(tiny_model):
     return sums, counts
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_head", "logits"])
 @pytest.mark.parametrize("left", [False, True], ids=["right_pad", "left_pad"])
 @pytest.mark.parametrize("average", [False, True], ids=["sum", "mean"])
-def test_model_logprobs_match_naive_loop(tiny_model, unpadded_reference, left, average):
+def test_model_logprobs_match_naive_loop(tiny_model, unpadded_reference, left, average, fused):
     sums, counts = unpadded_reference
     expected = [s / c if average and c else s for s, c in zip(sums, counts, strict=True)]
     with torch.no_grad():
-        result = model_sequence_logprobs(tiny_model, *padded_batch(left), average=average)
+        result = model_sequence_logprobs(
+            tiny_model, *padded_batch(left), average=average, fused_head=fused
+        )
     assert result.num_tokens.tolist() == counts
     torch.testing.assert_close(result.logps, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
-def test_model_logprobs_gradient_reaches_parameters(tiny_model):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_head", "logits"])
+def test_model_logprobs_gradient_reaches_parameters(tiny_model, fused):
     tiny_model.zero_grad()
-    result = model_sequence_logprobs(tiny_model, *padded_batch(left=True), chunk_size=2)
+    result = model_sequence_logprobs(
+        tiny_model, *padded_batch(left=True), chunk_size=2, fused_head=fused, head_chunk_tokens=2
+    )
     result.logps.sum().backward()
     grads = [p.grad for p in tiny_model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -271,7 +277,9 @@ def test_only_the_scored_window_gets_logits(tiny_model, monkeypatch):
         seen = []
         hook = tiny_model.register_forward_hook(lambda m, a, out: seen.append(out.logits.shape[1]))
         try:
-            windowed = model_sequence_logprobs(tiny_model, input_ids, attention_mask, labels)
+            windowed = model_sequence_logprobs(
+                tiny_model, input_ids, attention_mask, labels, fused_head=False
+            )
         finally:
             hook.remove()
         plain = model_sequence_logprobs(AllLogits(tiny_model), input_ids, attention_mask, labels)

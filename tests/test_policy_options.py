@@ -58,25 +58,35 @@ def test_compiled_policy_computes_the_same_and_saves_under_the_same_names(compos
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4)
     # Compiled in place: checkpoints and save_pretrained see the usual parameter names.
     assert compiled.state_dict().keys() == plain.state_dict().keys()
-    assert compiled._compiled_call_impl is not None
+    # The backbone is what is compiled: both log-prob paths call it.
+    assert compiled.model._compiled_call_impl is not None
 
 
-def test_logprob_chunking_trains_exactly_like_one_pass(compose_train, tmp_path, monkeypatch):
+def test_log_prob_paths_train_exactly_alike(compose_train, tmp_path, monkeypatch):
+    """Fused LM head (the default) in small tiles, logits path whole and chunked: same run."""
     import mrpo.module
 
     seen = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["chunk_size"])
+        seen.append((kwargs["fused_head"], kwargs["head_chunk_tokens"], kwargs["chunk_size"]))
         return model_sequence_logprobs(*args, **kwargs)
 
     monkeypatch.setattr(mrpo.module, "model_sequence_logprobs", spy)
+    variants = {
+        "fused": [],
+        "fused_tiles": ["model.lm_head_chunk_tokens=3"],
+        "logits": ["model.fused_lm_head=false"],
+        "logits_chunked": ["model.fused_lm_head=false", "model.logprob_chunk_size=1"],
+    }
     runs = {
         name: train(compose_train(overrides, output_dir=tmp_path / name))
-        for name, overrides in (("whole", []), ("chunked", ["model.logprob_chunk_size=1"]))
+        for name, overrides in variants.items()
     }
-    assert set(seen) == {None, 1}  # the option reached the policy's log-prob computation
-    assert runs["whole"]["global_step"] == runs["chunked"]["global_step"] == 2
-    for key in ("final/val/loss", "final/val/rewards/margin", "before/val/loss"):
-        assert runs["chunked"][key] == pytest.approx(runs["whole"][key], abs=1e-6), key
-    assert runs["chunked"]["final/val/loss"] != runs["chunked"]["before/val/loss"]
+    # The options reached the policy's log-prob computation.
+    assert set(seen) == {(True, 1024, None), (True, 3, None), (False, 1024, None), (False, 1024, 1)}
+    for name, run in runs.items():
+        assert run["global_step"] == 2, name
+        for key in ("final/val/loss", "final/val/rewards/margin", "before/val/loss"):
+            assert run[key] == pytest.approx(runs["fused"][key], abs=1e-5), (name, key)
+    assert runs["fused"]["final/val/loss"] != runs["fused"]["before/val/loss"]

@@ -47,6 +47,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _require(cfg.logger.mode in _WANDB_MODES, "logger.mode", f"must be one of {_WANDB_MODES}")
     chunk = cfg.model.logprob_chunk_size
     _require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
+    _require(cfg.model.lm_head_chunk_tokens >= 1, "model.lm_head_chunk_tokens", "must be >= 1")
     _check_trainer_kwargs(cfg.trainer)
     _check_callback_targets(cfg.callbacks)
 

@@ -46,8 +46,12 @@ class ModelConfig:
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     compile: bool = False  # torch.compile the policy's forward (see docs/scaling.md)
-    # Rows of the policy's logits turned into float32 log-probs at a time (None: all at once);
-    # with bf16 logits this bounds the float32 copy, recomputed in backward (mrpo.logprobs).
+    # Log-probs from the last hidden states through the LM head in tiles, without logits
+    # (mrpo.lm_head); models it cannot serve exactly keep the logits path on their own.
+    fused_lm_head: bool = True
+    lm_head_chunk_tokens: int = 1024  # scored tokens per LM-head tile on the fused path
+    # Logits path only: rows of logits turned into float32 log-probs at a time (None: all at
+    # once); with bf16 logits this bounds the float32 copy, recomputed in backward.
     logprob_chunk_size: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
 

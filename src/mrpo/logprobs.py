@@ -10,6 +10,11 @@ span of a sequence. The convention, shared with ``PreferenceBatch.labels``:
 
 ℓ(y) = Σ_t log p(labels[t] | tokens < t) over the scored positions, or its mean per token when
 ``average`` is set (``length_normalize`` in the configs).
+
+From a model, the log-probs come either from its logits (:func:`sequence_logprobs`) or, for
+models whose logits are ``lm_head(last hidden state)``, from the hidden states through the
+fused LM head of :mod:`mrpo.lm_head` (:func:`hidden_sequence_logprobs`), which never makes the
+logits tensor; both give the same values.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from mrpo.lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head
 
 IGNORE_INDEX = -100
 """Label value of positions that are not scored (prompt and padding)."""
@@ -60,10 +67,13 @@ def _validate(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int | None
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}")
-    scored = labels[labels != IGNORE_INDEX]
-    if scored.numel() and (scored.min() < 0 or scored.max() >= logits.shape[-1]):
+    _check_vocab_range(labels[labels != IGNORE_INDEX], logits.shape[-1])
+
+
+def _check_vocab_range(scored: torch.Tensor, vocab_size: int) -> None:
+    if scored.numel() and (scored.min() < 0 or scored.max() >= vocab_size):
         raise ValueError(
-            f"labels must be token ids in [0, {logits.shape[-1]}) or {IGNORE_INDEX}, "
+            f"labels must be token ids in [0, {vocab_size}) or {IGNORE_INDEX}, "
             f"got values in [{int(scored.min())}, {int(scored.max())}]"
         )
 
@@ -117,6 +127,11 @@ def sequence_logprobs(
 
     # where (not multiply) so that a non-finite value at an ignored position cannot leak in.
     token_logps = torch.where(mask, token_logps, token_logps.new_zeros(()))
+    return _reduce(token_logps, mask, average)
+
+
+def _reduce(token_logps: torch.Tensor, mask: torch.Tensor, average: bool) -> SequenceLogProbs:
+    """Row sums (or means) of (N, T) float32 token log-probs that are 0 where ``mask`` is off."""
     total = token_logps.sum(dim=-1)
     num_tokens = mask.sum(dim=-1, dtype=torch.int64)
     if average:
@@ -143,13 +158,16 @@ def model_sequence_logprobs(
     *,
     average: bool = False,
     chunk_size: int | None = None,
+    fused_head: bool = True,
+    head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> SequenceLogProbs:
     """Run a causal LM on a padded batch and reduce the log-probs of its labelled tokens.
 
-    Models whose forward takes ``logits_to_keep`` (transformers causal LMs) compute logits
-    only for the last :func:`scored_window` positions: the prompt positions before the first
-    scored token of any row never reach the LM head, which is the largest single layer of a
-    small model with a large vocabulary.
+    With ``fused_head`` and a model :func:`mrpo.lm_head.split_lm_head` accepts, the backbone's
+    last hidden states of the scored positions go through the LM head ``head_chunk_tokens`` at
+    a time (:func:`mrpo.lm_head.head_logprobs`): no logits tensor is ever made. Otherwise the
+    model's own forward makes logits, and models whose forward takes ``logits_to_keep``
+    (transformers causal LMs) make them only for the last :func:`scored_window` positions.
 
     Args:
         model: a causal LM (a transformers model or a peft wrapper of one).
@@ -157,7 +175,9 @@ def model_sequence_logprobs(
         attention_mask: (N, T) 1 on real tokens, 0 on padding.
         labels: (N, T) int64, ``IGNORE_INDEX`` on positions that are not scored.
         average: mean per scored token instead of the sum.
-        chunk_size: see ``sequence_logprobs``.
+        chunk_size: see ``sequence_logprobs`` (logits path only).
+        fused_head: take the fused LM-head path when the model allows it.
+        head_chunk_tokens: scored tokens per LM-head tile on the fused path (>= 1).
 
     Returns:
         ``SequenceLogProbs`` (N,) float32 log-probs and (N,) int64 token counts. Gradients
@@ -168,6 +188,85 @@ def model_sequence_logprobs(
             "input_ids, attention_mask and labels must have the same (N, T) shape, got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(labels.shape)}"
         )
+    parts = split_lm_head(model) if fused_head else None
+    if parts is not None:
+        return _fused_head_logprobs(
+            *parts, input_ids, attention_mask, labels, average, head_chunk_tokens
+        )
+    return _logits_logprobs(model, input_ids, attention_mask, labels, average, chunk_size)
+
+
+def _fused_head_logprobs(
+    backbone: torch.nn.Module,
+    head: torch.nn.Linear,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    average: bool,
+    chunk_tokens: int,
+) -> SequenceLogProbs:
+    """``model_sequence_logprobs`` through the backbone and :func:`hidden_sequence_logprobs`."""
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )[0]
+    return hidden_sequence_logprobs(
+        hidden, head.weight, head.bias, labels, average=average, chunk_tokens=chunk_tokens
+    )
+
+
+def hidden_sequence_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    average: bool = False,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> SequenceLogProbs:
+    """``sequence_logprobs`` of the logits ``hidden @ weight.T + bias``, never made whole.
+
+    Only the positions that score a label go through the LM head, ``chunk_tokens`` at a time
+    (:func:`mrpo.lm_head.head_logprobs`).
+
+    Args:
+        hidden: (N, T, H) last hidden states of a causal LM's backbone.
+        weight: (V, H) LM-head weight.
+        bias: (V,) LM-head bias, or None.
+        labels: (N, T) int64, ``IGNORE_INDEX`` where not scored (unshifted).
+        average: mean per scored token instead of the sum.
+        chunk_tokens: scored tokens per LM-head tile (>= 1).
+
+    Returns:
+        ``SequenceLogProbs`` as :func:`sequence_logprobs`.
+    """
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden must be (N, T, H) and labels (N, T), got {tuple(hidden.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    # Shift: the hidden state at t scores the label at t + 1.
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    targets = labels[mask]
+    _check_vocab_range(targets, weight.shape[0])
+    picked = head_logprobs(hidden[:, :-1][mask], weight, bias, targets, chunk_tokens=chunk_tokens)
+    # masked_scatter keeps the rows tied to the graph even when no token is scored.
+    token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
+    return _reduce(token_logps, mask, average)
+
+
+def _logits_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    average: bool,
+    chunk_size: int | None,
+) -> SequenceLogProbs:
+    """``model_sequence_logprobs`` through the model's own logits (the scored window's)."""
     width = input_ids.shape[1]
     keep = scored_window(labels) if _takes_logits_to_keep(model) else width
     # The LM head and the vocabulary-sized log-softmax then run only on the positions whose

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from mrpo.data.types import PreferenceBatch
+from mrpo.lm_head import DEFAULT_CHUNK_TOKENS
 from mrpo.logprobs import model_sequence_logprobs
 from mrpo.metrics import preference_metrics
 
@@ -39,6 +40,9 @@ class PreferenceModule(L.LightningModule):
         length_normalize: use mean per-token policy log-probs instead of sums.
         logprob_chunk_size: rows of logits reduced to log-probs at a time (see
             :func:`mrpo.logprobs.sequence_logprobs`); None does all rows at once.
+        fused_head: compute the policy's log-probs through the fused LM head where the
+            model allows it (:func:`mrpo.logprobs.model_sequence_logprobs`).
+        head_chunk_tokens: scored tokens per LM-head tile on the fused path.
         live_references: when set, called on every batch to get ``(ref_chosen, ref_rejected)``,
             each (K, B); otherwise the batch must carry cached reference log-probs.
         on_nonfinite: what a NaN/inf training loss does: ``"stop"`` raises
@@ -58,6 +62,8 @@ class PreferenceModule(L.LightningModule):
         warmup_ratio: float = 0.0,
         length_normalize: bool = False,
         logprob_chunk_size: int | None = None,
+        fused_head: bool = True,
+        head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         live_references: LiveReferenceFn | None = None,
         on_nonfinite: str = "stop",
     ) -> None:
@@ -70,6 +76,8 @@ class PreferenceModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.length_normalize = length_normalize
         self.logprob_chunk_size = logprob_chunk_size
+        self.fused_head = fused_head
+        self.head_chunk_tokens = head_chunk_tokens
         self.live_references = live_references
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -85,6 +93,8 @@ class PreferenceModule(L.LightningModule):
             batch.labels,
             average=self.length_normalize,
             chunk_size=self.logprob_chunk_size,
+            fused_head=self.fused_head,
+            head_chunk_tokens=self.head_chunk_tokens,
         )
         b = batch.num_pairs
         return out.logps[:b], out.logps[b:]

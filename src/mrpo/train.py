@@ -72,6 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         warmup_ratio=run_cfg.scheduler.warmup_ratio,
         length_normalize=run_cfg.loss.length_normalize,
         logprob_chunk_size=run_cfg.model.logprob_chunk_size,
+        fused_head=run_cfg.model.fused_lm_head,
+        head_chunk_tokens=run_cfg.model.lm_head_chunk_tokens,
         live_references=live_references(refs, policy, data),
         on_nonfinite=run_cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
     )

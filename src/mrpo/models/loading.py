@@ -16,6 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mrpo.lm_head import split_lm_head
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.sources import (
     ModelSource,
@@ -242,8 +243,12 @@ def compile_policy(model: torch.nn.Module) -> torch.nn.Module:
     In place (``nn.Module.compile``) rather than ``torch.compile(model)``, so that parameter
     names, checkpoints and ``save_pretrained`` are unchanged. ``dynamic=True``: batches come in
     many padded widths, and recompiling for each width would cost more than it saves.
+    Models with a fused LM-head path (:func:`mrpo.lm_head.split_lm_head`) have their backbone
+    compiled, since that path calls the backbone, not the model's forward; the model's own
+    forward calls the same compiled backbone.
     """
-    model.compile(dynamic=True)
+    parts = split_lm_head(model)
+    (model if parts is None else parts[0]).compile(dynamic=True)
     return model
 
 
