@@ -45,7 +45,7 @@ class ModelConfig:
     chat_template: str | None = None
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
-    compile: bool = False  # torch.compile the policy's forward (see docs/scaling.md)
+    compile: bool = False  # torch.compile the policy's backbone (see docs/scaling.md)
     # Log-probs from the last hidden states through the LM head in tiles, without logits
     # (mrpo.lm_head); models it cannot serve exactly keep the logits path on their own.
     fused_lm_head: bool = True

@@ -19,7 +19,6 @@ logits tensor; both give the same values.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import NamedTuple
 
@@ -268,7 +267,7 @@ def _logits_logprobs(
 ) -> SequenceLogProbs:
     """``model_sequence_logprobs`` through the model's own logits (the scored window's)."""
     width = input_ids.shape[1]
-    keep = scored_window(labels) if _takes_logits_to_keep(model) else width
+    keep = scored_window(labels) if accepts_logits_to_keep(model) else width
     # The LM head and the vocabulary-sized log-softmax then run only on the positions whose
     # logits score a label: from the one before the first scored label (in any row) to the end.
     extra = {"logits_to_keep": keep} if keep < width else {}
@@ -300,12 +299,8 @@ def scored_window(labels: torch.Tensor) -> int:
     return labels.shape[1] - max(int(columns[0, 0]) - 1, 0)
 
 
-@functools.cache
-def _forward_takes_logits_to_keep(model_type: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
-
-
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the causal LM (or the model under a peft wrapper) accepts ``logits_to_keep``."""
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (logits of the last positions only)."""
+    # A peft wrapper forwards extra keyword arguments to the model it wraps.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes_logits_to_keep(type(base))
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.evals.loglik import accepts_logits_to_keep, left_pad, model_max_length, pad_token_id
-from mrpo.logprobs import position_ids_from_mask
+from mrpo.evals.loglik import left_pad, model_max_length, pad_token_id
+from mrpo.logprobs import accepts_logits_to_keep, position_ids_from_mask
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ batch it lands in (up to float rounding).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.logprobs import position_ids_from_mask
+from mrpo.logprobs import accepts_logits_to_keep, position_ids_from_mask
 
 TokenPair = tuple[Sequence[int], Sequence[int]]
 # Shorter shared prefixes are not worth a separate forward pass.
@@ -262,13 +261,6 @@ def forward_logits(
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits
     return logits[:, -keep:, :]
-
-
-def accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (logits of the last positions only)."""
-    # A peft wrapper forwards extra keyword arguments to the model it wraps.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def model_max_length(model: PreTrainedModel) -> int | None:
