@@ -57,7 +57,7 @@ from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.models import PACKAGED_MODEL, load_model, load_tokenizer
-from mrpo.module import PreferenceModule
+from mrpo.training.module import PreferenceModule
 from mrpo.objectives import get_objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, ReferenceStats
 from mrpo.testing.runs import write_hh_pairs

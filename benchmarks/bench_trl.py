@@ -270,9 +270,9 @@ def run_mrpo(
     import lightning as L
     import torch
 
-    from mrpo.datamodule import PreferenceDataModule
+    from mrpo.data.module import PreferenceDataModule
     from mrpo.models import compile_policy
-    from mrpo.module import PreferenceModule
+    from mrpo.training.module import PreferenceModule
     from mrpo.objectives import get_objective
     from mrpo.testing.models import AllLogits
 

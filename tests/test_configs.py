@@ -2,7 +2,7 @@
 
 Composition goes through Hydra's compose API on the real ``conf/`` folder, the way
 ``mrpo-train`` composes it; the composed config is turned into :class:`mrpo.config.TrainConfig`
-with ``mrpo.config.to_dataclass`` and handed to :func:`mrpo.checks.check_train_config`. Options that
+with ``mrpo.config.to_dataclass`` and handed to :func:`mrpo.config.validation.check_train_config`. Options that
 need a value the user must give (``???``) get one here, and a separate test shows that leaving
 it out fails naming the key.
 """
@@ -20,8 +20,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
-from mrpo.checks import ConfigError, check_train_config
+from mrpo.config.validation import ConfigError, check_train_config
 from mrpo.config import CONFIG_DIR, EvalRunConfig, TrainConfig, register_configs, to_dataclass
+from mrpo.config.schema import SWEEPS_GROUP
 from mrpo.evals import EVAL_NAMES
 
 CONF_DIR = CONFIG_DIR
@@ -29,7 +30,7 @@ PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
 
 # Values for the options whose config holds a required value (`???`), keyed by "group/option".
 REQUIRED_VALUES: dict[str, Sequence[str]] = {
-    "weights/fixed": ["weights.values=[1.0]"],  # default references: K=1
+    "weights/fixed": ["weights.fixed_weights=[1.0]"],  # default references: K=1
     "data/local_file": ["data.source={pairs_file}"],
 }
 
@@ -78,8 +79,7 @@ def compose_config(
 def checked_train_config(overrides: Sequence[str], output_dir: Path) -> TrainConfig:
     """Compose the train config, convert it to the schema and run the config checks."""
     cfg = compose_config([f"paths.output_dir={output_dir}", *overrides])
-    run_cfg = to_dataclass(cfg)
-    assert isinstance(run_cfg, TrainConfig)
+    run_cfg = to_dataclass(cfg, TrainConfig)
     check_train_config(run_cfg)
     return run_cfg
 
@@ -96,7 +96,8 @@ def expect_config_error(overrides: Sequence[str], output_dir: Path) -> str:
 
 def _train_group_options() -> Iterator[tuple[str, str]]:
     for group, option in group_options():
-        if group.split("/")[0] != "hydra":  # Hydra's own groups: tested below
+        # Hydra's own groups: tested below; the sweep files (multirun): in test_sweeps.py.
+        if group.split("/")[0] not in ("hydra", SWEEPS_GROUP):
             yield group, option
 
 
@@ -105,6 +106,7 @@ def test_config_groups_are_found() -> None:
     expected = {
         "model", "references", "data", "loss", "weights", "optimizer", "scheduler",
         "trainer", "logger", "callbacks", "eval", "paths", "hydra", "experiment", "debug",
+        "sweeps",
     }  # fmt: skip
     assert expected <= groups
 
@@ -126,7 +128,7 @@ def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:
     )  # fmt: skip
     assert run_cfg.loss.name == "multi_dpo"
     assert run_cfg.loss.ctro is False
-    assert run_cfg.weights.strategy == "vaw"
+    assert run_cfg.weights["strategy"] == "vaw"
     assert [r.name for r in run_cfg.references.pool] == [
         "self", "harmless", "concise", "empathetic"
     ]  # fmt: skip
@@ -138,13 +140,12 @@ def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("option", "key"),
-    [("weights=fixed", "weights.values"), ("data=local_file", "data.source")],
+    [("weights=fixed", "weights.fixed_weights"), ("data=local_file", "data.source")],
 )
 def test_required_value_left_out_fails_naming_the_key(
     option: str, key: str, output_dir: Path
 ) -> None:
-    # data.source stays `???` and the conversion fails; weights.values is optional in the
-    # schema (other strategies take none), so `???` leaves it None and the checks reject it.
+    # Both stay `???` and the conversion to the schema fails, naming the key.
     with pytest.raises(ConfigError) as info:
         checked_train_config([option], output_dir)
     assert str(info.value).startswith(f"{key}: ")
@@ -162,7 +163,7 @@ def test_quickstart_experiment_values(output_dir: Path) -> None:
     run_cfg = checked_train_config(["experiment=quickstart"], output_dir)
     assert run_cfg.references.num_refs == 3
     assert [r.name for r in run_cfg.references.pool[:3]] == ["self", "harmless", "concise"]
-    assert (run_cfg.loss.name, run_cfg.weights.strategy) == ("mrpo", "arwc")
+    assert (run_cfg.loss.name, run_cfg.weights["strategy"]) == ("mrpo", "arwc")
     assert run_cfg.data.max_samples == 128
 
 
@@ -189,7 +190,6 @@ def test_default_launcher_is_local_and_sequential() -> None:
 
 
 def test_slurm_launcher_config_composes() -> None:
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the sweepers extra")
     cfg = compose_config(
         ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
     )
@@ -270,7 +270,7 @@ def test_typo_in_a_config_file_fails_naming_the_key(tmp_path: Path) -> None:
     assert "loss/typo" in message
 
 
-# --- values that compose but cannot work (mrpo.checks) ---------------------------------
+# --- values that compose but cannot work (mrpo.config.validation) ---------------------------------
 
 
 def test_unknown_loss_is_rejected(output_dir: Path) -> None:
@@ -282,9 +282,9 @@ def test_unknown_loss_is_rejected(output_dir: Path) -> None:
 
 def test_fixed_weights_length_must_equal_num_refs(output_dir: Path) -> None:
     overrides = ["references=prompted", "references.num_refs=3", "weights=fixed"]
-    checked_train_config([*overrides, "weights.values=[0.5,0.3,0.2]"], output_dir)
-    message = expect_config_error([*overrides, "weights.values=[0.5,0.5]"], output_dir)
-    assert message.startswith("weights.values:")
+    checked_train_config([*overrides, "weights.fixed_weights=[0.5,0.3,0.2]"], output_dir)
+    message = expect_config_error([*overrides, "weights.fixed_weights=[0.5,0.5]"], output_dir)
+    assert message.startswith("weights.fixed_weights:")
     assert "2 entries" in message
     assert "K=3" in message
 

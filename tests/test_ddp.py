@@ -102,7 +102,7 @@ def test_torchrun_ranks_split_reference_scoring_and_train_like_one_process(
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
         "-m",
-        "mrpo.train",
+        "mrpo.cli.train",
         *args,
         "trainer.accelerator=cpu",
         f"hydra.run.dir={run_dir}",  # every rank must write to the same run directory

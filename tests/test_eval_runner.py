@@ -1,4 +1,4 @@
-"""run_evals, result files, preference accuracy, and the Lightning EvalCallback in a tiny fit."""
+"""run_evals, result files, and the Lightning EvalCallback in a tiny fit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from mrpo.callbacks import EvalCallback
 from mrpo.evals import run_eval_suite, run_evals, write_eval_results
-from mrpo.evals.preference import evaluate_preferences
 from mrpo.testing.evaldata import write_eval_data
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
@@ -74,37 +73,6 @@ def test_write_eval_results_round_trip(tmp_path: Path) -> None:
     path = write_eval_results(tmp_path / "out" / "results.json", results)
     assert json.loads(path.read_text()) == results
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary files left
-
-
-def test_evaluate_preferences_hand_values() -> None:
-    chosen, rejected = torch.tensor([-10.0, -6.0, -9.0]), torch.tensor([-12.0, -4.0, -3.0])
-    n_w, n_l = torch.tensor([5, 2, 3]), torch.tensor([4, 4, 1])
-    # per-token: chosen -2, -3, -3; rejected -3, -1, -3 -> wins: yes, no, tie (no)
-    metrics = evaluate_preferences(
-        chosen, rejected, n_w, n_l, torch.tensor([1.0, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0])
-    )
-    assert metrics == pytest.approx(
-        {
-            "val/policy_margin_accuracy": 1 / 3,
-            "val/logps/chosen": -25 / 3,
-            "val/logps/rejected": -19 / 3,
-            "val/rewards/chosen": 0.5,
-            "val/rewards/rejected": 1 / 3,
-            "val/rewards/margin": 1 / 6,
-            "val/rewards/accuracy": 1 / 3,
-        }
-    )
-    assert set(evaluate_preferences(chosen, rejected, n_w, n_l, prefix="")) == {
-        "policy_margin_accuracy",
-        "logps/chosen",
-        "logps/rejected",
-    }
-    with pytest.raises(ValueError, match="shape"):
-        evaluate_preferences(chosen, rejected[:2], n_w, n_l)
-    with pytest.raises(ValueError, match="positive"):
-        evaluate_preferences(chosen, rejected, n_w * 0, n_l)
-    with pytest.raises(ValueError, match="both"):
-        evaluate_preferences(chosen, rejected, n_w, n_l, chosen_rewards=chosen)
 
 
 class TinyLM(L.LightningModule):

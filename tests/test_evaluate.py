@@ -14,12 +14,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mrpo.checks import ConfigError
+from mrpo.config.validation import ConfigError
 from mrpo.config import CONFIG_DIR, register_configs
-from mrpo.evaluate import evaluate
+from mrpo.cli.evaluate import evaluate
 from mrpo.models import load_model
 from mrpo.testing.evaldata import write_eval_data
-from mrpo.train import train
+from mrpo.cli.train import train
 
 SCORES = (
     "eval/gsm8k/strict_match",
@@ -169,7 +169,7 @@ def test_cli_config_error_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "mrpo.evaluate",
+            "mrpo.cli.evaluate",
             "logger=none",
             "eval.tasks=[nope]",
             f"hydra.run.dir={tmp_path / 'cli'}",

@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
-import mrpo.lm_head
-from mrpo.lm_head import head_logprobs, split_lm_head
+import mrpo.logprobs._lm_head
+from mrpo.logprobs._lm_head import head_logprobs, split_lm_head
 from mrpo.logprobs import (
     IGNORE_INDEX,
     hidden_sequence_logprobs,
@@ -203,9 +203,9 @@ def test_fused_path_equals_the_logits_path(family, average, monkeypatch):
     ids, mask, labels = batch()
     upstream = torch.tensor([1.0, -2.0, 0.5, 3.0])
     tiles = []
-    project = mrpo.lm_head._project
+    project = mrpo.logprobs._lm_head._project
     monkeypatch.setattr(
-        mrpo.lm_head, "_project", lambda h, *a: tiles.append(h.shape[0]) or project(h, *a)
+        mrpo.logprobs._lm_head, "_project", lambda h, *a: tiles.append(h.shape[0]) or project(h, *a)
     )
     results = {}
     for fused in (True, False):

@@ -21,10 +21,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from mrpo.errors import OptionError
 from mrpo.models import (
     DEFAULT_MODEL,
+    LoraConfig,
     PACKAGED_MODEL,
-    LoraSettings,
     ModelSourceError,
     default_model_cache_dir,
     ensure_converted,
@@ -122,7 +123,7 @@ def test_dropout_layers_are_disabled(tmp_path):
 
 def test_lora_trains_only_adapters_and_starts_at_the_base_model(tiny_dir):
     base = load_model(str(tiny_dir))
-    model = load_model(str(tiny_dir), lora=LoraSettings(r=2, alpha=4.0))
+    model = load_model(str(tiny_dir), lora=LoraConfig(enabled=True, r=2, alpha=4.0))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     # one A and one B matrix per targeted projection (q, k, v, o) in the single layer
     assert len(trainable) == 8
@@ -140,14 +141,24 @@ def test_lora_trains_only_adapters_and_starts_at_the_base_model(tiny_dir):
         ({"target_modules": ()}, "target_modules"),
     ],
 )
-def test_lora_settings_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        LoraSettings(**kwargs)
+def test_lora_settings_validation(kwargs, message, tiny_dir):
+    with pytest.raises(OptionError, match=message) as info:
+        LoraConfig(enabled=True, **kwargs).check()
+    assert info.value.option == next(iter(kwargs))
+    # load_model checks them before it loads anything
+    with pytest.raises(OptionError, match=message):
+        load_model(str(tiny_dir), lora=LoraConfig(enabled=True, **kwargs))
 
 
 def test_lora_settings_accept_lists():
-    assert LoraSettings(target_modules=["q_proj"]).target_modules == ("q_proj",)
-    assert LoraSettings(target_modules="all-linear").target_modules == ("all-linear",)
+    assert LoraConfig(target_modules=["q_proj"]).modules() == ("q_proj",)
+    assert LoraConfig(target_modules="all-linear").modules() == ("all-linear",)  # type: ignore[arg-type]
+
+
+def test_disabled_lora_settings_train_the_full_model(tiny_dir):
+    model = load_model(str(tiny_dir), lora=LoraConfig(enabled=False))
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any("lora_" in n for n, _ in model.named_parameters())
 
 
 def test_frozen_model(tiny_dir):

@@ -13,7 +13,7 @@ from mrpo.objectives import (
     get_objective,
     get_objective_spec,
 )
-from mrpo.objectives.strategies import ARWCWeights, FixedWeights, PrimaryReference
+from mrpo.objectives.weighting.strategies import ARWCWeights, FixedWeights, PrimaryReference
 
 
 def batch(num_refs: int = 2, size: int = 3):

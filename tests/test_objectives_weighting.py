@@ -15,7 +15,7 @@ from mrpo.objectives import (
     vaw_weights,
     vdw_weights,
 )
-from mrpo.objectives.bandit import sample_beta
+from mrpo.objectives.weighting.bandit import sample_beta
 
 F64 = torch.float64
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrpo.config import to_dataclass
+from mrpo.config import TrainConfig, to_dataclass
 from mrpo.logprobs import model_sequence_logprobs
-from mrpo.pipeline import load_policy
-from mrpo.train import train
+from mrpo.cli.steps import load_policy
+from mrpo.cli.train import train
 
 
 def logps_and_grads(compose_train, overrides: list[str]) -> tuple[torch.Tensor, dict, object]:
     """Policy log-probs of a fixed batch and the gradients of their sum, under ``overrides``."""
     torch.manual_seed(0)  # LoRA's A matrices are drawn from the global generator
-    policy, tokenizer = load_policy(to_dataclass(compose_train(overrides)))
+    policy, tokenizer = load_policy(to_dataclass(compose_train(overrides), TrainConfig))
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tokenizer), (3, 14), generator=generator)
     mask = torch.ones_like(ids)
@@ -64,7 +64,7 @@ def test_compiled_policy_computes_the_same_and_saves_under_the_same_names(compos
 
 def test_log_prob_paths_train_exactly_alike(compose_train, tmp_path, monkeypatch):
     """Fused LM head (the default) in small tiles, logits path whole and chunked: same run."""
-    import mrpo.module
+    import mrpo.training.module
 
     seen = []
 
@@ -72,7 +72,7 @@ def test_log_prob_paths_train_exactly_alike(compose_train, tmp_path, monkeypatch
         seen.append((kwargs["fused_head"], kwargs["head_chunk_tokens"], kwargs["chunk_size"]))
         return model_sequence_logprobs(*args, **kwargs)
 
-    monkeypatch.setattr(mrpo.module, "model_sequence_logprobs", spy)
+    monkeypatch.setattr(mrpo.training.module, "model_sequence_logprobs", spy)
     variants = {
         "fused": [],
         "fused_tiles": ["model.lm_head_chunk_tokens=3"],

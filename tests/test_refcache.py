@@ -1,4 +1,4 @@
-"""Tests for the on-disk reference log-prob cache (mrpo.refcache)."""
+"""Tests for the on-disk reference log-prob cache (mrpo.references.cache)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import save as st_save
 
-from mrpo.refcache import (
+from mrpo.references.cache import (
     CACHE_FORMAT_VERSION,
     RefCache,
     RefCacheKey,
@@ -215,7 +215,7 @@ def test_damaged_file_is_detected_and_recomputed(tmp_path, caplog, corrupt):
     cache = RefCache(tmp_path)
     path = cache.put(KEY, make_value(5))
     path.write_bytes(corrupt(path.read_bytes()))
-    with caplog.at_level(logging.WARNING, logger="mrpo.refcache"):
+    with caplog.at_level(logging.WARNING, logger="mrpo.references.cache"):
         assert cache.get(KEY) is None
     assert "damaged reference cache file" in caplog.text
     value, hit = cache.get_or_compute(KEY, lambda: make_value(5, offset=1.0))
@@ -249,7 +249,8 @@ _PRELUDE = """
 import json, os, sys, time
 from pathlib import Path
 import torch
-from mrpo.refcache import RefCache, RefCacheKey, RefLogps, atomic_write, encode_entry
+from mrpo.atomic import atomic_write
+from mrpo.references.cache import RefCache, RefCacheKey, RefLogps, encode_entry
 key = RefCacheKey(**json.loads(sys.argv[1]))
 work = Path(sys.argv[2])
 cache = RefCache(work / "cache")

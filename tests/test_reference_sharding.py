@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrpo.data.types import PreferenceExample
-from mrpo.refcache import decode_entry
+from mrpo.references.cache import decode_entry
 from mrpo.references import ReferenceEnsemble, ReferenceSpec
 from mrpo.references.sharding import RankInfo, ShardStore, ShardTimeoutError, detect_ranks
 from mrpo.testing.runs import write_tiny_model

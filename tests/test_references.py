@@ -13,8 +13,8 @@ import torch
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
-from mrpo.models import LoraSettings, load_model, load_tokenizer
-from mrpo.refcache import RefLogps
+from mrpo.models import LoraConfig, load_model, load_tokenizer
+from mrpo.references.cache import RefLogps
 from mrpo.references import (
     LiveReferences,
     ReferenceEnsemble,
@@ -203,7 +203,7 @@ def test_damaged_entry_is_recomputed(model_dirs, tmp_path, caplog):
     first = ens.precompute(examples, progress=False).logps[0]
     path = ens.cache.path(ens.fingerprint(0, examples))
     path.write_bytes(path.read_bytes()[:-10])
-    with caplog.at_level(logging.WARNING, logger="mrpo.refcache"):
+    with caplog.at_level(logging.WARNING, logger="mrpo.references.cache"):
         pre = ens.precompute(examples, progress=False)
     assert "damaged reference cache file" in caplog.text
     assert (pre.stats.hits, pre.stats.misses) == (0, 1)
@@ -262,7 +262,7 @@ def test_live_self_uses_the_lora_policy_with_adapters_disabled(model_dirs, tmp_p
     examples = make_examples(4)
     ens = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")])
     cached = ens.table(examples, progress=False)
-    policy = load_model(model_dirs["chatml"], lora=LoraSettings(r=4))
+    policy = load_model(model_dirs["chatml"], lora=LoraConfig(enabled=True, r=4))
     with torch.no_grad():  # make the adapters change the outputs, as after training
         for name, param in policy.named_parameters():
             if "lora_B" in name:
@@ -346,9 +346,11 @@ def test_data_fingerprint_covers_ids_and_indices_not_order():
         ({"name": "r", "source": ""}, "source"),
     ],
 )
-def test_bad_reference_specs(kwargs, msg):
+def test_bad_reference_specs(kwargs, msg, model_dirs, tmp_path):
     with pytest.raises(ValueError, match=msg):
-        ReferenceSpec(**kwargs)
+        ReferenceSpec(**kwargs).check()
+    with pytest.raises(ValueError, match=msg):  # the ensemble checks its specs
+        ensemble(model_dirs, tmp_path, [ReferenceSpec(**kwargs)])
 
 
 def test_bad_ensembles_and_rows_fail_before_loading(model_dirs, tmp_path):

@@ -33,14 +33,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mrpo.compare import main as compare_main
+from mrpo.cli.compare import main as compare_main
 from mrpo.compare.multirun import sweep_job_overrides
 from mrpo.config import TrainConfig, register_configs
-from mrpo.pipeline import wandb_settings
+from mrpo.cli.steps import logger_labels
 from test_configs import CONF_DIR, checked_train_config, compose_config
 
-ROOT = CONF_DIR.parent
-SWEEPS_DIR = ROOT / "sweeps"
+SWEEPS_DIR = CONF_DIR / "sweeps"
 HYDRA_SWEEPS = ("num_refs", "objectives", "weighting", "ctro", "beta_lr_optuna")
 GRID_SWEEPS = ("num_refs", "objectives", "weighting", "ctro")  # Hydra's basic sweeper
 WANDB_SWEEP = SWEEPS_DIR / "wandb_sweep.yaml"
@@ -114,7 +113,7 @@ def stated_cost(text: str) -> int:
 
 
 def tags_of(run_cfg: TrainConfig) -> frozenset[str]:
-    return frozenset(wandb_settings(run_cfg).tags)
+    return frozenset([*logger_labels(run_cfg)["tags"], *run_cfg.logger.tags])
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def test_objectives_sweep_values(planned: Callable[[str], Plan]) -> None:
 def test_weighting_sweep_values(planned: Callable[[str], Plan]) -> None:
     cfgs = planned("weighting").configs
     strategies = ["uniform", "arwc", "vdw", "vaw", "sliding_window", "thompson"]
-    assert [(c.weights.strategy, c.seed) for c in cfgs] == list(
+    assert [(c.weights["strategy"], c.seed) for c in cfgs] == list(
         itertools.product(strategies, [0, 1, 2])
     )
     assert {c.loss.name for c in cfgs} == {"mrpo"}
@@ -272,11 +271,11 @@ def test_sweep_jobs_share_a_named_wandb_group(planned: Callable[[str], Plan]) ->
             cfg.hydra.job.num = num  # what the launcher sets
         HydraConfig.instance().set_config(cfg)
         try:
-            settings = wandb_settings(run_cfg)
+            labels = logger_labels(run_cfg)
         finally:
             HydraConfig.instance().cfg = None
-        groups.add(settings.group)
-        names.add(settings.name)
+        groups.add(run_cfg.logger.group or labels["group"])
+        names.add(labels["name"])
     [group] = groups  # one group per sweep, named after it
     assert re.fullmatch(r"weighting_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", group)
     assert len(names) == 2
@@ -287,7 +286,6 @@ def test_sweep_jobs_share_a_named_wandb_group(planned: Callable[[str], Plan]) ->
 
 
 def test_optuna_sweep_composes_and_its_search_space_passes_checks(output_dir: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweepers extra")
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from optuna.distributions import LogUniformDistribution
 
@@ -368,7 +366,7 @@ def run_sweep(
 ) -> subprocess.CompletedProcess[str]:
     """`mrpo-train -m +sweeps=<name>` on the tiny model and HH-style data, in a subprocess."""
     command = [
-        sys.executable, "-m", "mrpo.train", "-m", f"+sweeps={name}", "debug=tiny",
+        sys.executable, "-m", "mrpo.cli.train", "-m", f"+sweeps={name}", "debug=tiny",
         f"model.source={model_dir}", "data=local_file", f"data.source={data_file}",
         f"paths.cache_dir={sweep_dir.parent / 'cache'}", "logger.mode=offline",
         f"hydra.sweep.dir={sweep_dir}", *extra,

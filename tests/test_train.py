@@ -15,10 +15,10 @@ from mrpo.data.collate import PreferenceCollator
 from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.models import load_model, load_tokenizer
-from mrpo.module import NonFiniteLossError, PreferenceModule
+from mrpo.training.module import NonFiniteLossError, PreferenceModule
 from mrpo.objectives import get_objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec
-from mrpo.train import train
+from mrpo.cli.train import train
 
 
 def read_metric(run_dir: Path, name: str) -> dict[int, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mrpo.compare.records import read_metrics
-from mrpo.train import train
+from mrpo.cli.train import train
 
 
 def test_thompson_run_selects_and_rewards_arms(compose_train) -> None:

@@ -1,4 +1,5 @@
-"""The base class of every error that is the user's to fix, not a bug of the program.
+"""Errors that are the user's to fix, not bugs of the program, and the option error that
+library code raises so that the caller can name the config key behind the option.
 
 Config values, data files, model sources and checkpoints raise subclasses of
 :class:`InputError`; the command-line entry points print its message (which names the config
@@ -16,6 +17,32 @@ class InputError(ValueError):
 
 
 class ConfigError(InputError):
-    """A config value that cannot work; the message starts with the config key."""
+    """A config value that cannot work; the message starts with its dotted key.
+
+    Attributes:
+        key: the dotted config key (``loss.beta``, ``references.pool.1.dtype``).
+        detail: what is wrong with it, without the key.
+    """
 
     kind = "config error"
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+class OptionError(ValueError):
+    """A library option with an unusable value; ``option`` names it.
+
+    Library functions take plain keyword options (``beta``, ``fixed_weights``, ``r``); the
+    code that builds those options from a config knows which config key each came from and
+    turns this error into a :class:`ConfigError` for that key (no message parsing).
+
+    Attributes:
+        option: the option's name as the library function takes it.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option

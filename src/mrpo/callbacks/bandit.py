@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from mrpo.data.types import PreferenceBatch
-from mrpo.metrics import policy_margin_accuracy, response_token_counts
+from mrpo.training.metrics import policy_margin_accuracy, response_token_counts
 
 
 class ThompsonFeedback(L.Callback):

@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from transformers import PreTrainedTokenizerBase
 
-from mrpo.evals.gsm8k import FILTERS, MAX_NEW_TOKENS
+from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.runner import (
     EvalData,
     EvalOutput,
@@ -42,25 +42,18 @@ from mrpo.evals.runner import (
     split_scores,
     write_eval_results,
 )
+from mrpo.evals.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 TokenizerSource = PreTrainedTokenizerBase | Callable[[], PreTrainedTokenizerBase] | None
-GSM8K_TABLE_COLUMNS = (
-    "step",
-    "index",
-    "question",
-    "generation",
-    "gold",
-    *(col for name in FILTERS for col in (name, f"{name}_correct")),
-)
 
 
 class EvalCallback(L.Callback):
     """Evaluate the policy every N steps on a subset and at the end of training.
 
     Args:
-        evals: evaluation names (see ``mrpo.evals.runner.EVAL_NAMES``).
+        evals: evaluation task names (see :mod:`mrpo.evals.registry`).
         every_n_steps: evaluate after every this many optimizer steps; 0 disables periodic runs.
         limit: questions per set in periodic runs (the first ones); None for all.
         final_limit: questions per set at the end of training; None for all, 0 to skip.
@@ -181,19 +174,21 @@ class EvalCallback(L.Callback):
 
 
 def log_sample_tables(loggers: Sequence[Logger], output: EvalOutput, step: int) -> None:
-    """Log each GSM8K evaluation's samples as a W&B table ``eval/<name>/samples``.
+    """Log each task's samples as a W&B table ``eval/<name>/samples`` (a ``step`` column
+    first, then the task's ``sample_columns``).
 
-    Loggers other than ``WandbLogger`` are skipped; TruthfulQA samples (log-likelihood lists)
-    stay in the jsonl file only.
+    Loggers other than ``WandbLogger`` are skipped; tasks without ``sample_columns`` (such as
+    TruthfulQA, whose samples are log-likelihood lists) stay in the jsonl file only.
     """
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     if not wandb_loggers:
         return
     for name, samples in output.samples.items():
-        if not name.startswith("gsm8k"):
+        columns = get_task(name).sample_columns
+        if not columns:
             continue
-        data = [[step] + [s[col] for col in GSM8K_TABLE_COLUMNS[1:]] for s in samples]
+        data = [[step] + [s[col] for col in columns] for s in samples]
         for logger in wandb_loggers:
             logger.log_table(
-                f"eval/{name}/samples", columns=list(GSM8K_TABLE_COLUMNS), data=data, step=step
+                f"eval/{name}/samples", columns=["step", *columns], data=data, step=step
             )

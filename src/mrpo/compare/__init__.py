@@ -4,10 +4,9 @@
 - :mod:`~mrpo.compare.table`: group runs into configurations, mean ± std over seeds;
 - :mod:`~mrpo.compare.render`: text, markdown and CSV tables;
 - :mod:`~mrpo.compare.plots`: PNG plots (matplotlib, Agg canvas);
-- :mod:`~mrpo.compare.cli`: the command line.
+- the command line is :mod:`mrpo.cli.compare`.
 """
 
-from mrpo.compare.cli import main
 from mrpo.compare.records import RunCollection, RunRecord, SkippedRun, collect_runs
 from mrpo.compare.table import Comparison, build_comparison
 
@@ -18,5 +17,4 @@ __all__ = [
     "SkippedRun",
     "build_comparison",
     "collect_runs",
-    "main",
 ]

@@ -21,10 +21,8 @@ from typing import Any
 import yaml
 
 from mrpo.compare.multirun import sweep_job_overrides
-from mrpo.runrecord import metrics_files
+from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, metrics_files
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 METRICS_FILE = Path("csv") / "attempt_<n>" / "metrics.csv"
 MULTIRUN_FILE = "multirun.yaml"
 HYDRA_OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"

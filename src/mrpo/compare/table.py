@@ -24,7 +24,7 @@ GROUP_KEYS: tuple[str, ...] = (
     "references.num_refs",
     "references.pool",
     "weights.strategy",
-    "weights.values",
+    "weights.fixed_weights",
     "loss.beta",
     "loss.label_smoothing",
     "loss.ctro",

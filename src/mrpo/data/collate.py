@@ -14,18 +14,15 @@ never on the Python hash seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from mrpo.data.types import PreferenceBatch, TokenizedPair
+from mrpo.data.types import PreferenceBatch, RefLookup, TokenizedPair
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (prompt and padding)."""
-
-RefLookup = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""Maps the (B,) index tensor of a batch to (ref_chosen (K, B), ref_rejected (K, B))."""
 
 
 class PreferenceCollator:

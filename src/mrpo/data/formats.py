@@ -1,6 +1,15 @@
-"""Normalize one row of a known source format to a `PreferenceExample`.
+"""The registry of preference data formats: normalize one row of a known format to a
+`PreferenceExample`.
 
-Two formats, told apart per source by its fields (`detect_format`):
+A format (:class:`PreferenceFormat`) says from a source's fields whether it is that format and
+turns one row into ``(prompt messages, chosen text, rejected text)``; the checks every pair must
+pass are applied after it. :data:`FORMATS` lists them in detection order: the first whose
+``detect`` accepts a source's fields reads it, unless ``data.format`` names one. Adding a
+format: its ``detect`` and ``split`` functions (in their own module), a
+:class:`PreferenceFormat` entry in :data:`FORMATS`, and a ``conf/data/<set>.yaml`` that reads a
+source of it (``format: <name>`` where detection cannot tell).
+
+The built-in formats:
 
 ``transcripts`` -- fields ``chosen`` and ``rejected`` only, each either a full HH-RLHF transcript
 (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or a chat message list. The prompt is the turns the two
@@ -30,31 +39,52 @@ chosen differs from rejected (ignoring surrounding whitespace).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from mrpo.data.types import Message, PreferenceExample
 from mrpo.data.validation import DataValidationError, RowError
 
-FORMATS = ("transcripts", "prompt_chosen_rejected")
 ROLES = ("system", "user", "assistant")
 
 _MARKER = re.compile(r"\n\n(Human|Assistant):")
 _SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
 
 
+Pair = tuple[tuple[Message, ...], str, str]
+"""(prompt messages, chosen response text, rejected response text) of one row."""
+
+
+@dataclass(frozen=True)
+class PreferenceFormat:
+    """One source format of preference rows.
+
+    Attributes:
+        name: the value of ``data.format`` that selects it.
+        description: one line for messages and docs.
+        detect: ``fields -> bool``, whether a source with these row fields is in this format.
+        split: ``row -> (prompt, chosen, rejected)`` for one JSON object; raises
+            :class:`~mrpo.data.validation.RowError` for a row it cannot read.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[frozenset[str]], bool]
+    split: Callable[[dict[str, Any]], Pair]
+
+
 def detect_format(fields: Iterable[str], source: str) -> str:
     """The format of a source from the union of its row fields (see module doc).
 
     Raises:
-        DataValidationError: neither format's fields are present.
+        DataValidationError: no format's fields are present.
     """
-    keys = set(fields)
-    has_response = bool(keys & {"chosen", "rejected"})
-    if "prompt" in keys and has_response:
-        return "prompt_chosen_rejected"
-    if has_response:
-        return "transcripts"
+    keys = frozenset(fields)
+    for fmt in FORMATS.values():
+        if fmt.detect(keys):
+            return fmt.name
     raise DataValidationError(
         f"{source}: cannot tell the preference format from the fields {sorted(keys)}; expected "
         "'chosen' and 'rejected' (HH-RLHF transcripts or message lists), or 'prompt', 'chosen' "
@@ -69,21 +99,13 @@ def normalize_row(value: Any, fmt: str, index: int) -> PreferenceExample:
     Raises:
         RowError: the row cannot be normalized; its reason code says why.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}; expected one of {list(FORMATS)}")
     if isinstance(value, RowError):
         raise value
     if not isinstance(value, dict):
         raise RowError("not_object", f"expected a JSON object, got {type(value).__name__}")
-    if fmt == "prompt_chosen_rejected":
-        prompt_value, chosen_value, rejected_value = _fields(
-            value, ("prompt", "chosen", "rejected")
-        )
-        prompt = _as_prompt(prompt_value)
-        chosen = _as_response(chosen_value, "chosen")
-        rejected = _as_response(rejected_value, "rejected")
-    elif fmt == "transcripts":
-        prompt, chosen, rejected = _split_transcripts(*_fields(value, ("chosen", "rejected")))
-    else:
-        raise ValueError(f"unknown preference format {fmt!r}; expected one of {FORMATS}")
+    prompt, chosen, rejected = FORMATS[fmt].split(value)
     return _checked_example(prompt, chosen, rejected, index)
 
 
@@ -211,3 +233,34 @@ def _checked_example(
     if chosen.strip() == rejected.strip():
         raise RowError("identical_responses", "chosen and rejected responses are identical")
     return PreferenceExample(prompt=prompt, chosen=chosen, rejected=rejected, index=index)
+
+
+def _split_prompt_chosen_rejected(row: dict[str, Any]) -> Pair:
+    prompt, chosen, rejected = _fields(row, ("prompt", "chosen", "rejected"))
+    return _as_prompt(prompt), _as_response(chosen, "chosen"), _as_response(rejected, "rejected")
+
+
+def _has_response(keys: frozenset[str]) -> bool:
+    return bool(keys & {"chosen", "rejected"})
+
+
+FORMATS: Mapping[str, PreferenceFormat] = MappingProxyType(
+    {
+        fmt.name: fmt
+        for fmt in (
+            PreferenceFormat(
+                name="prompt_chosen_rejected",
+                description="'prompt', 'chosen', 'rejected' (strings or chat message lists)",
+                detect=lambda keys: "prompt" in keys and _has_response(keys),
+                split=_split_prompt_chosen_rejected,
+            ),
+            PreferenceFormat(
+                name="transcripts",
+                description="'chosen' and 'rejected' whole conversations (HH-RLHF transcripts)",
+                detect=_has_response,
+                split=lambda row: _split_transcripts(*_fields(row, ("chosen", "rejected"))),
+            ),
+        )
+    }
+)
+"""Format name -> format, in detection order (the first that accepts a source's fields)."""

@@ -1,8 +1,8 @@
 """Load preference pairs from a hub id, a local file or the data mirror, validated up front.
 
 `load_preference_data` resolves the source (order documented in `mrpo.data.sources`), reads the
-raw rows, detects the format from the fields and normalizes every row (rules in
-`mrpo.data.formats`). Rows that cannot be used are collected in a `DropReport`; unless
+raw rows, detects the format from the fields (or takes the one named) and normalizes every row
+(the format registry and its rules are in `mrpo.data.formats`). Rows that cannot be used are collected in a `DropReport`; unless
 ``drop_invalid`` is set, any such row stops the load with a `DataValidationError` naming the
 source, the reasons with their counts, and the row numbers -- before any model is loaded.
 
@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrpo.data.formats import detect_format, normalize_row
+from mrpo.data.formats import FORMATS, detect_format, normalize_row
 from mrpo.data.sources import read_rows, resolve_source
 from mrpo.data.types import PreferenceExample
 from mrpo.data.validation import DataValidationError, DropReport, InvalidRow, RowError
@@ -39,7 +39,7 @@ class PreferenceLoadResult:
         examples: the normalized pairs, in source order.
         dropped: the rows left out (empty unless ``drop_invalid=True``), with reasons.
         source: where the rows came from (resolved path, or hub id with subset and split).
-        format: ``"transcripts"`` or ``"prompt_chosen_rejected"``.
+        format: the `mrpo.data.formats.FORMATS` name the rows were read as.
     """
 
     examples: list[PreferenceExample]
@@ -56,6 +56,7 @@ def load_preference_data(
     data_dir: str | None = None,
     drop_invalid: bool = False,
     limit: int | None = None,
+    format: str | None = None,
 ) -> PreferenceLoadResult:
     """Load and normalize preference pairs.
 
@@ -71,6 +72,7 @@ def load_preference_data(
         data_dir: the data mirror folder; defaults to the environment variable ``MRPO_DATA_DIR``.
         drop_invalid: drop rows that cannot be normalized (and report them) instead of raising.
         limit: read at most this many rows of the source (before validation).
+        format: a `mrpo.data.formats.FORMATS` name; None detects it from the fields.
 
     Returns:
         The examples, the report of dropped rows, the source description and the format.
@@ -81,12 +83,19 @@ def load_preference_data(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of rows, got {limit}")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown preference format {format!r}; expected one of {list(FORMATS)}")
     resolved = resolve_source(source, split=split, subset=subset, data_dir=data_dir)
     raw = read_rows(resolved, split=split, subset=subset, limit=limit)
     has_objects = any(isinstance(value, dict) for _, value in raw.records)
     # Without a single JSON object every row is already invalid (not JSON, not an object), and
     # any format reports such rows the same way.
-    fmt = detect_format(raw.fields, raw.source) if has_objects else "prompt_chosen_rejected"
+    if format is not None:
+        fmt = format
+    elif has_objects:
+        fmt = detect_format(raw.fields, raw.source)
+    else:
+        fmt = next(iter(FORMATS))
 
     report = DropReport(source=raw.source, unit=raw.unit, num_rows=len(raw.records))
     examples = []

@@ -6,12 +6,17 @@ K = number of reference models.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+
+RefLookup = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Maps a batch's (B,) int64 row index to its cached reference log-probs
+``(ref_chosen (K, B), ref_rejected (K, B))``; :class:`mrpo.references.RefTable` is one."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ does with ``--apply_chat_template --num_fewshot 0``; the extraction and scoring 
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -34,9 +35,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.data.evalsets import GSM8KRecord
+from mrpo.data.evalsets import GSM8KRecord, load_gsm8k
 from mrpo.evals.generate import generate_until
 from mrpo.evals.metrics import load_metric
+from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult
 
 QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
 TARGET_DELIMITER = " "
@@ -209,3 +211,62 @@ def evaluate_gsm8k(
     for sample, prompt in zip(samples, prompts, strict=True):
         sample["prompt"] = prompt
     return GSM8KResult(metrics, samples, sum(g.num_tokens for g in generations))
+
+
+SAMPLE_COLUMNS = (
+    "index",
+    "question",
+    "generation",
+    "gold",
+    *(col for name in FILTERS for col in (name, f"{name}_correct")),
+)
+"""Sample fields of a GSM8K evaluation logged as a W&B table."""
+
+
+@dataclass(frozen=True)
+class GSM8KData:
+    """The test questions and, for few-shot prompts, the train split they draw examples from."""
+
+    test: list[GSM8KRecord]
+    train: list[GSM8KRecord] | None = None
+
+
+def _load(few_shot: bool, data_dir: str | os.PathLike[str] | None) -> GSM8KData:
+    train = load_gsm8k("train", data_dir=data_dir) if few_shot else None
+    return GSM8KData(load_gsm8k("test", data_dir=data_dir), train)
+
+
+def _run(chat: bool, model: Any, tokenizer: Any, data: GSM8KData, s: EvalSettings) -> TaskResult:
+    records = data.test[: s.limit]
+    result = evaluate_gsm8k(
+        model,
+        tokenizer,
+        records,
+        data.train,
+        chat=chat,
+        batch_size=s.batch_size,
+        max_new_tokens=s.max_new_tokens,
+        max_length=s.max_length,
+        progress=s.progress,
+    )
+    counts = {"num_samples": len(records), "generated_tokens": result.num_generated_tokens}
+    return TaskResult(result.metrics, result.samples, counts)
+
+
+TASKS = (
+    EvalTask(
+        name="gsm8k",
+        description="GSM8K 5-shot, generate until, exact match (lm-eval-harness gsm8k)",
+        load_data=lambda data_dir: _load(True, data_dir),
+        evaluate=lambda model, tok, data, s: _run(False, model, tok, data, s),
+        sample_columns=SAMPLE_COLUMNS,
+    ),
+    EvalTask(
+        name="gsm8k_chat",
+        description="GSM8K 0-shot through the model's chat template",
+        load_data=lambda data_dir: _load(False, data_dir),
+        evaluate=lambda model, tok, data, s: _run(True, model, tok, data, s),
+        sample_columns=SAMPLE_COLUMNS,
+    ),
+)
+"""The GSM8K tasks (registered by :mod:`mrpo.evals.registry`)."""

@@ -19,9 +19,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.data.evalsets import TruthfulQARecord
+from mrpo.data.evalsets import TruthfulQARecord, load_truthfulqa_mc
 from mrpo.evals.loglik import loglikelihood
 from mrpo.evals.metrics import load_metric
+from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult
 
 PRIMER = (
     "Q: What is human life expectancy in the United States?\n"
@@ -124,3 +125,29 @@ def evaluate_truthfulqa(
         ):
             sample[task] = {"logliks": lls, "labels": labels, "score": float(score)}
     return TruthfulQAResult(metrics, samples, len(requests))
+
+
+def _run(model: Any, tokenizer: Any, data: list[TruthfulQARecord], s: EvalSettings) -> TaskResult:
+    records = data[: s.limit]
+    result = evaluate_truthfulqa(
+        model,
+        tokenizer,
+        records,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+        progress=s.progress,
+    )
+    counts = {"num_samples": len(records), "num_requests": result.num_requests}
+    return TaskResult(result.metrics, result.samples, counts)
+
+
+TASKS = (
+    EvalTask(
+        name="truthfulqa",
+        description="TruthfulQA MC1 and MC2, 0-shot log-likelihoods (truthfulqa_mc1/_mc2)",
+        load_data=lambda data_dir: load_truthfulqa_mc(data_dir=data_dir),
+        evaluate=_run,
+    ),
+)
+"""The TruthfulQA task (registered by :mod:`mrpo.evals.registry`); samples hold per-choice
+log-likelihood lists, so they go to the samples file only."""

@@ -5,22 +5,23 @@ Public API:
 - model sources: ``DEFAULT_MODEL``, ``PACKAGED_MODEL``, ``resolve_source``,
   ``packaged_gguf_path``, ``model_fingerprint``, ``default_model_cache_dir``,
   ``ModelSourceError`` (see ``mrpo.models.sources``);
-- loading: ``load_model``, ``load_tokenizer``, ``LoraSettings``, ``disable_dropout``,
-  ``compile_policy``, ``enable_gradient_checkpointing``,
-  ``DTYPES`` (see ``mrpo.models.loading``);
-- GGUF conversion cache: ``ensure_converted`` (see ``mrpo.models.gguf``).
+- loading: ``load_model``, ``load_tokenizer``, ``disable_dropout``, ``compile_policy``,
+  ``enable_gradient_checkpointing``, ``DTYPES`` (see ``mrpo.models.loading``);
+- LoRA settings: ``LoraConfig`` (see ``mrpo.models.lora``);
+- GGUF conversion cache: ``ensure_converted`` (see ``mrpo.models.gguf``);
+- training checkpoints of a run: ``mrpo.models.checkpoint`` (imported on its own).
 """
 
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.loading import (
     DTYPES,
-    LoraSettings,
     compile_policy,
     disable_dropout,
     enable_gradient_checkpointing,
     load_model,
     load_tokenizer,
 )
+from mrpo.models.lora import LoraConfig
 from mrpo.models.sources import (
     DEFAULT_MODEL,
     PACKAGED_MODEL,
@@ -36,7 +37,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DTYPES",
     "PACKAGED_MODEL",
-    "LoraSettings",
+    "LoraConfig",
     "ModelSource",
     "ModelSourceError",
     "compile_policy",

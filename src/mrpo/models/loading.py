@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -16,8 +16,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mrpo.lm_head import split_lm_head
+from mrpo.logprobs import split_lm_head
 from mrpo.models.gguf import ensure_converted
+from mrpo.models.lora import ALL_LINEAR, LoraConfig
 from mrpo.models.sources import (
     ModelSource,
     ModelSourceError,
@@ -41,39 +42,6 @@ _DROPOUT_MODULES = (
     torch.nn.AlphaDropout,
     torch.nn.FeatureAlphaDropout,
 )
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapter settings (peft ``LoraConfig``).
-
-    Attributes:
-        r: rank of the update matrices (> 0).
-        alpha: scaling numerator; the update is scaled by ``alpha / r``.
-        dropout: dropout on the adapter input, in [0, 1). This is the only dropout left in a
-            model from ``load_model``, so it is 0 unless asked for.
-        target_modules: names of the linear layers that get adapters (Llama/Qwen names by
-            default), or ``("all-linear",)`` for every linear layer but the output head.
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-    def __post_init__(self) -> None:
-        # Configs give lists (or one name); a tuple keeps the settings hashable and immutable.
-        modules = self.target_modules
-        modules = (modules,) if isinstance(modules, str) else tuple(modules)
-        object.__setattr__(self, "target_modules", modules)
-        if self.r < 1:
-            raise ValueError(f"LoRA r must be a positive integer, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ValueError("LoRA target_modules must name at least one module")
 
 
 def _location(source: str, cache_dir: str | Path | None) -> tuple[ModelSource, str, dict]:
@@ -172,14 +140,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def _apply_lora(model: PreTrainedModel, lora: LoraSettings) -> PeftModel:
-    config = LoraConfig(
+def _apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
+    modules = lora.modules()
+    config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=(
-            "all-linear" if lora.target_modules == ("all-linear",) else list(lora.target_modules)
-        ),
+        target_modules=ALL_LINEAR if modules == (ALL_LINEAR,) else list(modules),
         task_type="CAUSAL_LM",
     )
     # get_peft_model freezes every base weight; only the adapters stay trainable.
@@ -191,7 +158,7 @@ def load_model(
     *,
     dtype: str = "float32",
     cache_dir: str | Path | None = None,
-    lora: LoraSettings | None = None,
+    lora: LoraConfig | None = None,
     trainable: bool = True,
 ) -> PreTrainedModel | PeftModel:
     """Load a causal LM from a model source, with dropout disabled.
@@ -204,19 +171,22 @@ def load_model(
             ``cache_dir`` on first use.
         dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto".
         cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
-        lora: wrap the model in LoRA adapters (a peft ``PeftModel``); only the adapters are
-            trainable.
+        lora: when given and ``enabled``, wrap the model in LoRA adapters (a peft
+            ``PeftModel``); only the adapters are trainable.
         trainable: False gives a frozen model (eval mode, no parameter requires grad), e.g.
             for a reference.
 
     Raises:
         ValueError: an unknown dtype.
+        OptionError: unusable LoRA settings (naming the setting).
         ModelSourceError: the source cannot be found or loaded (the message names it).
     """
     if dtype not in DTYPES:
         raise ValueError(
             f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
         )
+    if lora is not None and lora.enabled:
+        lora.check()
     resolved, location, hub_kwargs = _location(source, cache_dir)
     try:
         config = AutoConfig.from_pretrained(location, **hub_kwargs)
@@ -229,7 +199,7 @@ def load_model(
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
     disable_dropout(model)
-    if lora is not None:
+    if lora is not None and lora.enabled:
         model = _apply_lora(model, lora)
     if not trainable:
         model.requires_grad_(False)
@@ -243,7 +213,7 @@ def compile_policy(model: torch.nn.Module) -> torch.nn.Module:
     In place (``nn.Module.compile``) rather than ``torch.compile(model)``, so that parameter
     names, checkpoints and ``save_pretrained`` are unchanged. ``dynamic=True``: batches come in
     many padded widths, and recompiling for each width would cost more than it saves.
-    Models with a fused LM-head path (:func:`mrpo.lm_head.split_lm_head`) have their backbone
+    Models with a fused LM-head path (:func:`mrpo.logprobs._lm_head.split_lm_head`) have their backbone
     compiled, since that path calls the backbone, not the model's forward; the model's own
     forward calls the same compiled backbone.
     """

@@ -9,15 +9,19 @@ Usage::
                     ref_chosen, ref_rejected)          # (K, B), row 0 = primary reference
     out.losses.mean().backward()
 
-Modules: :mod:`~mrpo.objectives.losses` (DPO-family losses and the three objectives),
-:mod:`~mrpo.objectives.reference` (CTRO clipping, harmonic virtual reference),
-:mod:`~mrpo.objectives.weighting` (weight formulas), :mod:`~mrpo.objectives.strategies` and
-:mod:`~mrpo.objectives.bandit` (weight strategy objects), :mod:`~mrpo.objectives.registry`.
+Modules (each a pure-function layer, except the small configured objects):
+
+- :mod:`~mrpo.objectives.loss_types`: the DPO-family losses of the logits (``loss_type``);
+- :mod:`~mrpo.objectives.virtual_reference`: CTRO clipping and the harmonic virtual reference;
+- :mod:`~mrpo.objectives.losses`: the three objectives as pure functions;
+- :mod:`~mrpo.objectives.weighting`: weight formulas, strategy objects, the Thompson bandit and
+  the strategy registry;
+- :mod:`~mrpo.objectives.objective`, :mod:`~mrpo.objectives.registry`: the configured
+  objective object and the objective registry with its factory :func:`get_objective`.
 """
 
-from mrpo.objectives.bandit import ThompsonSampling
+from mrpo.objectives.loss_types import LOSS_TYPES
 from mrpo.objectives.losses import (
-    LOSS_FUNCTIONS,
     dpo_loss,
     dpo_objective,
     mrpo_objective,
@@ -25,7 +29,14 @@ from mrpo.objectives.losses import (
     preference_losses,
 )
 from mrpo.objectives.objective import Objective, ObjectiveSpec
-from mrpo.objectives.reference import (
+from mrpo.objectives.registry import (
+    OBJECTIVES,
+    available_objectives,
+    get_objective,
+    get_objective_spec,
+)
+from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
+from mrpo.objectives.virtual_reference import (
     adaptive_epsilons,
     apply_ctro,
     ctro_clip,
@@ -33,16 +44,21 @@ from mrpo.objectives.reference import (
     harmonic_reference,
     pair_weights,
 )
-from mrpo.objectives.registry import (
-    OBJECTIVES,
-    WEIGHTINGS,
-    available_objectives,
-    available_weightings,
-    get_objective,
-    get_objective_spec,
-    make_weighting,
+from mrpo.objectives.weighting.bandit import ThompsonSampling
+from mrpo.objectives.weighting.formulas import (
+    arwc_weights,
+    mean_token_margins,
+    reference_margins,
+    vaw_weights,
+    vdw_weights,
 )
-from mrpo.objectives.strategies import (
+from mrpo.objectives.weighting.registry import (
+    WEIGHTINGS,
+    available_weightings,
+    make_weighting,
+    weighting_class,
+)
+from mrpo.objectives.weighting.strategies import (
     ARWCWeights,
     FixedWeights,
     PrimaryReference,
@@ -52,17 +68,9 @@ from mrpo.objectives.strategies import (
     VDWWeights,
     WeightStrategy,
 )
-from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
-from mrpo.objectives.weighting import (
-    arwc_weights,
-    mean_token_margins,
-    reference_margins,
-    vaw_weights,
-    vdw_weights,
-)
 
 __all__ = [
-    "LOSS_FUNCTIONS",
+    "LOSS_TYPES",
     "OBJECTIVES",
     "WEIGHTINGS",
     "ARWCWeights",
@@ -99,4 +107,5 @@ __all__ = [
     "reference_margins",
     "vaw_weights",
     "vdw_weights",
+    "weighting_class",
 ]

@@ -1,16 +1,10 @@
-"""DPO-family losses and the three objectives (DPO, multi-DPO, MRPO) as pure functions.
+"""The three objectives (DPO, multi-DPO, MRPO) as pure functions.
 
 Shapes: B preference pairs, K references. Policy log-probs ℓθ are (B,) summed (or
 length-normalized) response log-probs and carry the gradient; reference log-probs are (K, B)
 with row 0 the primary reference and are detached here (references are frozen, so a reference
 tensor that requires grad never receives one). Weights are (B, K), non-negative, rows summing to 1.
-
-With logits z = (ℓθ(y_w) − ℓθ(y_l)) − (ℓ_r(y_w) − ℓ_r(y_l)) and h = βz, the per-example losses
-are (identical to TRL's ``DPOTrainer`` for these loss types):
-
-- ``sigmoid``: −(1−ε_ls)·log σ(h) − ε_ls·log σ(−h)   (DPO, Rafailov et al. 2023; cDPO smoothing)
-- ``ipo``:     (z − 1/(2β))² = (h/β − 1/(2β))²       (IPO, Azar et al. 2023, Eq. 17)
-- ``hinge``:   max(0, 1 − h)                          (RSO / SLiC hinge)
+The elementwise DPO-family losses (``loss_type``) are in :mod:`mrpo.objectives.loss_types`.
 """
 
 from __future__ import annotations
@@ -18,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from mrpo.objectives.reference import (
+from mrpo.errors import OptionError
+from mrpo.objectives.loss_types import LOSS_TYPES
+from mrpo.objectives.virtual_reference import (
     apply_ctro,
     geometric_reference,
     harmonic_reference,
@@ -29,47 +24,26 @@ from mrpo.objectives.reference import (
 from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
 
 
-def _sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    h = beta * logits
-    return -(1.0 - label_smoothing) * F.logsigmoid(h) - label_smoothing * F.logsigmoid(-h)
-
-
-def _ipo_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    return (logits - 1.0 / (2.0 * beta)) ** 2
-
-
-def _hinge_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
-    return torch.relu(1.0 - beta * logits)
-
-
-LossFunction = Callable[[torch.Tensor, float, float], torch.Tensor]
-LOSS_FUNCTIONS: dict[str, LossFunction] = {
-    "sigmoid": _sigmoid_loss,
-    "ipo": _ipo_loss,
-    "hinge": _hinge_loss,
-}
-"""``loss_type`` -> loss of the logits z (any shape), β and label smoothing."""
-
-
 def preference_losses(
     logits: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Elementwise DPO-family loss of the logits z (see the module docstring).
+    """Elementwise DPO-family loss of the logits z (:mod:`mrpo.objectives.loss_types`).
 
     Args:
         logits: z of any shape, the policy margin minus the reference margin.
         beta: β > 0.
-        loss_type: ``"sigmoid"``, ``"ipo"`` or ``"hinge"``.
+        loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name.
         label_smoothing: ε_ls (sigmoid only).
 
     Returns:
         Losses with the shape of ``logits``.
     """
     try:
-        loss_function = LOSS_FUNCTIONS[loss_type]
+        loss_function = LOSS_TYPES[loss_type]
     except KeyError:
-        raise ValueError(
-            f"unknown option 'loss_type'={loss_type!r}; expected one of {list(LOSS_FUNCTIONS)}"
+        raise OptionError(
+            "loss_type",
+            f"unknown option 'loss_type'={loss_type!r}; expected one of {list(LOSS_TYPES)}",
         ) from None
     return loss_function(logits, beta, label_smoothing)
 
@@ -192,7 +166,7 @@ def mrpo_objective(
     log π̂(y) = −logsumexp_k(log α_k − ℓ̃_k(y)), with ℓ̃ the CTRO-clipped references when
     ``config.ctro``; the loss is the configured DPO-family loss with π̂ as the reference, and the
     rewards are β(ℓθ − log π̂). With ``harmonic_pairing="official"`` (K = 2) the weights are
-    paired as in the authors' code (see :func:`~mrpo.objectives.reference.pair_weights`); the
+    paired as in the authors' code (see :func:`~mrpo.objectives.virtual_reference.pair_weights`); the
     returned ``weights`` are the coefficients actually applied to 1/π_k.
     """
     clipped_chosen, clipped_rejected, clip_fraction = _maybe_ctro(ref_chosen, ref_rejected, config)

@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from mrpo.errors import OptionError
 from mrpo.objectives.losses import ObjectiveFunction
-from mrpo.objectives.strategies import WeightStrategy
+from mrpo.objectives.weighting.strategies import WeightStrategy
 from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
-from mrpo.objectives.weighting import expand_weights
+from mrpo.objectives.weighting.formulas import expand_weights
 
 
 @dataclass(frozen=True)
@@ -132,17 +133,20 @@ class Objective:
         return (self.spec.min_refs, self.spec.max_refs)
 
     def check_num_refs(self, num_refs: int) -> None:
-        """Raise ValueError if this objective (and its weighting) cannot use K = ``num_refs``.
+        """Raise :class:`~mrpo.errors.OptionError` if this objective (and its weighting)
+        cannot use K = ``num_refs``; the error names the option that does not fit K.
 
         A K above ``max_refs`` is accepted: the objective uses the first ``max_refs`` rows.
         """
         low, _ = self.num_refs_required
         if num_refs < low:
-            raise ValueError(
-                f"objective {self.name!r} needs at least {low} reference(s), got K={num_refs}"
+            raise OptionError(
+                "num_refs",
+                f"objective {self.name!r} needs at least {low} reference(s), got K={num_refs}",
             )
         if self.config.harmonic_pairing == "official" and num_refs != 2:
-            raise ValueError(
+            raise OptionError(
+                "harmonic_pairing",
                 "option 'harmonic_pairing'='official' needs exactly K=2 references, "
                 f"got K={num_refs}"
             )

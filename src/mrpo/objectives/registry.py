@@ -1,8 +1,14 @@
-"""Registries of objectives and weight strategies, and the factory the trainer calls.
+"""The registry of objectives, and the factory the trainer calls.
 
 ``get_objective(name, beta=..., **options)`` is the one place that turns a config name into an
 objective: the rest of the code asks the returned object (or its :class:`ObjectiveSpec`) what
-it needs instead of testing names.
+it needs instead of testing names. Weight strategies have their own registry
+(:mod:`mrpo.objectives.weighting.registry`), loss types theirs
+(:mod:`mrpo.objectives.loss_types`).
+
+Adding an objective: a pure function with the :data:`~mrpo.objectives.losses.ObjectiveFunction`
+signature, an :class:`ObjectiveSpec` entry in :data:`OBJECTIVES`, and a ``conf/loss/<name>.yaml``
+with ``name: <name>`` and its options.
 """
 
 from __future__ import annotations
@@ -11,40 +17,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from mrpo.objectives.bandit import ThompsonSampling
+from mrpo.errors import OptionError
 from mrpo.objectives.losses import dpo_objective, mrpo_objective, multi_dpo_objective
 from mrpo.objectives.objective import Objective, ObjectiveSpec
-from mrpo.objectives.strategies import (
-    ARWCWeights,
-    FixedWeights,
-    PrimaryReference,
-    SlidingWindowARWC,
-    UniformWeights,
-    VAWWeights,
-    VDWWeights,
-    WeightStrategy,
-)
 from mrpo.objectives.types import ObjectiveConfig
-
-WEIGHTINGS: Mapping[str, type[WeightStrategy]] = MappingProxyType(
-    {
-        cls.name: cls
-        for cls in (
-            UniformWeights,
-            FixedWeights,
-            ARWCWeights,
-            VDWWeights,
-            VAWWeights,
-            SlidingWindowARWC,
-            ThompsonSampling,
-            PrimaryReference,
-        )
-    }
-)
-"""``weighting`` option value -> strategy class."""
-
-WEIGHTING_PARAMS: frozenset[str] = frozenset(p for cls in WEIGHTINGS.values() for p in cls.params)
-"""Every strategy parameter accepted as a keyword option (``fixed_weights``, ``prior``, ...)."""
+from mrpo.objectives.weighting.registry import WEIGHTING_PARAMS, make_weighting
+from mrpo.objectives.weighting.strategies import PrimaryReference
 
 _DPO_OPTIONS = frozenset({"loss_type", "label_smoothing"})
 _MULTI_OPTIONS = (
@@ -86,46 +64,18 @@ def available_objectives() -> tuple[str, ...]:
     return tuple(OBJECTIVES)
 
 
-def available_weightings() -> tuple[str, ...]:
-    """Values accepted by the ``weighting`` option."""
-    return tuple(WEIGHTINGS)
-
-
 def get_objective_spec(name: str) -> ObjectiveSpec:
-    """The registry entry of objective ``name``; ValueError listing the names if unknown."""
+    """The registry entry of objective ``name``.
+
+    Raises:
+        OptionError: (option ``name``) when unknown, listing the registered names.
+    """
     try:
         return OBJECTIVES[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown objective {name!r}; expected one of {list(available_objectives())}"
+        raise OptionError(
+            "name", f"unknown objective {name!r}; expected one of {list(available_objectives())}"
         ) from None
-
-
-def make_weighting(weighting: str | WeightStrategy, **params: Any) -> WeightStrategy:
-    """Build a weight strategy from its name and parameters (or pass an instance through).
-
-    Raises:
-        ValueError: for an unknown name, or a parameter the strategy does not take.
-    """
-    if isinstance(weighting, WeightStrategy):
-        if params:
-            raise ValueError(
-                f"options {sorted(params)} cannot be combined with a weighting object; "
-                "pass them to its constructor"
-            )
-        return weighting
-    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
-        raise ValueError(
-            f"unknown option 'weighting'={weighting!r}; expected one of {list(WEIGHTINGS)}"
-        )
-    cls = WEIGHTINGS[weighting]
-    unused = sorted(set(params) - set(cls.params))
-    if unused:
-        raise ValueError(
-            f"option(s) {unused} do not apply to weighting {weighting!r} "
-            f"(it takes: {list(cls.params) or 'no options'})"
-        )
-    return cls(**params)
 
 
 def get_objective(
@@ -142,21 +92,23 @@ def get_objective(
             ``fixed_weights``, K = 2 for the official pairing) and to size Thompson sampling.
         **options: keyword options accepted by the objective (``spec.options``):
             ``loss_type`` ("sigmoid" | "ipo" | "hinge"), ``label_smoothing`` (sigmoid only);
-            multi_dpo and mrpo also take ``weighting`` (:func:`available_weightings` or a
+            multi_dpo and mrpo also take ``weighting`` (a registered strategy name or a
             strategy object; default "arwc"), its parameters (``fixed_weights``, ``window``,
-            ``prior``, ``seed``), ``ctro`` (default True for mrpo, False for multi_dpo),
+            ``prior``, ``seed``, ``feedback_size``), ``ctro`` (default True for mrpo, False for multi_dpo),
             ``epsilon`` (0.1), ``adaptive_epsilon`` (True); mrpo also ``harmonic_pairing``
             ("general" | "official").
 
     Raises:
-        ValueError: naming the objective or option that is unknown or invalid.
+        OptionError: naming the option that is unknown or invalid (``name`` for an unknown
+            objective, ``num_refs`` for a K it cannot use).
     """
     spec = get_objective_spec(name)
     unknown = sorted(set(options) - spec.options)
     if unknown:
-        raise ValueError(
+        raise OptionError(
+            unknown[0],
             f"objective {name!r} does not accept option(s) {unknown}; "
-            f"accepted: {sorted(spec.options)}"
+            f"accepted: {sorted(spec.options)}",
         )
     merged = {**spec.defaults, **options}
     weighting = merged.pop("weighting", None)

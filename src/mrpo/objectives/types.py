@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge")
-"""Accepted ``loss_type`` values (the DPO-family losses of :mod:`mrpo.objectives.losses`)."""
+from mrpo.errors import OptionError
+from mrpo.objectives.loss_types import LOSS_TYPES, SMOOTHED_LOSS_TYPES
 
 HARMONIC_PAIRINGS: tuple[str, ...] = ("general", "official")
 """Accepted ``harmonic_pairing`` values of MRPO (see :func:`.reference.pair_weights`)."""
@@ -62,15 +62,15 @@ class ObjectiveConfig:
 
     Attributes:
         beta: KL temperature β > 0.
-        loss_type: one of :data:`LOSS_TYPES`.
-        label_smoothing: ε_ls in [0, 0.5] (conservative DPO); only with ``loss_type="sigmoid"``.
+        loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name.
+        label_smoothing: ε_ls in [0, 0.5] (conservative DPO); only with loss types that take it (``sigmoid``).
         ctro: clip references k >= 2 into a band around reference 1 (CTRO) before use.
         epsilon: CTRO band half-width ε in [0, 1].
         adaptive_epsilon: split ε between chosen and rejected by their mean reference log-probs.
         harmonic_pairing: one of :data:`HARMONIC_PAIRINGS` (MRPO only).
 
     Raises:
-        ValueError: naming the option, for any value outside its range.
+        OptionError: naming the option, for any value outside its range.
     """
 
     beta: float = 0.1
@@ -84,35 +84,39 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _check_real("beta", self.beta)
         if not self.beta > 0:
-            raise ValueError(f"option 'beta' must be > 0, got {self.beta!r}")
+            raise OptionError("beta", f"option 'beta' must be > 0, got {self.beta!r}")
         if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
+            raise OptionError(
+                "loss_type",
                 f"unknown option 'loss_type'={self.loss_type!r}; expected one of {list(LOSS_TYPES)}"
             )
         _check_real("label_smoothing", self.label_smoothing)
         if not 0.0 <= self.label_smoothing <= 0.5:
-            raise ValueError(
-                f"option 'label_smoothing' must be in [0, 0.5], got {self.label_smoothing!r}"
+            raise OptionError(
+                "label_smoothing",
+                f"option 'label_smoothing' must be in [0, 0.5], got {self.label_smoothing!r}",
             )
-        if self.label_smoothing > 0 and self.loss_type != "sigmoid":
-            raise ValueError(
+        if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSS_TYPES:
+            raise OptionError(
+                "label_smoothing",
                 f"option 'label_smoothing' applies to loss_type='sigmoid' only, "
                 f"got loss_type={self.loss_type!r} with label_smoothing={self.label_smoothing!r}"
             )
         for flag in ("ctro", "adaptive_epsilon"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"option {flag!r} must be a bool, got {getattr(self, flag)!r}")
+                raise OptionError(flag, f"option {flag!r} must be a bool, got {getattr(self, flag)!r}")
         _check_real("epsilon", self.epsilon)
         if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"option 'epsilon' must be in [0, 1], got {self.epsilon!r}")
+            raise OptionError("epsilon", f"option 'epsilon' must be in [0, 1], got {self.epsilon!r}")
         if self.harmonic_pairing not in HARMONIC_PAIRINGS:
-            raise ValueError(
+            raise OptionError(
+                "harmonic_pairing",
                 f"unknown option 'harmonic_pairing'={self.harmonic_pairing!r}; "
                 f"expected one of {list(HARMONIC_PAIRINGS)}"
             )
 
 
 def _check_real(name: str, value: object) -> None:
-    """Raise ValueError unless ``value`` is a finite real number (bools excluded)."""
+    """Raise OptionError unless ``value`` is a finite real number (bools excluded)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"option {name!r} must be a finite number, got {value!r}")
+        raise OptionError(name, f"option {name!r} must be a finite number, got {value!r}")

@@ -12,16 +12,18 @@ response span. The policy's token ids are never fed to a reference.
 
 Cached mode (:meth:`ReferenceEnsemble.precompute`, :meth:`ReferenceEnsemble.table`): each
 reference's log-probs on a list of rows are computed once and stored in a
-:class:`mrpo.refcache.RefCache`, keyed by everything that determines them; runs and sweep jobs
+:class:`mrpo.references.cache.RefCache`, keyed by everything that determines them; runs and sweep jobs
 that need the same reference reuse the file, and no reference model is in memory while
 training. Live mode (:class:`LiveReferences`) keeps the models in memory and scores every batch,
 for on-policy data and for checking the cache.
 
-Modules: ``spec`` (what a reference is), ``scoring`` (batched scoring and fingerprints),
-``ensemble`` (keys, cache, precompute), ``table`` (batch lookup), ``live`` (live mode).
+Modules: ``spec`` (what a reference is), ``logps`` (one reference's per-row log-probs),
+``scoring`` (batched scoring and fingerprints), ``cache`` (the on-disk cache), ``sharding``
+(scoring split across data-parallel ranks), ``ensemble`` (keys, cache, precompute), ``table``
+(K references' log-probs for batch lookup), ``live`` (live mode).
 """
 
-from mrpo.refcache import RefCache, RefCacheKey
+from mrpo.references.cache import RefCache, RefCacheKey
 from mrpo.references.ensemble import (
     TRUNCATION,
     Precomputed,
@@ -31,21 +33,19 @@ from mrpo.references.ensemble import (
 )
 from mrpo.references.live import LiveReferences
 from mrpo.references.scoring import (
-    PairScores,
     adapters_disabled,
     data_fingerprint,
     score_pairs,
     tokenizer_fingerprint,
 )
+from mrpo.references.logps import RefLogps
 from mrpo.references.spec import SELF, ReferenceSpec, ResolvedReference, resolve_reference
 from mrpo.references.table import RefTable
-from mrpo.reflogps import RefLogps
 
 __all__ = [
     "SELF",
     "TRUNCATION",
     "LiveReferences",
-    "PairScores",
     "Precomputed",
     "RefCache",
     "RefCacheKey",

@@ -17,17 +17,17 @@ import torch
 from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
-from mrpo.refcache import RefCache, RefCacheKey, canonical_json
+from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
 from mrpo.references.scoring import (
-    PairScores,
     data_fingerprint,
+    num_forward_passes,
     score_pairs,
     tokenizer_fingerprint,
 )
 from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
 from mrpo.references.spec import ReferenceSpec, resolve_reference
 from mrpo.references.table import RefTable
-from mrpo.reflogps import RefLogps
+from mrpo.references.logps import RefLogps
 
 log = logging.getLogger("mrpo.references")
 
@@ -109,8 +109,8 @@ class ReferenceEnsemble:
         shard_timeout: seconds a rank waits for the other ranks' shards.
 
     Raises:
-        ValueError: no specs, repeated names, ``self`` without ``policy_source``, or a
-            batch size below 1.
+        ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
+            names, ``self`` without ``policy_source``, or a batch size below 1.
     """
 
     def __init__(
@@ -131,6 +131,8 @@ class ReferenceEnsemble:
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
+        for spec in specs:
+            spec.check()
         names = [s.name for s in specs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -271,8 +273,11 @@ class ReferenceEnsemble:
 
     def score(
         self, k: int, model: torch.nn.Module, pairs: TokenizedPairs, *, progress: bool = False
-    ) -> PairScores:
-        """Score reference ``k``'s tokenized rows (:meth:`tokenize`) with its loaded model."""
+    ) -> RefLogps:
+        """Score reference ``k``'s tokenized rows (:meth:`tokenize`) with its loaded model.
+
+        Returns the raw sums and token counts in input order (``length_normalize`` is applied
+        by the caller, through :meth:`RefLogps.values`)."""
         scores = score_pairs(
             model,
             pairs.pairs,
@@ -281,7 +286,7 @@ class ReferenceEnsemble:
             progress=progress,
             desc=f"reference {self.specs[k].name}",
         )
-        self.stats.forward_passes += scores.forward_passes
+        self.stats.forward_passes += num_forward_passes(len(pairs.pairs), self.batch_size)
         return scores
 
     # --- cached mode -----------------------------------------------------------------------
@@ -373,15 +378,12 @@ class ReferenceEnsemble:
     def _compute(
         self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
     ) -> RefLogps:
-        index = torch.tensor([p.index for p in pairs.pairs], dtype=torch.int64)
         if not pairs.pairs:  # nothing to score: no reason to load a model
-            empty = torch.zeros(0)
-            return RefLogps(index, empty, empty, index.clone(), index.clone())
+            return RefLogps.empty()
         if not loaded:
             loaded.append(self.load_model(k))
-        scores = self.score(k, loaded[0], pairs, progress=progress)
-        order = torch.argsort(index)  # stored sorted by row index, whatever the input order
-        return RefLogps(index[order], *(t[order] for t in scores[:4]))
+        # Stored sorted by row index, whatever the input order.
+        return self.score(k, loaded[0], pairs, progress=progress).sorted()
 
     def table(self, examples: Sequence[PreferenceExample], *, progress: bool = True) -> RefTable:
         """A :class:`RefTable` over ``examples`` (precomputing what the cache lacks)."""

@@ -13,8 +13,8 @@ from mrpo.data.tokenize import TokenizedPairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.models import DTYPES
 from mrpo.references.ensemble import ReferenceEnsemble
-from mrpo.references.scoring import PairScores, adapters_disabled, model_device
-from mrpo.reflogps import mean_per_token
+from mrpo.references.logps import RefLogps
+from mrpo.references.scoring import adapters_disabled, model_device
 
 
 class LiveReferences:
@@ -54,7 +54,7 @@ class LiveReferences:
         want = DTYPES[ref.spec.dtype]
         return want == "auto" or next(self.policy.parameters()).dtype == want
 
-    def _scores(self, k: int, pairs: TokenizedPairs) -> PairScores:
+    def _scores(self, k: int, pairs: TokenizedPairs) -> RefLogps:
         if self.uses_policy[k]:
             with adapters_disabled(self.policy) as base:
                 return self.ensemble.score(k, base, pairs)
@@ -69,13 +69,10 @@ class LiveReferences:
         memo: dict[Any, TokenizedPairs] = {}
         chosen, rejected = [], []
         for k, spec in enumerate(self.ensemble.specs):
-            s = self._scores(k, self.ensemble.tokenize(k, examples, memo))
-            if spec.length_normalize:
-                chosen.append(mean_per_token(s.chosen, s.chosen_tokens))
-                rejected.append(mean_per_token(s.rejected, s.rejected_tokens))
-            else:
-                chosen.append(s.chosen)
-                rejected.append(s.rejected)
+            scores = self._scores(k, self.ensemble.tokenize(k, examples, memo))
+            c, r = scores.values(average=spec.length_normalize)
+            chosen.append(c)
+            rejected.append(r)
         return torch.stack(chosen), torch.stack(rejected)
 
     def to(self, device: torch.device | str) -> LiveReferences:

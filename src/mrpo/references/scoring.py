@@ -2,7 +2,7 @@
 
 Building blocks of :mod:`mrpo.references`: a batched, no-grad scorer that
 returns summed response log-probs and token counts, fingerprints of a tokenizer and of the
-exact rows scored (parts of a :class:`mrpo.refcache.RefCacheKey`), and a context that makes a
+exact rows scored (parts of a :class:`mrpo.references.cache.RefCacheKey`), and a context that makes a
 LoRA policy behave as its frozen base model ("self" reference without a second copy).
 """
 
@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -21,29 +21,12 @@ from tqdm.auto import tqdm
 from mrpo.data.collate import PreferenceCollator, pair_lengths
 from mrpo.data.types import TokenizedPair
 from mrpo.logprobs import model_sequence_logprobs
-from mrpo.refcache import canonical_json
+from mrpo.references.cache import canonical_json
+from mrpo.references.logps import RefLogps
 
 # Runtime settings of a fast tokenizer's JSON that change when a caller pads or truncates a
 # call; they do not change how text maps to ids, so they are left out of its identity.
 _RUNTIME_TOKENIZER_FIELDS = ("padding", "truncation")
-
-
-class PairScores(NamedTuple):
-    """Summed response log-probs of N preference pairs, in input order.
-
-    Attributes:
-        chosen: (N,) float32 ℓ(y_w), summed over the chosen response tokens.
-        rejected: (N,) float32 ℓ(y_l).
-        chosen_tokens: (N,) int64 number of chosen response tokens.
-        rejected_tokens: (N,) int64 number of rejected response tokens.
-        forward_passes: number of model forward calls made.
-    """
-
-    chosen: torch.Tensor
-    rejected: torch.Tensor
-    chosen_tokens: torch.Tensor
-    rejected_tokens: torch.Tensor
-    forward_passes: int
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -71,7 +54,7 @@ def score_pairs(
     batch_size: int,
     progress: bool = False,
     desc: str | None = None,
-) -> PairScores:
+) -> RefLogps:
     """Score the chosen and rejected response of each pair with ``model``.
 
     Pairs are sorted by length (longest first) and cut into batches of ``batch_size`` pairs
@@ -87,7 +70,9 @@ def score_pairs(
         desc: the progress bar's label.
 
     Returns:
-        :class:`PairScores` with (N,) tensors on the CPU.
+        :class:`~mrpo.references.logps.RefLogps` of the N pairs, in input order, on the CPU
+        (``index`` from the pairs, which must be distinct). The forward passes made are
+        ``ceil(N / batch_size)`` (:func:`num_forward_passes`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 pairs, got {batch_size}")
@@ -98,7 +83,6 @@ def score_pairs(
     device = model_device(model)
     logps = torch.zeros(2, n, dtype=torch.float32)
     tokens = torch.zeros(2, n, dtype=torch.int64)
-    passes = 0
     was_training = model.training
     model.eval()
     try:
@@ -109,14 +93,19 @@ def score_pairs(
                 out = model_sequence_logprobs(
                     model, batch.input_ids, batch.attention_mask, batch.labels
                 )
-                passes += 1
                 # Rows [0, b) of the batch are the chosen responses, [b, 2b) the rejected ones.
                 logps[:, rows] = out.logps.float().cpu().view(2, -1)
                 tokens[:, rows] = out.num_tokens.cpu().view(2, -1)
                 bar.update(len(rows))
     finally:
         model.train(was_training)
-    return PairScores(logps[0], logps[1], tokens[0], tokens[1], passes)
+    index = torch.tensor([p.index for p in pairs], dtype=torch.int64)
+    return RefLogps(index, logps[0], logps[1], tokens[0], tokens[1])
+
+
+def num_forward_passes(num_pairs: int, batch_size: int) -> int:
+    """Forward passes :func:`score_pairs` makes for ``num_pairs`` pairs."""
+    return -(-num_pairs // batch_size)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

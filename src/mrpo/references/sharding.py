@@ -8,7 +8,7 @@ joins them into the cache entry (under the entry's lock, so exactly one writes i
 others read the entry. Each rank thus does 1/N of the forward passes.
 
 Shards are named by the entry's key digest and the world size, and verified like entries
-(:func:`mrpo.refcache.decode_entry`): a shard left by a run that stopped part-way is valid for
+(:func:`mrpo.references.cache.decode_entry`): a shard left by a run that stopped part-way is valid for
 a later run with the same key and world size, which then scores only what is missing.
 
 Lightning's own launcher (``trainer=ddp`` started as one ``mrpo-train`` command) starts the
@@ -27,15 +27,15 @@ from typing import Any
 
 import torch
 
-from mrpo.refcache import (
+from mrpo.atomic import atomic_write
+from mrpo.references.cache import (
     CacheFileError,
     RefCache,
     RefCacheKey,
-    atomic_write,
     encode_entry,
     read_entry,
 )
-from mrpo.reflogps import FIELDS, RefLogps
+from mrpo.references.logps import FIELDS, RefLogps
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class ShardStore:
     def write(self, rank: int, value: RefLogps) -> None:
         """Store ``rank``'s shard atomically (readers never see a partial file)."""
         meta = {"shard": rank, "world_size": self.world_size}
-        atomic_write(self.path(rank), [encode_entry(self.key, value, meta)])
+        atomic_write(self.path(rank), encode_entry(self.key, value, meta))
 
     def read(self, rank: int) -> RefLogps | None:
         """``rank``'s shard, or None when it is absent or damaged (then it is scored again)."""

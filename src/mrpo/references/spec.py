@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrpo.errors import OptionError
 from mrpo.models import DTYPES
 
 SELF = "self"
 """Reference source meaning the policy's initial weights (and the policy's tokenizer)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReferenceSpec:
-    """One frozen reference model (the fields of a ``references.pool`` entry in the configs).
+    """One frozen reference model; also the schema of a ``references.pool`` entry.
 
     Attributes:
         name: a unique name (logs, metric names, cache metadata).
@@ -28,7 +29,7 @@ class ReferenceSpec:
         length_normalize: use the mean log-prob per response token instead of the sum.
     """
 
-    name: str
+    name: str  # no default: required in the configs too (``???``)
     source: str = SELF
     tokenizer: str | None = None
     chat_template: str | None = None
@@ -36,17 +37,29 @@ class ReferenceSpec:
     dtype: str = "float32"
     length_normalize: bool = False
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise :class:`~mrpo.errors.OptionError` naming the first unusable field.
+
+        Not run on construction: the config schema builds these objects from YAML, and the
+        config checks call this with the entry's key (``references.pool.<i>``) at hand.
+        """
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"reference name must be a non-empty string, got {self.name!r}")
+            raise OptionError(
+                "name", f"reference name must be a non-empty string, got {self.name!r}"
+            )
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError(f"reference {self.name!r}: source must be a non-empty string")
+            raise OptionError(
+                "source", f"reference {self.name!r}: source must be a non-empty string"
+            )
         if self.dtype not in DTYPES:
-            raise ValueError(
-                f"reference {self.name!r}: unknown dtype {self.dtype!r}; choose from {list(DTYPES)}"
+            raise OptionError(
+                "dtype",
+                f"reference {self.name!r}: unknown dtype {self.dtype!r}; choose from {list(DTYPES)}",
             )
         if self.chat_template is not None and not self.chat_template.strip():
-            raise ValueError(f"reference {self.name!r}: chat_template is empty; use None")
+            raise OptionError(
+                "chat_template", f"reference {self.name!r}: chat_template is empty; use None"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mrpo.reflogps import RefLogps, index_positions
+from mrpo.references.logps import RefLogps, index_positions
 
 
 @dataclass(frozen=True, eq=False)

@@ -49,7 +49,7 @@ def run_train_cli(
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m mrpo.train *args`` in ``run_dir`` as a real process; capture its output.
+    """Run ``python -m mrpo.cli.train *args`` in ``run_dir`` as a real process; capture its output.
 
     One torch thread and W&B offline unless ``env`` says otherwise; an empty value in ``env``
     removes that variable.
@@ -58,5 +58,5 @@ def run_train_cli(
     full_env["WANDB_SILENT"] = "true"
     full_env.update(env or {})
     full_env = {k: v for k, v in full_env.items() if v != ""}
-    cmd = [sys.executable, "-m", "mrpo.train", *args, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "mrpo.cli.train", *args, f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)

@@ -1,0 +1,231 @@
+"""``mrpo-eval``: score a model or a training checkpoint on GSM8K and TruthfulQA (Hydra entry).
+
+What is scored:
+
+- ``model.source=...``: a hub id, a local model directory or ``packaged:smollm2-135m-instruct``;
+- ``checkpoint=<run>/model``: a training run's saved model directory;
+- ``checkpoint=<run>/checkpoints/last.ckpt``: a Lightning checkpoint, whose policy weights are
+  loaded into ``model.source`` (the base model the run started from; for a LoRA run also
+  ``model=lora`` with the run's ``model.lora`` settings).
+
+Order of work, cheapest checks first: config checks -> evaluation data -> model -> scoring ->
+``eval_results.json``, ``samples.jsonl``, W&B (offline without an API key) -> a score table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mrpo.atomic import write_text
+from mrpo.callbacks.eval import log_sample_tables
+from mrpo.cli.steps import model_cache_dir
+from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
+from mrpo.config.validation import check_eval_run_config
+from mrpo.errors import ConfigError, InputError
+from mrpo.evals.runner import (
+    EvalOutput,
+    append_samples,
+    load_eval_data,
+    run_eval_suite,
+    split_scores,
+    write_eval_results,
+)
+from mrpo.models import ModelSourceError, load_model, load_tokenizer
+from mrpo.models.checkpoint import CheckpointError, checkpoint_kind, load_checkpoint_policy
+from mrpo.tracking.record import CONFIG_FILE, environment_record
+from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
+
+log = logging.getLogger("mrpo.evaluate")
+
+RESULTS_FILE = "eval_results.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run one evaluation job from a composed ``eval`` config; return what it wrote.
+
+    The returned dict is the content of ``<paths.output_dir>/eval_results.json``: ``metrics``
+    (``eval/<name>/<metric>`` -> value, counts and seconds included), the model source,
+    checkpoint, tasks, limit, batch size, timings and the run directory.
+    """
+    run_cfg = to_dataclass(cfg, EvalRunConfig)
+    check_eval_run_config(run_cfg)
+    output_dir = Path(run_cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    started = time.perf_counter()
+
+    ev = run_cfg.eval
+    try:
+        data = load_eval_data(ev.tasks, data_dir=run_cfg.paths.data_dir)
+    except ValueError as err:  # a missing or malformed data file
+        raise ConfigError("paths.data_dir", str(err)) from None
+    model, tokenizer = load_evaluated_model(run_cfg)
+    setup_seconds = time.perf_counter() - started
+    output = run_eval_suite(
+        model,
+        tokenizer,
+        ev.tasks,
+        limit=ev.limit,
+        data=data,
+        batch_size=ev.batch_size,
+        max_new_tokens=ev.max_new_tokens,
+        progress=True,
+    )
+    results: dict[str, Any] = {
+        "run_dir": str(output_dir),
+        "model": evaluated_source(run_cfg),
+        "checkpoint": run_cfg.checkpoint,
+        "tasks": list(ev.tasks),
+        "limit": ev.limit,
+        "batch_size": ev.batch_size,
+        "max_new_tokens": ev.max_new_tokens,
+        "setup_seconds": setup_seconds,
+        "seconds": time.perf_counter() - started,
+        "metrics": output.metrics,
+        "environment": environment_record(),
+    }
+    _record(cfg, run_cfg, output, results)
+    print(format_scores(results), flush=True)
+    return results
+
+
+def _record(
+    cfg: DictConfig, run_cfg: EvalRunConfig, output: EvalOutput, results: dict[str, Any]
+) -> None:
+    """Samples file, CSV record and W&B run (metrics at step 0, GSM8K tables), results file."""
+    output_dir = Path(results["run_dir"])
+    samples = output_dir / SAMPLES_FILE
+    samples.unlink(missing_ok=True)  # this evaluation's samples only
+    append_samples(
+        samples, [{"eval": name, **s} for name, rows in output.samples.items() for s in rows]
+    )
+    tags = ["eval", *(f"task:{t}" for t in run_cfg.eval.tasks)]
+    loggers = make_loggers(
+        output_dir, run_cfg.logger, OmegaConf.to_container(cfg, resolve=True), tags=tags
+    )
+    for logger in loggers:
+        logger.log_metrics(output.metrics, step=0)
+    if run_cfg.eval.log_samples:
+        log_sample_tables(loggers, output, step=0)
+    for logger in loggers:
+        logger.finalize("success")  # flushes the CSV record
+    results["wandb_dir"] = wandb_run_dir(loggers)
+    write_eval_results(output_dir / RESULTS_FILE, results)
+    finish_wandb(loggers, {**output.metrics, "model": results["model"]})
+
+
+def evaluated_source(cfg: EvalRunConfig) -> str:
+    """The source whose weights are loaded: the checkpoint's model directory, else
+    ``model.source`` (for a ``.ckpt``, the base its weights go into)."""
+    if cfg.checkpoint and checkpoint_kind(cfg.checkpoint) == "model_dir":
+        return cfg.checkpoint
+    return cfg.model.source
+
+
+def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
+    """The model to score (frozen, eval mode) and its tokenizer.
+
+    The tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
+    directory, else from ``model.source``. The model comes first: a checkpoint that does not
+    fit fails before anything else is loaded. A source that cannot be loaded (a hub id missing
+    from the local cache while offline, weights that do not fit) is a :class:`ConfigError`
+    naming the config key.
+    """
+    m, cache_dir = cfg.model, model_cache_dir(cfg.paths.cache_dir)
+    kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
+    source = evaluated_source(cfg)
+    key = "checkpoint" if kind == "model_dir" else "model.source"
+    try:
+        if kind == "ckpt":
+            model = load_checkpoint_policy(
+                cfg.checkpoint,
+                m.source,
+                dtype=m.dtype,
+                cache_dir=cache_dir,
+                lora=m.lora,
+            )
+        else:
+            model = load_model(source, dtype=m.dtype, cache_dir=cache_dir, trainable=False)
+    except CheckpointError as err:
+        assert cfg.checkpoint is not None  # a CheckpointError comes from a checkpoint
+        raise ConfigError("checkpoint", f"{err}.{checkpoint_hint(cfg.checkpoint)}") from None
+    except ModelSourceError as err:
+        raise ConfigError(key, str(err)) from None
+    try:
+        tokenizer = load_tokenizer(
+            m.tokenizer or source, chat_template=m.chat_template, cache_dir=cache_dir
+        )
+    except ModelSourceError as err:
+        raise ConfigError("model.tokenizer" if m.tokenizer else key, str(err)) from None
+    log.info("evaluating %s", cfg.checkpoint or m.source)
+    return model, tokenizer
+
+
+def checkpoint_hint(checkpoint: str) -> str:
+    """How to load a ``.ckpt`` that did not fit, with the run's own model settings if found.
+
+    A checkpoint at ``<run>/checkpoints/x.ckpt`` has the run's resolved config next to it
+    (``<run>/config.yaml``), which names the base model and LoRA settings it trained.
+    """
+    run_dir = Path(checkpoint).expanduser().resolve().parent.parent
+    hint = f" Evaluate the run's merged model directory ({run_dir / 'model'}) instead, or pass"
+    try:
+        model = OmegaConf.load(run_dir / "config.yaml").model
+        lora = " model=lora" if model.lora.enabled else ""
+        lora += "".join(
+            f" model.lora.{k}={model.lora[k]}" for k in ("r", "alpha") if model.lora.enabled
+        )
+        return f"{hint} the run's model: model.source={model.source}{lora}"
+    except (OSError, OmegaConfBaseException):  # no readable run config: a generic hint
+        return (
+            f"{hint} the base model it was trained from (model.source=...; for a LoRA run also"
+            " model=lora with the run's model.lora settings)"
+        )
+
+
+def format_scores(results: dict[str, Any]) -> str:
+    """A short table: one line per score with its number of questions and seconds."""
+    metrics = results["metrics"]
+    scores, _ = split_scores(metrics)
+    lines = [
+        "",
+        f"model         : {results['model']}",
+        f"checkpoint    : {results['checkpoint'] or '-'}",
+        f"run directory : {results['run_dir']}",
+        f"{'metric':<36}{'score':>8}{'n':>7}{'seconds':>10}",
+    ]
+    for key, value in scores.items():
+        prefix = key.rsplit("/", 1)[0]
+        n = int(metrics.get(f"{prefix}/num_samples", 0))
+        seconds = metrics.get(f"{prefix}/seconds", float("nan"))
+        lines.append(f"{key:<36}{value:>8.4f}{n:>7d}{seconds:>10.1f}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except InputError as err:
+        # A user error (config, data, model source, checkpoint): no traceback, exit 2.
+        log.error("%s: %s", err.kind, err)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console script ``mrpo-eval``."""
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

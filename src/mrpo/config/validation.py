@@ -1,0 +1,185 @@
+"""Config checks that run before any data or model is loaded.
+
+Composition already rejects unknown keys and wrong types (the typed schema in
+:mod:`mrpo.config.schema`); these checks catch values that are well-typed but unusable, and
+raise :class:`~mrpo.errors.ConfigError` naming the config key. The key is known where the
+check is made: here for plain ranges, or through :mod:`mrpo.config.build`, which turns the
+library's :class:`~mrpo.errors.OptionError` (it carries the option's name) into the key the
+option was built from. Nothing here parses error messages.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+
+from mrpo.config.build import build_objective, reference_specs
+from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
+from mrpo.errors import ConfigError, OptionError
+from mrpo.evals.registry import EVAL_NAMES
+from mrpo.models import DTYPES, ModelSourceError, resolve_source
+from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
+from mrpo.tracking.wandb import WANDB_MODES
+
+__all__ = ["check_eval_run_config", "check_train_config", "require"]
+
+REF_MODES = ("cached", "live")
+STAGES = ("train", "cache")
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` for ``key`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` naming the first unusable value in ``cfg``."""
+    require(cfg.stage in STAGES, "stage", f"must be one of {STAGES}, got {cfg.stage!r}")
+    _check_references(cfg)
+    build_objective(cfg)
+    _check_data(cfg)
+    _check_eval(cfg.eval)
+    require(cfg.logger.mode in WANDB_MODES, "logger.mode", f"must be one of {WANDB_MODES}")
+    _check_model(cfg.model)
+    _check_trainer_kwargs(cfg.trainer)
+    _check_callback_targets(cfg.callbacks)
+
+
+def check_eval_run_config(cfg: EvalRunConfig) -> None:
+    """Raise :class:`ConfigError` naming the first unusable value of an ``mrpo-eval`` config:
+    its options, the checkpoint's kind and the model sources it loads (file system only)."""
+    ev = cfg.eval
+    require(bool(ev.tasks), "eval.tasks", f"is empty; name at least one of {EVAL_NAMES}")
+    _check_eval(ev)
+    require(
+        cfg.logger.mode in WANDB_MODES,
+        "logger.mode",
+        f"must be one of {WANDB_MODES}, got {cfg.logger.mode!r}",
+    )
+    _check_model(cfg.model)
+    kind = None
+    if cfg.checkpoint is not None:
+        try:
+            kind = checkpoint_kind(cfg.checkpoint)
+        except CheckpointError as err:
+            raise ConfigError("checkpoint", str(err)) from None
+    # A model directory brings its own weights and tokenizer; otherwise model.source is loaded.
+    sources = [("model.tokenizer", cfg.model.tokenizer)]
+    if kind != "model_dir":
+        sources.append(("model.source", cfg.model.source))
+    for key, source in sources:
+        if source is None:
+            continue
+        try:
+            resolve_source(source)
+        except ModelSourceError as err:
+            raise ConfigError(key, str(err)) from None
+
+
+def _check_model(model: ModelConfig) -> None:
+    require(
+        model.dtype in DTYPES, "model.dtype", f"unknown {model.dtype!r}; one of {list(DTYPES)}"
+    )
+    chunk = model.logprob_chunk_size
+    require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
+    require(model.lm_head_chunk_tokens >= 1, "model.lm_head_chunk_tokens", "must be >= 1")
+    if model.lora.enabled:
+        try:
+            model.lora.check()
+        except OptionError as err:
+            raise ConfigError(f"model.lora.{err.option}", str(err)) from None
+
+
+def _check_eval(ev: EvalConfig) -> None:
+    unknown = [t for t in ev.tasks if t not in EVAL_NAMES]
+    require(not unknown, "eval.tasks", f"unknown task(s) {unknown}; known: {EVAL_NAMES}")
+    require(
+        ev.limit is None or ev.limit >= 1,
+        "eval.limit",
+        f"must be a positive number of questions or null, got {ev.limit}",
+    )
+    require(
+        ev.final_limit is None or ev.final_limit >= 0,
+        "eval.final_limit",
+        f"must be a number of questions (0: no final evaluation) or null, got {ev.final_limit}",
+    )
+    require(ev.every_n_steps >= 0, "eval.every_n_steps", f"must be >= 0, got {ev.every_n_steps}")
+    for key in ("batch_size", "max_new_tokens"):
+        require(getattr(ev, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(ev, key)}")
+
+
+def _check_references(cfg: TrainConfig) -> None:
+    refs = cfg.references
+    require(len(refs.pool) > 0, "references.pool", "needs at least one reference")
+    names = [r.name for r in refs.pool]
+    require(len(set(names)) == len(names), "references.pool", f"duplicate names in {names}")
+    if refs.num_refs is not None:
+        require(
+            1 <= refs.num_refs <= len(refs.pool),
+            "references.num_refs",
+            f"must be between 1 and the pool size {len(refs.pool)}, got {refs.num_refs}",
+        )
+    require(refs.mode in REF_MODES, "references.mode", f"must be one of {REF_MODES}")
+    require(refs.batch_size >= 1, "references.batch_size", "must be >= 1")
+    require(refs.shard_timeout_s > 0, "references.shard_timeout_s", "must be > 0 seconds")
+    reference_specs(cfg)
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    from mrpo.data.formats import FORMATS
+
+    data = cfg.data
+    require(data.max_length > 1, "data.max_length", f"must be > 1, got {data.max_length}")
+    if data.max_prompt_length is not None:
+        require(
+            0 < data.max_prompt_length < data.max_length,
+            "data.max_prompt_length",
+            f"must be in (0, data.max_length={data.max_length}), got {data.max_prompt_length}",
+        )
+    require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
+    require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+    require(
+        data.val_size > 0,
+        "data.val_size",
+        "must be > 0 (a fraction below 1 or a number of pairs)",
+    )
+    if data.max_samples is not None:
+        require(data.max_samples >= 2, "data.max_samples", "must be >= 2 (train and val)")
+    require(
+        data.format is None or data.format in FORMATS,
+        "data.format",
+        f"unknown format {data.format!r}; one of {list(FORMATS)} or null (detected)",
+    )
+
+
+def _check_trainer_kwargs(trainer: Mapping[str, Any]) -> None:
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in trainer:
+        require(key in accepted, f"trainer.{key}", "is not a lightning.Trainer argument")
+    require(
+        "use_distributed_sampler" not in trainer,
+        "trainer.use_distributed_sampler",
+        "is always False in mrpo (its batch samplers split batches across ranks); remove it",
+    )
+
+
+def _check_callback_targets(callbacks: Mapping[str, Any]) -> None:
+    """Every ``callbacks.<name>._target_`` must name an importable Lightning callback class."""
+    from hydra.utils import get_class
+    from lightning.pytorch.callbacks import Callback
+
+    for name, spec in callbacks.items():
+        if not (isinstance(spec, Mapping) and "_target_" in spec):
+            continue
+        key = f"callbacks.{name}._target_"
+        try:
+            target = get_class(spec["_target_"])
+        except Exception as err:  # not importable, or not a class
+            raise ConfigError(key, f"cannot import {spec['_target_']!r} ({err})") from None
+        require(
+            issubclass(target, Callback), key, f"{target.__name__} is not a Lightning Callback"
+        )

@@ -1,0 +1,108 @@
+"""``PreferenceDataModule``: data loaders over already tokenized preference pairs.
+
+Loading, validation, tokenization and reference scoring all happen before the Trainer
+starts (see :mod:`mrpo.cli.steps`), so this module only batches: length-grouped shuffled
+batches for training, length-sorted batches for validation, and the collator that pads and
+attaches cached reference log-probs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
+from mrpo.data.types import RefLookup, TokenizedPair
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Serves tokenized train and validation pairs as :class:`PreferenceBatch` objects.
+
+    Args:
+        train_pairs, val_pairs: tokenized pairs (policy tokenizer).
+        pad_token_id: the policy tokenizer's pad id.
+        ref_lookup: maps a (B,) tensor of row indices to cached reference log-probs
+            ``(ref_chosen (K, B), ref_rejected (K, B))``; None in live mode.
+        batch_size, eval_batch_size: pairs per batch (each pair gives two rows).
+        group_by_length: batch pairs of similar length together to cut padding.
+        seed: shuffling seed; with the epoch it fixes the order (so a resumed run sees the
+            same batches).
+    """
+
+    def __init__(
+        self,
+        train_pairs: Sequence[TokenizedPair],
+        val_pairs: Sequence[TokenizedPair],
+        *,
+        pad_token_id: int,
+        ref_lookup: RefLookup | None,
+        batch_size: int,
+        eval_batch_size: int,
+        group_by_length: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_pairs = list(train_pairs)
+        self.val_pairs = list(val_pairs)
+        self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.num_workers = num_workers
+        self._resume_skip = 0
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = LengthGroupedBatchSampler(
+            pair_lengths(self.train_pairs),
+            self.batch_size,
+            seed=self.seed,
+            group_by_length=self.group_by_length,
+            **self._replicas(),
+        )
+        # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
+        # trained on: the order depends only on (seed, epoch), so it continues exactly where
+        # the interrupted run stopped.
+        sampler.skip_next(self._resume_skip)
+        self._resume_skip = 0
+        return self._loader(self.train_pairs, sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: how many batches of the current epoch were trained on."""
+        if self.trainer is None:
+            return {}
+        # Checkpoints are written in on_train_batch_end: the batch is processed but not yet
+        # counted as completed.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"batches_done": int(progress.processed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_skip = int(state_dict.get("batches_done", 0))
+
+    def val_dataloader(self) -> DataLoader:
+        # Sorted by length, not shuffled: validation order does not matter, padding does.
+        sampler = LengthGroupedBatchSampler(
+            pair_lengths(self.val_pairs), self.eval_batch_size, shuffle=False, **self._replicas()
+        )
+        return self._loader(self.val_pairs, sampler)
+
+    def _replicas(self) -> dict[str, int]:
+        """Data parallel position: rank r of n takes every n-th batch of the global order.
+
+        The Trainer must not swap in its own distributed sampler (``use_distributed_sampler=
+        False``): the samplers here split the same length-grouped order that one process
+        would see, so n ranks with batch size B step like one process with B and n-fold
+        gradient accumulation.
+        """
+        if self.trainer is None:
+            return {}
+        return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
+
+    def _loader(self, pairs: list[TokenizedPair], sampler: LengthGroupedBatchSampler) -> DataLoader:
+        return DataLoader(
+            pairs, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
+        )

@@ -1,0 +1,1 @@
+"""Reference weights α: pure formulas, strategy objects, the Thompson bandit, the registry."""

@@ -1,0 +1,92 @@
+"""The registry of reference-weight strategies: ``weighting`` option value -> strategy class.
+
+Adding a strategy: a :class:`~mrpo.objectives.weighting.strategies.WeightStrategy` subclass in
+its own module (``name``, ``params`` and, if the trainer must drive it, ``fits_on_validation``
+or ``needs_feedback``), one line in :data:`WEIGHTINGS` below, and a ``conf/weights/<name>.yaml``
+with ``strategy: <name>`` and its parameters. The configs' ``weights.<param>`` keys, the
+option names of :func:`mrpo.objectives.get_objective` and the constructor's keyword arguments
+are the same names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from mrpo.errors import OptionError
+from mrpo.objectives.weighting.bandit import ThompsonSampling
+from mrpo.objectives.weighting.strategies import (
+    ARWCWeights,
+    FixedWeights,
+    PrimaryReference,
+    SlidingWindowARWC,
+    UniformWeights,
+    VAWWeights,
+    VDWWeights,
+    WeightStrategy,
+)
+
+WEIGHTINGS: Mapping[str, type[WeightStrategy]] = MappingProxyType(
+    {
+        cls.name: cls
+        for cls in (
+            UniformWeights,
+            FixedWeights,
+            ARWCWeights,
+            VDWWeights,
+            VAWWeights,
+            SlidingWindowARWC,
+            ThompsonSampling,
+            PrimaryReference,
+        )
+    }
+)
+"""``weighting`` option value -> strategy class."""
+
+WEIGHTING_PARAMS: frozenset[str] = frozenset(p for cls in WEIGHTINGS.values() for p in cls.params)
+"""Every strategy parameter accepted as a keyword option (``fixed_weights``, ``prior``, ...)."""
+
+
+def available_weightings() -> tuple[str, ...]:
+    """Values accepted by the ``weighting`` option."""
+    return tuple(WEIGHTINGS)
+
+
+def weighting_class(name: str) -> type[WeightStrategy]:
+    """The strategy class registered as ``name``.
+
+    Raises:
+        OptionError: (option ``weighting``) for an unknown name, listing the known ones.
+    """
+    if not isinstance(name, str) or name not in WEIGHTINGS:
+        raise OptionError(
+            "weighting", f"unknown option 'weighting'={name!r}; expected one of {list(WEIGHTINGS)}"
+        )
+    return WEIGHTINGS[name]
+
+
+def make_weighting(weighting: str | WeightStrategy, **params: Any) -> WeightStrategy:
+    """Build a weight strategy from its name and parameters (or pass an instance through).
+
+    Raises:
+        OptionError: for an unknown name (option ``weighting``), a parameter the strategy does
+            not take (that parameter), or a parameter value it refuses.
+    """
+    if isinstance(weighting, WeightStrategy):
+        if params:
+            raise OptionError(
+                sorted(params)[0],
+                f"options {sorted(params)} cannot be combined with a weighting object; "
+                "pass them to its constructor",
+            )
+        return weighting
+    cls = weighting_class(weighting)
+    unused = sorted(set(params) - set(cls.params))
+    if unused:
+        raise OptionError(
+            unused[0],
+            f"option(s) {unused} do not apply to weighting {weighting!r} "
+            f"(it takes: {list(cls.params) or 'no options'})",
+        )
+    return cls(**params)

@@ -1,0 +1,305 @@
+"""On-disk cache of reference-model log-probs on a list of preference rows.
+
+References are frozen, so their log-probs on a data set never change: they are computed once,
+stored here, and reused by every run and sweep job that needs the same numbers.
+
+An entry holds, for each scored row (keyed by its data set row index, which may have gaps):
+the summed log-prob of the chosen and of the rejected response (float32) and the number of
+response tokens of each (int64), so that both summed and per-token-mean log-probs can be read
+back (:class:`mrpo.references.logps.RefLogps`). One entry is one safetensors file named by the
+entry's key digest.
+
+Key parts (:class:`RefCacheKey`): everything that determines the numbers.
+
+- ``model``: identity of the weights (``mrpo.models.model_fingerprint``: hub commit, or a hash
+  of the weight files).
+- ``tokenizer``: identity of the tokenizer (a hash of its vocabulary/merges or fast-tokenizer JSON).
+- ``chat_template``: the chat template text actually used to render prompts.
+- ``system_prompt``: the system message inserted into every prompt (``None`` for none).
+- ``data``: fingerprint of the exact rows scored: their token ids and row indices.
+- ``max_length``, ``max_prompt_length``, ``truncation``: the length limits and the truncation rule.
+- ``dtype``: the dtype the model ran in.
+- ``format_version``: :data:`CACHE_FORMAT_VERSION`, bumped whenever the stored layout or the way
+  the numbers are computed changes, so old entries are never misread.
+
+The key digest is the sha256 of the canonical JSON (sorted keys, no whitespace) of these parts.
+
+Integrity and concurrency:
+
+- Each file carries a sha256 checksum over its metadata and tensor bytes; a damaged or partial
+  file (truncated, flipped bytes, wrong shapes or dtypes, another key's file) is reported with a
+  warning, treated as missing and recomputed.
+- Writes are atomic (:func:`mrpo.atomic.atomic_write`: temporary file in the same directory,
+  fsync, rename, fsync of the directory). A process killed mid-write leaves only a temporary
+  file, which is never read; the next writer of that entry (or :meth:`RefCache.prune_temp`)
+  deletes it.
+- Filling an entry holds an OS file lock (``filelock``, ``flock`` on POSIX) on a per-entry lock
+  file, so a second process wanting the same entry waits and then reuses the first one's result
+  instead of recomputing it. The operating system releases such a lock when its holder dies, so
+  a killed process never blocks others.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+
+from mrpo import __version__
+from mrpo.atomic import TMP_SUFFIX, atomic_write
+from mrpo.references.logps import FIELDS, RefLogps
+
+log = logging.getLogger("mrpo.references.cache")
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "CacheFileError",
+    "RefCache",
+    "RefCacheKey",
+    "RefLogps",
+    "canonical_json",
+    "decode_entry",
+    "encode_entry",
+    "read_entry",
+    "sha256_json",
+]
+
+CACHE_FORMAT_VERSION = 1
+"""Version of the stored layout and of the scoring rule; part of every key."""
+
+_SUFFIX = ".safetensors"
+_LOCK_SUFFIX = ".lock"
+
+
+def canonical_json(obj: Any) -> str:
+    """Serialize ``obj`` as canonical JSON: sorted keys, no whitespace, ASCII only."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def sha256_json(obj: Any) -> str:
+    """Hex sha256 digest of the canonical JSON of ``obj``."""
+    return hashlib.sha256(canonical_json(obj).encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RefCacheKey:
+    """Everything that determines one reference's log-probs on one list of rows.
+
+    See the module docstring for the meaning of each part.
+    """
+
+    model: str
+    tokenizer: str
+    chat_template: str | None
+    system_prompt: str | None
+    data: str
+    max_length: int
+    max_prompt_length: int | None
+    truncation: str
+    dtype: str
+    format_version: int = CACHE_FORMAT_VERSION
+
+    def parts(self) -> dict[str, Any]:
+        """The key parts as a JSON-able dict."""
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """Hex sha256 of the canonical JSON of :meth:`parts`; names the cache file."""
+        return sha256_json(self.parts())
+
+
+class CacheFileError(ValueError):
+    """A cache file is damaged, partial, or does not match its key."""
+
+
+def _checksum(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the metadata JSON and each tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(meta_json.encode("utf-8"))
+    for name in FIELDS:
+        t = tensors[name].contiguous()
+        h.update(canonical_json([name, str(t.dtype), list(t.shape)]).encode("ascii"))
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def encode_entry(key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None) -> bytes:
+    """Serialize one entry (tensors + metadata + checksum) to safetensors bytes."""
+    tensors = value.tensors()
+    info = {
+        "key": key.parts(),
+        "digest": key.digest,
+        "rows": len(value),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mrpo_version": __version__,
+        "meta": dict(meta or {}),
+    }
+    meta_json = canonical_json(info)
+    return _st_save(tensors, {"info": meta_json, "checksum": _checksum(meta_json, tensors)})
+
+
+def _read_header_metadata(data: bytes) -> dict[str, str]:
+    # safetensors layout: u64 little-endian header length, then that many bytes of JSON.
+    if len(data) < 8:
+        raise CacheFileError("file shorter than its header")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise CacheFileError("header longer than the file (truncated)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CacheFileError(f"unreadable header: {err}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise CacheFileError("missing metadata")
+    return meta
+
+
+def decode_entry(data: bytes, key: RefCacheKey) -> tuple[RefLogps, dict[str, Any]]:
+    """Parse and verify the bytes of one entry; return its values and metadata.
+
+    Raises:
+        CacheFileError: if anything is damaged, inconsistent or belongs to another key.
+    """
+    meta = _read_header_metadata(data)
+    meta_json, checksum = meta.get("info"), meta.get("checksum")
+    if not isinstance(meta_json, str) or not isinstance(checksum, str):
+        raise CacheFileError("missing info or checksum metadata")
+    try:
+        tensors = _st_load(data)
+        info = json.loads(meta_json)
+    except Exception as err:  # safetensors raises its own error types for bad payloads
+        raise CacheFileError(f"unreadable payload: {err}") from None
+    if set(tensors) != set(FIELDS):
+        raise CacheFileError(f"tensor names {sorted(tensors)} != {sorted(FIELDS)}")
+    if _checksum(meta_json, tensors) != checksum:
+        raise CacheFileError("checksum mismatch")
+    if info.get("digest") != key.digest or info.get("key") != key.parts():
+        raise CacheFileError("the file belongs to another key")
+    try:
+        value = RefLogps(**tensors)
+    except ValueError as err:
+        raise CacheFileError(str(err)) from None
+    if len(value) != info.get("rows"):
+        raise CacheFileError(f"{len(value)} rows stored, metadata says {info.get('rows')}")
+    return value, info
+
+
+def read_entry(path: Path, key: RefCacheKey) -> RefLogps | None:
+    """The verified values stored at ``path`` for ``key``; None if the file is absent or damaged.
+
+    Damage (see :func:`decode_entry`) logs a warning: the caller recomputes the values.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        value, _ = decode_entry(data, key)
+    except CacheFileError as err:
+        log.warning("damaged reference cache file %s (%s); it will be recomputed", path, err)
+        return None
+    return value
+
+
+class RefCache:
+    """A directory of reference log-prob entries, one file per :class:`RefCacheKey`.
+
+    Args:
+        root: the cache directory (created on first write).
+        lock_timeout: seconds to wait for another process filling the same entry before
+            raising ``filelock.Timeout``; ``None`` waits as long as it takes.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float | None = None):
+        self.root = Path(root)
+        self.lock_timeout = -1.0 if lock_timeout is None else float(lock_timeout)
+
+    def path(self, key: RefCacheKey) -> Path:
+        """The file that stores ``key``'s entry."""
+        return self.root / f"{key.digest}{_SUFFIX}"
+
+    def lock(self, key: RefCacheKey) -> FileLock:
+        """The per-entry inter-process lock that every writer of ``key`` holds."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.path(key)) + _LOCK_SUFFIX, timeout=self.lock_timeout)
+
+    def get(self, key: RefCacheKey) -> RefLogps | None:
+        """The stored entry for ``key``, or None if absent or damaged (damage logs a warning)."""
+        return read_entry(self.path(key), key)
+
+    def put(self, key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None = None) -> Path:
+        """Store ``value`` under ``key`` (atomically, under the entry's lock); return the path."""
+        with self.lock(key):
+            self._remove_orphans(key)
+            return self._write(key, value, meta)
+
+    def _write(self, key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None) -> Path:
+        path = self.path(key)
+        atomic_write(path, encode_entry(key, value, meta))
+        return path
+
+    def get_or_compute(
+        self,
+        key: RefCacheKey,
+        compute_fn: Callable[[], RefLogps],
+        meta: Mapping[str, Any] | None = None,
+    ) -> tuple[RefLogps, bool]:
+        """Return ``key``'s entry, computing and storing it first if needed.
+
+        ``compute_fn`` runs at most once across all processes sharing the directory: the entry's
+        lock is held while computing, and a process that waited for it re-reads the file.
+
+        Returns:
+            ``(value, hit)`` where ``hit`` is True if the value came from disk.
+        """
+        value = self.get(key)
+        if value is not None:
+            return value, True
+        with self.lock(key):
+            value = self.get(key)  # another process may have filled it while we waited
+            if value is not None:
+                return value, True
+            self._remove_orphans(key)
+            value = compute_fn()
+            if not isinstance(value, RefLogps):
+                raise TypeError(f"compute_fn must return RefLogps, got {type(value).__name__}")
+            self._write(key, value, meta)
+            return value, False
+
+    def _remove_orphans(self, key: RefCacheKey) -> None:
+        # Called with the entry's lock held: every writer of this key holds the same lock, so
+        # any temp file for it now belongs to a process that died mid-write.
+        for tmp in self.root.glob(f".{self.path(key).name}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
+    def prune_temp(self) -> int:
+        """Delete temp files left by killed writers (skips entries being written now).
+
+        Returns:
+            The number of temp files removed.
+        """
+        removed = 0
+        for tmp in self.root.glob(f".*{_SUFFIX}.*{TMP_SUFFIX}"):
+            final = tmp.name[1:].split(_SUFFIX)[0] + _SUFFIX
+            lock = FileLock(str(self.root / final) + _LOCK_SUFFIX, timeout=0)
+            try:
+                with lock:
+                    if tmp.exists():
+                        tmp.unlink()
+                        removed += 1
+            except TimeoutError:  # filelock.Timeout subclasses TimeoutError: a live writer
+                continue
+        return removed

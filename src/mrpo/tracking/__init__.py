@@ -1,0 +1,1 @@
+"""Run tracking: the local run record (:mod:`.record`) and Weights & Biases (:mod:`.wandb`)."""

@@ -1,0 +1,83 @@
+"""The layout of a run directory: the local record that needs no W&B to read.
+
+This module is the one description of what a run directory holds:
+
+- ``config.yaml``: the fully resolved config;
+- ``csv/attempt_<n>/metrics.csv``: every logged metric over steps (Lightning's ``CSVLogger``),
+  one folder per attempt, so a resumed run keeps what an interrupted attempt logged
+  (:func:`metrics_files` lists them in order; later attempts win on repeated steps);
+- ``summary.json``: final scores, timings, versions, git commit, the W&B run path (only once a
+  run finished);
+- ``wandb_run_id.txt`` and ``wandb/``: the W&B run's id (a resumed run continues it) and its
+  files (``wandb sync`` uploads an offline run); see :mod:`mrpo.tracking.wandb`;
+- ``checkpoints/``, ``model/``, ``eval/``: Lightning checkpoints, the final policy as a
+  transformers directory, and evaluation samples and results.
+
+``mrpo-compare`` reads only ``config.yaml``, ``summary.json`` and the metrics files. Kept
+free of heavy imports: ``mrpo-compare`` reads records through it.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+_VERSIONED_PACKAGES = (
+    "mrpo",
+    "torch",
+    "lightning",
+    "transformers",
+    "datasets",
+    "peft",
+    "hydra-core",
+    "wandb",
+)
+
+
+def metrics_files(run_dir: str | Path) -> list[Path]:
+    """The run's CSV metric files, oldest attempt first."""
+    files = Path(run_dir).glob("csv/attempt_*/metrics.csv")
+    return sorted(files, key=lambda p: int(p.parent.name.removeprefix("attempt_")))
+
+
+def next_attempt(run_dir: str | Path) -> str:
+    """The CSV folder name of the run's next attempt (``attempt_<n>``)."""
+    return f"attempt_{len(metrics_files(run_dir))}"
+
+
+def environment_record() -> dict[str, Any]:
+    """Package versions, python, platform and the git commit, for reproducibility."""
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,164 @@
+"""The run's loggers: Weights & Biases (online or offline) and the local CSV record.
+
+The CSV files are part of the local run record (layout: :mod:`mrpo.tracking.record`). W&B mode
+``auto`` is online when an API key is configured and offline otherwise; an online
+start that fails (no network, bad key) falls back to offline, never to a crash or a prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from mrpo.atomic import write_text
+from mrpo.tracking.record import WANDB_ID_FILE, next_attempt
+
+log = logging.getLogger(__name__)
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """Weights & Biases settings of a run (also the schema of the ``logger`` config group).
+
+    Attributes:
+        wandb: log to W&B at all (the local CSV record is always written).
+        project, entity, group, job_type, tags: the W&B run's place and labels; ``group``
+            None lets the entry point pick one (a multirun's sweep directory name).
+        mode: one of :data:`WANDB_MODES`; ``auto`` is online with an API key, else offline.
+        init_timeout: seconds an online start may take before the run falls back to offline.
+    """
+
+    wandb: bool = True
+    project: str = "mrpo"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str = "train"
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+    init_timeout: float = 60.0
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """Turn ``auto`` into ``online`` or ``offline``; ``WANDB_MODE`` in the environment wins."""
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        return "offline" if env_mode == "dryrun" else env_mode
+    if mode != "auto":
+        return mode
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
+    return "online" if has_key else "offline"
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def make_loggers(
+    output_dir: Path,
+    settings: LoggerConfig,
+    config: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+) -> list[Logger]:
+    """The run's loggers: always a CSV logger, plus W&B unless disabled.
+
+    The W&B run is started here (not lazily at the first metric) so a failing online start
+    falls back to offline before training begins. A resumed run (same ``output_dir``)
+    continues the same W&B run id.
+
+    Args:
+        output_dir: the run directory.
+        settings: the ``logger`` config.
+        config: the resolved config, stored with the W&B run.
+        name: the W&B run's name (None: W&B picks one).
+        group: the W&B group when ``settings.group`` is None.
+        tags: tags put before ``settings.tags``.
+    """
+    loggers: list[Logger] = [
+        CSVLogger(save_dir=str(output_dir), name="csv", version=next_attempt(output_dir))
+    ]
+    if settings.wandb:
+        mode = resolve_wandb_mode(settings.mode)
+        if mode != "disabled":
+            tags = [*tags, *settings.tags]
+            group = settings.group or group
+            loggers.append(_start_wandb(output_dir, settings, mode, config, name, group, tags))
+    return loggers
+
+
+def _start_wandb(
+    output_dir: Path,
+    settings: LoggerConfig,
+    mode: str,
+    config: Mapping[str, Any],
+    name: str | None,
+    group: str | None,
+    tags: list[str],
+) -> WandbLogger:
+    import wandb
+
+    id_file = output_dir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    write_text(id_file, run_id)
+    kwargs: dict[str, Any] = dict(
+        name=name,
+        save_dir=str(output_dir),
+        project=settings.project,
+        entity=settings.entity,
+        group=group,
+        job_type=settings.job_type,
+        tags=tags,
+        id=run_id,
+        resume="allow",
+        config=dict(config),
+    )
+    try:
+        logger = WandbLogger(
+            **kwargs,
+            settings=wandb.Settings(mode=mode, init_timeout=settings.init_timeout, silent=True),
+        )
+        _ = logger.experiment  # start now: failures surface here, not mid-training
+        return logger
+    except Exception as err:  # network, auth and service errors all mean: go offline
+        if mode == "offline":
+            raise
+        log.warning("W&B could not start online (%s); logging offline instead.", err)
+        # The failed start still holds the run id in the W&B service: stop the service.
+        wandb.teardown()
+        logger = WandbLogger(**kwargs, settings=wandb.Settings(mode="offline", silent=True))
+        _ = logger.experiment
+        return logger
+
+
+def wandb_run_dir(loggers: Sequence[Logger]) -> str | None:
+    """The local directory of the W&B run (what ``wandb sync`` takes), if there is one."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            return str(Path(lg.experiment.dir).parent)
+    return None
+
+
+def finish_wandb(loggers: Sequence[Logger], summary: Mapping[str, Any]) -> None:
+    """Write final scores into the W&B run summary and close the run (one run per job)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            run = lg.experiment
+            for key, value in summary.items():
+                if isinstance(value, int | float | str | bool):
+                    run.summary[key] = value
+            run.finish()

@@ -1,0 +1,1 @@
+"""The LightningModule that glues policy, references and objective, and its metrics."""
