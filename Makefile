@@ -54,6 +54,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 format: setup
 	$(VENV)/bin/ruff format src tests benchmarks

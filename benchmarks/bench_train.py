@@ -57,11 +57,11 @@ from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.models import PACKAGED_MODEL, load_model, load_tokenizer
-from mrpo.training.module import PreferenceModule
 from mrpo.objectives import get_objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, ReferenceStats
 from mrpo.testing.runs import write_hh_pairs
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from mrpo.training.module import PreferenceModule
 
 BETA = 0.1
 LEARNING_RATE = 5e-6  # conf/optimizer/adamw.yaml

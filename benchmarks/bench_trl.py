@@ -272,9 +272,9 @@ def run_mrpo(
 
     from mrpo.data.module import PreferenceDataModule
     from mrpo.models import compile_policy
-    from mrpo.training.module import PreferenceModule
     from mrpo.objectives import get_objective
     from mrpo.testing.models import AllLogits
+    from mrpo.training.module import PreferenceModule
 
     parts = mrpo_parts(setup, args, cached)
     policy = parts["policy"]

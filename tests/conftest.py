@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mrpo.config import CONFIG_DIR, register_configs
+from mrpo.testing.configs import compose_config
 from mrpo.testing.runs import write_hh_pairs, write_tiny_model
 
 
@@ -40,10 +39,9 @@ TrainComposer = Callable[..., DictConfig]
 
 @pytest.fixture
 def compose_train(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> TrainComposer:
-    """Compose ``conf/train.yaml`` for a tiny CPU run in ``tmp_path`` (no W&B)."""
+    """Compose the packaged ``train.yaml`` for a tiny CPU run in ``tmp_path`` (no W&B)."""
 
     def _compose(overrides: Sequence[str] = (), *, output_dir: Path | None = None) -> DictConfig:
-        register_configs()
         base = [
             "debug=tiny",
             f"model.source={tiny_model_dir}",
@@ -54,7 +52,6 @@ def compose_train(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> TrainC
             "logger=none",
             "+trainer.enable_model_summary=false",
         ]
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("train", overrides=[*base, *overrides])
+        return compose_config([*base, *overrides])
 
     return _compose

@@ -1,14 +1,16 @@
-"""Every config under conf/ composes, converts to the typed schema and passes the checks.
+"""Every config of the packaged tree (``mrpo/conf``) composes, converts to the typed schema
+and passes the checks.
 
-Composition goes through Hydra's compose API on the real ``conf/`` folder, the way
-``mrpo-train`` composes it; the composed config is turned into :class:`mrpo.config.TrainConfig`
-with ``mrpo.config.to_dataclass`` and handed to :func:`mrpo.config.validation.check_train_config`. Options that
-need a value the user must give (``???``) get one here, and a separate test shows that leaving
-it out fails naming the key.
+Composition goes through Hydra's compose API on the package's config folder, the way ``mrpo-train``
+composes it; the composed config is turned into :class:`mrpo.config.TrainConfig` with
+``mrpo.config.to_dataclass`` and handed to :func:`mrpo.config.validation.check_train_config`.
+Options that need a value the user must give (``???``) get one here, and a separate test shows that
+leaving it out fails naming the key.
 """
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,16 +18,15 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from mrpo.config.validation import ConfigError, check_train_config
-from mrpo.config import CONFIG_DIR, EvalRunConfig, TrainConfig, register_configs, to_dataclass
+from mrpo.config import CONFIG_DIR, EvalRunConfig
 from mrpo.config.schema import SWEEPS_GROUP
+from mrpo.config.validation import ConfigError
 from mrpo.evals import EVAL_NAMES
+from mrpo.testing.configs import checked_train_config, compose_config
 
-CONF_DIR = CONFIG_DIR
 PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
 
 # Values for the options whose config holds a required value (`???`), keyed by "group/option".
@@ -35,7 +36,7 @@ REQUIRED_VALUES: dict[str, Sequence[str]] = {
 }
 
 
-def group_options(conf_dir: Path = CONF_DIR) -> list[tuple[str, str]]:
+def group_options(conf_dir: Path = CONFIG_DIR) -> list[tuple[str, str]]:
     """(group, option) for every yaml file in a config group folder of ``conf_dir``.
 
     Groups nest (``hydra/launcher``); the primary configs at the top are not group options.
@@ -59,29 +60,6 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def output_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("run")
-
-
-def compose_config(
-    overrides: Sequence[str],
-    *,
-    config_name: str = "train",
-    conf_dir: Path = CONF_DIR,
-    return_hydra_config: bool = False,
-) -> DictConfig:
-    """Compose ``config_name`` from ``conf_dir`` with command-line style overrides."""
-    register_configs()  # idempotent: the schemas the primary configs name first
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        return compose(
-            config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
-        )
-
-
-def checked_train_config(overrides: Sequence[str], output_dir: Path) -> TrainConfig:
-    """Compose the train config, convert it to the schema and run the config checks."""
-    cfg = compose_config([f"paths.output_dir={output_dir}", *overrides])
-    run_cfg = to_dataclass(cfg, TrainConfig)
-    check_train_config(run_cfg)
-    return run_cfg
 
 
 def expect_config_error(overrides: Sequence[str], output_dir: Path) -> str:
@@ -207,7 +185,6 @@ def test_slurm_launcher_config_composes() -> None:
 
 
 def test_optuna_sweeper_config_composes() -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweepers extra")
     cfg = compose_config(["hydra/sweeper=optuna_tpe"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
@@ -230,7 +207,7 @@ def _hydra_plugin_options() -> Iterator[tuple[str, str]]:
 def test_every_hydra_plugin_option_composes(group: str, option: str) -> None:
     """Each file under conf/hydra/<launcher|sweeper>/ composes as that Hydra group's option."""
     plugin = _PLUGINS[group.split("/")[1]]
-    pytest.importorskip(f"hydra_plugins.{plugin}", reason="needs the sweepers extra")
+    importlib.import_module(f"hydra_plugins.{plugin}")  # the dev extra installs both plugins
     cfg = compose_config([f"{group}={option}"], return_hydra_config=True)
     assert cfg.hydra.runtime.choices[group] == option
     assert plugin in cfg.hydra[group.split("/")[1]]._target_
@@ -261,7 +238,7 @@ def test_typos_and_wrong_types_fail_at_composition(
 
 
 def test_typo_in_a_config_file_fails_naming_the_key(tmp_path: Path) -> None:
-    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    conf = shutil.copytree(CONFIG_DIR, tmp_path / "conf")
     (conf / "loss" / "typo.yaml").write_text("name: mrpo\nbeta: 0.1\nepsilonn: 0.2\n")
     with pytest.raises(ConfigCompositionException) as info:
         compose_config(["paths.output_dir=x", "loss=typo"], conf_dir=conf)

@@ -14,12 +14,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mrpo.config.validation import ConfigError
-from mrpo.config import CONFIG_DIR, register_configs
 from mrpo.cli.evaluate import evaluate
+from mrpo.cli.train import train
+from mrpo.config import CONFIG_DIR, register_configs
+from mrpo.config.validation import ConfigError
 from mrpo.models import load_model
 from mrpo.testing.evaldata import write_eval_data
-from mrpo.cli.train import train
 
 SCORES = (
     "eval/gsm8k/strict_match",

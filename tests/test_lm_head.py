@@ -10,13 +10,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import mrpo.logprobs._lm_head
-from mrpo.logprobs._lm_head import head_logprobs, split_lm_head
 from mrpo.logprobs import (
     IGNORE_INDEX,
     hidden_sequence_logprobs,
     model_sequence_logprobs,
     sequence_logprobs,
 )
+from mrpo.logprobs._lm_head import head_logprobs, split_lm_head
 from mrpo.testing.models import AllLogits, make_tiny_model
 
 VOCAB = 37

@@ -24,8 +24,8 @@ from transformers import (
 from mrpo.errors import OptionError
 from mrpo.models import (
     DEFAULT_MODEL,
-    LoraConfig,
     PACKAGED_MODEL,
+    LoraConfig,
     ModelSourceError,
     default_model_cache_dir,
     ensure_converted,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrpo.config import TrainConfig, to_dataclass
-from mrpo.logprobs import model_sequence_logprobs
 from mrpo.cli.steps import load_policy
 from mrpo.cli.train import train
+from mrpo.config import TrainConfig, to_dataclass
+from mrpo.logprobs import model_sequence_logprobs
 
 
 def logps_and_grads(compose_train, overrides: list[str]) -> tuple[torch.Tensor, dict, object]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mrpo.data.types import PreferenceExample
-from mrpo.references.cache import decode_entry
 from mrpo.references import ReferenceEnsemble, ReferenceSpec
+from mrpo.references.cache import decode_entry
 from mrpo.references.sharding import RankInfo, ShardStore, ShardTimeoutError, detect_ranks
 from mrpo.testing.runs import write_tiny_model
 

@@ -14,7 +14,6 @@ from mrpo.data.collate import PreferenceCollator
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.models import LoraConfig, load_model, load_tokenizer
-from mrpo.references.cache import RefLogps
 from mrpo.references import (
     LiveReferences,
     ReferenceEnsemble,
@@ -23,6 +22,7 @@ from mrpo.references import (
     data_fingerprint,
     tokenizer_fingerprint,
 )
+from mrpo.references.cache import RefLogps
 from mrpo.testing.models import make_tiny_model, save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 

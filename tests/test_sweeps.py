@@ -34,12 +34,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mrpo.cli.compare import main as compare_main
-from mrpo.compare.multirun import sweep_job_overrides
-from mrpo.config import TrainConfig, register_configs
 from mrpo.cli.steps import logger_labels
-from test_configs import CONF_DIR, checked_train_config, compose_config
+from mrpo.compare.multirun import sweep_job_overrides
+from mrpo.config import CONFIG_DIR, TrainConfig, register_configs
+from mrpo.testing.configs import checked_train_config, compose_config
 
-SWEEPS_DIR = CONF_DIR / "sweeps"
+SWEEPS_DIR = CONFIG_DIR / "sweeps"
 HYDRA_SWEEPS = ("num_refs", "objectives", "weighting", "ctro", "beta_lr_optuna")
 GRID_SWEEPS = ("num_refs", "objectives", "weighting", "ctro")  # Hydra's basic sweeper
 WANDB_SWEEP = SWEEPS_DIR / "wandb_sweep.yaml"
@@ -51,7 +51,7 @@ WANDB_SWEEP = SWEEPS_DIR / "wandb_sweep.yaml"
 def compose_multirun(overrides: Sequence[str]) -> DictConfig:
     """The config `mrpo-train -m <overrides>` starts from (sweeps not yet expanded)."""
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return GlobalHydra.instance().hydra.compose_config(  # type: ignore[union-attr]
             config_name="train",
             overrides=[*overrides, "hydra.mode=MULTIRUN"],  # as `-m` adds it
@@ -432,7 +432,6 @@ def test_grid_sweep_runs_end_to_end(
 
 @pytest.mark.slow
 def test_optuna_sweep_runs_end_to_end(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweepers extra")
     sweep_dir = tmp_path / "sweep"
     extra = ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1"]
     run_sweep("beta_lr_optuna", extra, tiny_model_dir, hh_file, sweep_dir)

@@ -17,7 +17,9 @@ import lightning as L
 import torch
 
 from mrpo.data.types import PreferenceBatch
+from mrpo.objectives import WeightStrategy
 from mrpo.training.metrics import policy_margin_accuracy, response_token_counts
+from mrpo.training.module import PreferenceModule
 
 
 class ThompsonFeedback(L.Callback):
@@ -36,23 +38,25 @@ class ThompsonFeedback(L.Callback):
         self.previous: float | None = None
 
     def _strategy(self, pl_module: L.LightningModule) -> Any:
-        return pl_module.objective.weighting
+        strategy: WeightStrategy = _preference_module(pl_module).objective.weighting
+        return strategy  # the feedback protocol (select, update, current_arm) of needs_feedback
 
     @torch.no_grad()
     def feedback_accuracy(self, pl_module: L.LightningModule) -> float:
         """Policy margin accuracy on the feedback subsample (eval mode, no gradient)."""
-        was_training = pl_module.training
-        pl_module.eval()
+        module = _preference_module(pl_module)
+        was_training = module.training
+        module.eval()
         hits, total = 0.0, 0
         for batch in self.feedback_batches:
-            batch = batch.to(pl_module.device)
-            chosen, rejected = pl_module.forward_logps(batch)
+            batch = batch.to(module.device)
+            chosen, rejected = module.forward_logps(batch)
             counts = response_token_counts(batch.labels)
             b = batch.num_pairs
             acc = policy_margin_accuracy(chosen, rejected, counts[:b], counts[b:])
             hits += float(acc) * b
             total += b
-        pl_module.train(was_training)
+        module.train(was_training)
         return hits / total
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -98,3 +102,11 @@ class ThompsonFeedback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous = state_dict.get("previous")
+
+
+def _preference_module(pl_module: L.LightningModule) -> PreferenceModule:
+    if not isinstance(pl_module, PreferenceModule):
+        raise TypeError(
+            f"ThompsonFeedback drives a PreferenceModule, got {type(pl_module).__name__}"
+        )
+    return pl_module

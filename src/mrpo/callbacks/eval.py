@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -135,7 +135,7 @@ class EvalCallback(L.Callback):
         tokenizer = self._resolve_tokenizer(pl_module)
         with torch.no_grad():
             return run_eval_suite(
-                pl_module.policy,
+                cast(Any, pl_module).policy,
                 tokenizer,
                 self.evals,
                 limit=limit,
@@ -147,7 +147,8 @@ class EvalCallback(L.Callback):
 
     def _resolve_tokenizer(self, pl_module: L.LightningModule) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:
-            return pl_module.tokenizer
+            tokenizer: PreTrainedTokenizerBase = cast(Any, pl_module).tokenizer
+            return tokenizer
         if isinstance(self.tokenizer, PreTrainedTokenizerBase):
             return self.tokenizer
         return self.tokenizer()

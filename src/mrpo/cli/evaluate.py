@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,6 +29,7 @@ from mrpo.atomic import write_text
 from mrpo.callbacks.eval import log_sample_tables
 from mrpo.cli.steps import model_cache_dir
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
+from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_eval_run_config
 from mrpo.errors import ConfigError, InputError
 from mrpo.evals.runner import (
@@ -109,9 +111,7 @@ def _record(
         samples, [{"eval": name, **s} for name, rows in output.samples.items() for s in rows]
     )
     tags = ["eval", *(f"task:{t}" for t in run_cfg.eval.tasks)]
-    loggers = make_loggers(
-        output_dir, run_cfg.logger, OmegaConf.to_container(cfg, resolve=True), tags=tags
-    )
+    loggers = make_loggers(output_dir, run_cfg.logger, resolved_container(cfg), tags=tags)
     for logger in loggers:
         logger.log_metrics(output.metrics, step=0)
     if run_cfg.eval.log_samples:
@@ -144,8 +144,10 @@ def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
     kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
     source = evaluated_source(cfg)
     key = "checkpoint" if kind == "model_dir" else "model.source"
+    model: torch.nn.Module
     try:
         if kind == "ckpt":
+            assert cfg.checkpoint is not None  # kind is only set for a checkpoint
             model = load_checkpoint_policy(
                 cfg.checkpoint,
                 m.source,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback
 from mrpo.config.build import num_references, reference_specs
@@ -81,9 +82,12 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         chat_template=cfg.model.chat_template,
         cache_dir=model_cache_dir(cfg.paths.cache_dir),
     )
-    kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length)
-    train_tok = tokenize_pairs(train_ex, tokenizer, **kw)
-    val_tok = tokenize_pairs(val_ex, tokenizer, **kw)
+    train_tok, val_tok = (
+        tokenize_pairs(
+            ex, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length
+        )
+        for ex in (train_ex, val_ex)
+    )
     report = {
         "source": loaded.source,
         "rows": len(loaded.examples),
@@ -165,7 +169,9 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     """The trainable policy and its tokenizer."""
     m = cfg.model
     cache = model_cache_dir(cfg.paths.cache_dir)
-    tokenizer = load_tokenizer(m.tokenizer or m.source, chat_template=m.chat_template, cache_dir=cache)
+    tokenizer = load_tokenizer(
+        m.tokenizer or m.source, chat_template=m.chat_template, cache_dir=cache
+    )
     policy = load_model(m.source, dtype=m.dtype, cache_dir=cache, lora=m.lora, trainable=True)
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
@@ -176,7 +182,11 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
 
 
 def build_callbacks(
-    cfg: TrainConfig, output_dir: Path, data: PreparedData, tokenizer: Any, objective: Objective
+    cfg: TrainConfig,
+    output_dir: Path,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    objective: Objective,
 ) -> list[Callback]:
     """Checkpointing, learning-rate monitor, evaluation, the weighting's feedback loop, and
     any other callback the config names by ``_target_``."""
@@ -204,7 +214,9 @@ def build_callbacks(
     strategy = objective.weighting
     if strategy.needs_feedback:
         size = int(getattr(strategy, "feedback_size"))  # noqa: B009  # declared with the flag
-        callbacks.append(ThompsonFeedback(feedback_batches(data, tokenizer, size, cfg.data.eval_batch_size)))
+        callbacks.append(
+            ThompsonFeedback(feedback_batches(data, tokenizer, size, cfg.data.eval_batch_size))
+        )
     # Any other Lightning callback, lightning-hydra-template style:
     # +callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
     for name, spec in cfg.callbacks.items():
@@ -253,11 +265,13 @@ def instantiate_callback(name: str, spec: Mapping[str, Any]) -> Callback:
     try:
         return hydra.utils.instantiate(dict(spec))
     except Exception as err:  # bad arguments
-        raise ConfigError(f"callbacks.{name}", f"cannot instantiate {spec['_target_']}: {err}") from None
+        raise ConfigError(
+            f"callbacks.{name}", f"cannot instantiate {spec['_target_']}: {err}"
+        ) from None
 
 
 def feedback_batches(
-    data: PreparedData, tokenizer: Any, size: int, batch_size: int
+    data: PreparedData, tokenizer: PreTrainedTokenizerBase, size: int, batch_size: int
 ) -> list[PreferenceBatch]:
     """The fixed validation subsample a feedback weighting is rewarded on (the first pairs)."""
     pairs = data.val_pairs[:size]

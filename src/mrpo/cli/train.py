@@ -20,6 +20,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from peft import PeftModel
 
 from mrpo.atomic import write_json, write_text
 from mrpo.cli.steps import (
@@ -35,6 +36,7 @@ from mrpo.cli.steps import (
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.build import build_objective, num_references
+from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError, InputError
 from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, environment_record
@@ -72,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / SUMMARY_FILE, summary)
         return summary
 
-    run = build_run(run_cfg, OmegaConf.to_container(cfg, resolve=True), data, refs, output_dir)
+    run = build_run(run_cfg, resolved_container(cfg), data, refs, output_dir)
     before, after = fit(run, _resolve_ckpt_path(run_cfg.ckpt_path, output_dir))
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
     if run.trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
@@ -82,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def build_run(
     cfg: TrainConfig,
-    resolved: Any,
+    resolved: dict[str, Any],
     data: PreparedData,
     refs: PreparedReferences,
     output_dir: Path,
@@ -202,8 +204,8 @@ def _validate(run: TrainingRun) -> dict[str, float]:
 
 def _save_policy(module: PreferenceModule, target: Path) -> Path:
     """Save the final policy as a transformers model directory (LoRA merged in)."""
-    policy = module.policy
-    if hasattr(policy, "merge_and_unload"):
+    policy: Any = module.policy  # a transformers model, or a peft wrapper of one
+    if isinstance(policy, PeftModel):
         policy = policy.merge_and_unload()
     policy.save_pretrained(target)
     module.tokenizer.save_pretrained(target)

@@ -41,7 +41,10 @@ def plot_metric_vs(
         return None
     xs = sorted({row.values[-1] for row in rows}, key=sort_key)
     numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
-    position = {x: (float(x) if numeric else float(i)) for i, x in enumerate(xs)}
+    position = {
+        x: (float(x) if numeric and isinstance(x, int | float) else float(i))
+        for i, x in enumerate(xs)
+    }
 
     lines: dict[tuple[Scalar, ...], list[GroupRow]] = {}
     for row in rows:
@@ -55,7 +58,7 @@ def plot_metric_vs(
         shift = (i - (len(lines) - 1) / 2) * step
         ax.errorbar(
             [position[m.values[-1]] + shift for m in members],
-            [s.mean for s in stats],
+            [math.nan if s.mean is None else s.mean for s in stats],
             yerr=[s.std or 0.0 for s in stats],
             marker="o",
             capsize=3,

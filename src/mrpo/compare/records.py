@@ -104,7 +104,10 @@ def collect_runs(paths: Sequence[str | Path]) -> RunCollection:
                 continue
             seen.add(run_dir.resolve())
             result = load_run(run_dir, overrides)
-            (found.runs if isinstance(result, RunRecord) else found.skipped).append(result)
+            if isinstance(result, RunRecord):
+                found.runs.append(result)
+            else:
+                found.skipped.append(result)
     return found
 
 

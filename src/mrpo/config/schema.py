@@ -187,7 +187,7 @@ def to_dataclass(cfg: DictConfig, schema: type[Schema]) -> Schema:
     try:
         result = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as err:
-        key = err.full_key
+        key = err.full_key or "?"
         raise ConfigError(
             key, f"required value is missing (??? in the config); set it, e.g. {key}=..."
         ) from None
@@ -196,6 +196,14 @@ def to_dataclass(cfg: DictConfig, schema: type[Schema]) -> Schema:
             "defaults", f"the config is not a {schema.__name__} (got {type(result).__name__})"
         )
     return result
+
+
+def resolved_container(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as plain, fully resolved Python containers (for records and W&B)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(container, dict):
+        raise TypeError(f"a composed config is a mapping, got {type(container).__name__}")
+    return {str(k): v for k, v in container.items()}
 
 
 def register_configs() -> None:

@@ -81,9 +81,7 @@ def check_eval_run_config(cfg: EvalRunConfig) -> None:
 
 
 def _check_model(model: ModelConfig) -> None:
-    require(
-        model.dtype in DTYPES, "model.dtype", f"unknown {model.dtype!r}; one of {list(DTYPES)}"
-    )
+    require(model.dtype in DTYPES, "model.dtype", f"unknown {model.dtype!r}; one of {list(DTYPES)}")
     chunk = model.logprob_chunk_size
     require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
     require(model.lm_head_chunk_tokens >= 1, "model.lm_head_chunk_tokens", "must be >= 1")
@@ -180,6 +178,4 @@ def _check_callback_targets(callbacks: Mapping[str, Any]) -> None:
             target = get_class(spec["_target_"])
         except Exception as err:  # not importable, or not a class
             raise ConfigError(key, f"cannot import {spec['_target_']!r} ({err})") from None
-        require(
-            issubclass(target, Callback), key, f"{target.__name__} is not a Lightning Callback"
-        )
+        require(issubclass(target, Callback), key, f"{target.__name__} is not a Lightning Callback")

@@ -9,10 +9,10 @@ attaches cached reference log-probs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
 from mrpo.data.types import RefLookup, TokenizedPair
@@ -78,7 +78,7 @@ class PreferenceDataModule(L.LightningDataModule):
         # Checkpoints are written in on_train_batch_end: the batch is processed but not yet
         # counted as completed.
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"batches_done": int(progress.processed)}
+        return {"batches_done": int(progress.processed)}  # type: ignore[attr-defined]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_skip = int(state_dict.get("batches_done", 0))
@@ -90,7 +90,7 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         return self._loader(self.val_pairs, sampler)
 
-    def _replicas(self) -> dict[str, int]:
+    def _replicas(self) -> dict[str, Any]:
         """Data parallel position: rank r of n takes every n-th batch of the global order.
 
         The Trainer must not swap in its own distributed sampler (``use_distributed_sampler=
@@ -103,6 +103,8 @@ class PreferenceDataModule(L.LightningDataModule):
         return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
 
     def _loader(self, pairs: list[TokenizedPair], sampler: LengthGroupedBatchSampler) -> DataLoader:
+        # A list is a map-style data set (``__getitem__`` and ``__len__``) as it is.
+        dataset = cast("Dataset[TokenizedPair]", pairs)
         return DataLoader(
-            pairs, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
+            dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
         )

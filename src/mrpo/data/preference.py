@@ -1,10 +1,11 @@
 """Load preference pairs from a hub id, a local file or the data mirror, validated up front.
 
-`load_preference_data` resolves the source (order documented in `mrpo.data.sources`), reads the
-raw rows, detects the format from the fields (or takes the one named) and normalizes every row
-(the format registry and its rules are in `mrpo.data.formats`). Rows that cannot be used are collected in a `DropReport`; unless
-``drop_invalid`` is set, any such row stops the load with a `DataValidationError` naming the
-source, the reasons with their counts, and the row numbers -- before any model is loaded.
+`load_preference_data` resolves the source (order documented in `mrpo.data.sources`), reads the raw
+rows, detects the format from the fields (or takes the one named) and normalizes every row (the
+format registry and its rules are in `mrpo.data.formats`). Rows that cannot be used are collected in
+a `DropReport`; unless ``drop_invalid`` is set, any such row stops the load with a
+`DataValidationError` naming the source, the reasons with their counts, and the row numbers --
+before any model is loaded.
 
 Row numbers in messages are 1-based line numbers for JSON Lines files and 1-based row numbers
 otherwise. `PreferenceExample.index` is the 0-based position of the row among the source's rows

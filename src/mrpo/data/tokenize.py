@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.types import Message, PreferenceExample, TokenizedPair
 
@@ -81,14 +82,20 @@ def with_system_prompt(prompt: Sequence[Message], system_prompt: str | None) -> 
     return [system, *messages]
 
 
-def _render(tokenizer: Any, messages: list[Message], chat_template: str | None, gen: bool) -> str:
-    return tokenizer.apply_chat_template(
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[Message],
+    chat_template: str | None,
+    gen: bool,
+) -> str:
+    text = tokenizer.apply_chat_template(
         messages, chat_template=chat_template, add_generation_prompt=gen, tokenize=False
     )
+    return str(text)  # tokenize=False renders text
 
 
 def render_response(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     messages: list[Message],
     prompt_text: str,
     response: str,
@@ -123,7 +130,7 @@ def render_response(
 
 def render_pair(
     example: PreferenceExample,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     system_prompt: str | None = None,
     chat_template: str | None = None,
@@ -186,7 +193,7 @@ def truncate_pair(
 
 def tokenize_pairs(
     examples: Sequence[PreferenceExample],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     max_length: int,
     max_prompt_length: int | None = None,
@@ -219,7 +226,7 @@ def tokenize_pairs(
 
 def tokenize_pair(
     example: PreferenceExample,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     max_length: int,
     max_prompt_length: int | None = None,

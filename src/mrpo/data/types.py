@@ -84,8 +84,11 @@ class PreferenceBatch:
     def to(self, device: torch.device | str) -> PreferenceBatch:
         """Return a copy with every tensor moved to ``device``."""
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        def move_optional(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else move(t)
 
         return replace(
             self,
@@ -93,7 +96,7 @@ class PreferenceBatch:
             attention_mask=move(self.attention_mask),
             labels=move(self.labels),
             index=move(self.index),
-            ref_chosen=move(self.ref_chosen),
-            ref_rejected=move(self.ref_rejected),
+            ref_chosen=move_optional(self.ref_chosen),
+            ref_rejected=move_optional(self.ref_rejected),
             extras={k: v.to(device, non_blocking=True) for k, v in self.extras.items()},
         )

@@ -73,7 +73,7 @@ class StopOnStrings:
     def __call__(self, new_tokens: Sequence[int]) -> bool:
         if not self.stops:
             return False
-        text = self.tokenizer.decode(new_tokens[-self.lookback :], skip_special_tokens=False)
+        text = self.tokenizer.decode(list(new_tokens[-self.lookback :]), skip_special_tokens=False)
         return any(stop in text for stop in self.stops)
 
 
@@ -205,6 +205,6 @@ def _generate_batch(
     generations = []
     for ids, new in zip(batch, new_tokens, strict=True):
         end = next((t for t, token in enumerate(new) if token in eos_ids), len(new))
-        text = tokenizer.decode(new[:end], skip_special_tokens=True)
+        text = str(tokenizer.decode(new[:end], skip_special_tokens=True))
         generations.append(Generation(cut_at_stops(text, stops), len(new), len(ids)))
     return generations

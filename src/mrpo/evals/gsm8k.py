@@ -122,7 +122,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("gsm8k_chat needs a tokenizer with a chat template")
     messages = [{"role": "user", "content": doc_to_text(question)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def regex_extract(text: str, pattern: str, group_select: int = 0, fallback: str = INVALID) -> str:
@@ -236,7 +236,13 @@ def _load(few_shot: bool, data_dir: str | os.PathLike[str] | None) -> GSM8KData:
     return GSM8KData(load_gsm8k("test", data_dir=data_dir), train)
 
 
-def _run(chat: bool, model: Any, tokenizer: Any, data: GSM8KData, s: EvalSettings) -> TaskResult:
+def _run(
+    chat: bool,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: GSM8KData,
+    s: EvalSettings,
+) -> TaskResult:
     records = data.test[: s.limit]
     result = evaluate_gsm8k(
         model,
@@ -250,10 +256,10 @@ def _run(chat: bool, model: Any, tokenizer: Any, data: GSM8KData, s: EvalSetting
         progress=s.progress,
     )
     counts = {"num_samples": len(records), "generated_tokens": result.num_generated_tokens}
-    return TaskResult(result.metrics, result.samples, counts)
+    return TaskResult(result.metrics, result.samples, {k: float(v) for k, v in counts.items()})
 
 
-TASKS = (
+EVAL_TASKS = (
     EvalTask(
         name="gsm8k",
         description="GSM8K 5-shot, generate until, exact match (lm-eval-harness gsm8k)",

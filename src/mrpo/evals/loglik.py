@@ -169,8 +169,8 @@ def _score_batch(
     device = next(model.parameters()).device
     conts = [list(cont) for _, cont in batch]
     inputs = []
-    for ctx, cont in batch:
-        seq = list(ctx) + list(cont)
+    for ctx, continuation in batch:
+        seq = list(ctx) + list(continuation)
         if max_length is not None:
             seq = seq[-(max_length + 1) :]
         inputs.append(seq[:-1])  # the last token is predicted, never read

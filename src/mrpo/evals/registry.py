@@ -10,7 +10,7 @@ from __future__ import annotations
 from mrpo.evals import gsm8k, truthfulqa
 from mrpo.evals.tasks import register_task, registered_tasks
 
-for _task in (*gsm8k.TASKS, *truthfulqa.TASKS):
+for _task in (*gsm8k.EVAL_TASKS, *truthfulqa.EVAL_TASKS):
     register_task(_task)
 
 EVAL_NAMES: tuple[str, ...] = tuple(registered_tasks())

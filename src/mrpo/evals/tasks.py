@@ -101,7 +101,7 @@ def register_task(task: EvalTask) -> EvalTask:
 
 
 def registered_tasks() -> Mapping[str, EvalTask]:
-    """Every registered task, by name (import :mod:`mrpo.evals.registry` to load the built-in ones)."""
+    """Every registered task, by name (:mod:`mrpo.evals.registry` registers the built-in ones)."""
     return dict(_TASKS)
 
 

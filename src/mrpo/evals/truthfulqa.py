@@ -127,7 +127,12 @@ def evaluate_truthfulqa(
     return TruthfulQAResult(metrics, samples, len(requests))
 
 
-def _run(model: Any, tokenizer: Any, data: list[TruthfulQARecord], s: EvalSettings) -> TaskResult:
+def _run(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: list[TruthfulQARecord],
+    s: EvalSettings,
+) -> TaskResult:
     records = data[: s.limit]
     result = evaluate_truthfulqa(
         model,
@@ -138,10 +143,10 @@ def _run(model: Any, tokenizer: Any, data: list[TruthfulQARecord], s: EvalSettin
         progress=s.progress,
     )
     counts = {"num_samples": len(records), "num_requests": result.num_requests}
-    return TaskResult(result.metrics, result.samples, counts)
+    return TaskResult(result.metrics, result.samples, {k: float(v) for k, v in counts.items()})
 
 
-TASKS = (
+EVAL_TASKS = (
     EvalTask(
         name="truthfulqa",
         description="TruthfulQA MC1 and MC2, 0-shot log-likelihoods (truthfulqa_mc1/_mc2)",

@@ -14,6 +14,8 @@ on ``lm_head``) or shard its weight (FSDP, ZeRO-3) keep the plain logits path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +57,16 @@ _LOGIT_TRANSFORMS = (
 )
 
 
+def unwrapped(model: torch.nn.Module) -> Any:
+    """The transformers model inside a peft wrapper (the model itself when not wrapped).
+
+    Typed ``Any``: what callers look up on it (``config``, ``get_output_embeddings``,
+    ``forward``'s signature) is transformers' API, not ``nn.Module``'s.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
 def split_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """The (backbone, LM head) of a causal LM whose logits are ``head(backbone(...)[0])``.
 
@@ -68,7 +80,7 @@ def split_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Lin
         a plain ``nn.Linear`` (adapters on the head), or a head weight that is sharded or
         partitioned (FSDP, DeepSpeed ZeRO-3).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped(model)
     config = getattr(base, "config", None)
     if config is None or not hasattr(base, "get_output_embeddings"):
         return None
@@ -136,7 +148,7 @@ class _HeadLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # autograd's context: the attributes set here are read back in backward
         hidden: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
@@ -162,9 +174,7 @@ class _HeadLogProbs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(
-        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         dtype = ctx.tile_dtype
@@ -189,7 +199,7 @@ class _HeadLogProbs(torch.autograd.Function):
                 # computed in place in the recomputed tile.
                 dz = _project(h.to(dtype), w, b).float().sub_(lse[part, None]).exp_().mul_(-g)
                 dz.scatter_add_(-1, targets[part, None], g)
-                if need_hidden:
+                if grad_hidden is not None and w32 is not None:
                     grad_hidden[part] = (dz @ w32).to(hidden.dtype)
                 if grad_weight is not None:
                     grad_weight.addmm_(dz.T, h.float())

@@ -13,8 +13,8 @@ span of a sequence. The convention, shared with ``PreferenceBatch.labels``:
 
 From a model, the log-probs come either from its logits (:func:`sequence_logprobs`) or, for
 models whose logits are ``lm_head(last hidden state)``, from the hidden states through the
-fused LM head of :mod:`mrpo.logprobs._lm_head` (:func:`hidden_sequence_logprobs`), which never makes the
-logits tensor; both give the same values.
+fused LM head of :mod:`mrpo.logprobs._lm_head` (:func:`hidden_sequence_logprobs`), which never
+makes the logits tensor; both give the same values.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head
+from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head, unwrapped
 
 IGNORE_INDEX = -100
 """Label value of positions that are not scored (prompt and padding)."""
@@ -162,9 +162,9 @@ def model_sequence_logprobs(
 ) -> SequenceLogProbs:
     """Run a causal LM on a padded batch and reduce the log-probs of its labelled tokens.
 
-    With ``fused_head`` and a model :func:`mrpo.logprobs._lm_head.split_lm_head` accepts, the backbone's
-    last hidden states of the scored positions go through the LM head ``head_chunk_tokens`` at
-    a time (:func:`mrpo.logprobs._lm_head.head_logprobs`): no logits tensor is ever made. Otherwise the
+    With ``fused_head`` and a model :func:`~mrpo.logprobs.split_lm_head` accepts, the backbone's
+    last hidden states of the scored positions go through the LM head ``head_chunk_tokens`` at a
+    time (:func:`~mrpo.logprobs.head_logprobs`): no logits tensor is ever made. Otherwise the
     model's own forward makes logits, and models whose forward takes ``logits_to_keep``
     (transformers causal LMs) make them only for the last :func:`scored_window` positions.
 
@@ -302,5 +302,4 @@ def scored_window(labels: torch.Tensor) -> int:
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (logits of the last positions only)."""
     # A peft wrapper forwards extra keyword arguments to the model it wraps.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(unwrapped(model).forward).parameters

@@ -144,7 +144,8 @@ def _apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
     modules = lora.modules()
     config = PeftLoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        # peft types lora_alpha as int; a float alpha (alpha / r is the scale) works the same.
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=ALL_LINEAR if modules == (ALL_LINEAR,) else list(modules),
         task_type="CAUSAL_LM",
@@ -199,12 +200,13 @@ def load_model(
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
     disable_dropout(model)
+    result: PreTrainedModel | PeftModel = model
     if lora is not None and lora.enabled:
-        model = _apply_lora(model, lora)
+        result = _apply_lora(model, lora)
     if not trainable:
-        model.requires_grad_(False)
-        model.eval()
-    return model
+        result.requires_grad_(False)
+        result.eval()
+    return result
 
 
 def compile_policy(model: torch.nn.Module) -> torch.nn.Module:
@@ -213,7 +215,7 @@ def compile_policy(model: torch.nn.Module) -> torch.nn.Module:
     In place (``nn.Module.compile``) rather than ``torch.compile(model)``, so that parameter
     names, checkpoints and ``save_pretrained`` are unchanged. ``dynamic=True``: batches come in
     many padded widths, and recompiling for each width would cost more than it saves.
-    Models with a fused LM-head path (:func:`mrpo.logprobs._lm_head.split_lm_head`) have their backbone
+    Models with a fused LM-head path (:func:`mrpo.logprobs.split_lm_head`) have their backbone
     compiled, since that path calls the backbone, not the model's forward; the model's own
     forward calls the same compiled backbone.
     """
@@ -229,8 +231,11 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
     under which LoRA adapters get no gradient when the frozen embeddings' output does not
     require grad.
     """
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-        model.activation_checkpointing_enable({"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+    if callable(enable):
+        enable({"use_reentrant": False})
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(  # type: ignore[operator]  # transformers < 5
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     return model

@@ -47,6 +47,4 @@ class LoraConfig:
             raise OptionError("dropout", f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         modules = self.modules()
         if not modules or not all(isinstance(m, str) and m for m in modules):
-            raise OptionError(
-                "target_modules", "LoRA target_modules must name at least one module"
-            )
+            raise OptionError("target_modules", "LoRA target_modules must name at least one module")

@@ -15,13 +15,13 @@ import torch
 
 from mrpo.errors import OptionError
 from mrpo.objectives.loss_types import LOSS_TYPES
+from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
 from mrpo.objectives.virtual_reference import (
     apply_ctro,
     geometric_reference,
     harmonic_reference,
     pair_weights,
 )
-from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
 
 
 def preference_losses(
@@ -166,7 +166,7 @@ def mrpo_objective(
     log π̂(y) = −logsumexp_k(log α_k − ℓ̃_k(y)), with ℓ̃ the CTRO-clipped references when
     ``config.ctro``; the loss is the configured DPO-family loss with π̂ as the reference, and the
     rewards are β(ℓθ − log π̂). With ``harmonic_pairing="official"`` (K = 2) the weights are
-    paired as in the authors' code (see :func:`~mrpo.objectives.virtual_reference.pair_weights`); the
+    paired as in the authors' code (:func:`~mrpo.objectives.virtual_reference.pair_weights`); the
     returned ``weights`` are the coefficients actually applied to 1/π_k.
     """
     clipped_chosen, clipped_rejected, clip_fraction = _maybe_ctro(ref_chosen, ref_rejected, config)

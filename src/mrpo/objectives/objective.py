@@ -13,9 +13,9 @@ import torch
 
 from mrpo.errors import OptionError
 from mrpo.objectives.losses import ObjectiveFunction
-from mrpo.objectives.weighting.strategies import WeightStrategy
 from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
 from mrpo.objectives.weighting.formulas import expand_weights
+from mrpo.objectives.weighting.strategies import WeightStrategy
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Objective:
             raise OptionError(
                 "harmonic_pairing",
                 "option 'harmonic_pairing'='official' needs exactly K=2 references, "
-                f"got K={num_refs}"
+                f"got K={num_refs}",
             )
         self.weighting.set_num_refs(num_refs)
 

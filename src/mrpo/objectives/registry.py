@@ -94,7 +94,8 @@ def get_objective(
             ``loss_type`` ("sigmoid" | "ipo" | "hinge"), ``label_smoothing`` (sigmoid only);
             multi_dpo and mrpo also take ``weighting`` (a registered strategy name or a
             strategy object; default "arwc"), its parameters (``fixed_weights``, ``window``,
-            ``prior``, ``seed``, ``feedback_size``), ``ctro`` (default True for mrpo, False for multi_dpo),
+            ``prior``, ``seed``, ``feedback_size``), ``ctro`` (default True for mrpo, False
+            for multi_dpo),
             ``epsilon`` (0.1), ``adaptive_epsilon`` (True); mrpo also ``harmonic_pairing``
             ("general" | "official").
 

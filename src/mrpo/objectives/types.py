@@ -63,7 +63,8 @@ class ObjectiveConfig:
     Attributes:
         beta: KL temperature β > 0.
         loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name.
-        label_smoothing: ε_ls in [0, 0.5] (conservative DPO); only with loss types that take it (``sigmoid``).
+        label_smoothing: ε_ls in [0, 0.5] (conservative DPO); only with the loss types that
+            take it (``sigmoid``).
         ctro: clip references k >= 2 into a band around reference 1 (CTRO) before use.
         epsilon: CTRO band half-width ε in [0, 1].
         adaptive_epsilon: split ε between chosen and rejected by their mean reference log-probs.
@@ -88,7 +89,8 @@ class ObjectiveConfig:
         if self.loss_type not in LOSS_TYPES:
             raise OptionError(
                 "loss_type",
-                f"unknown option 'loss_type'={self.loss_type!r}; expected one of {list(LOSS_TYPES)}"
+                f"unknown option 'loss_type'={self.loss_type!r}; "
+                f"expected one of {list(LOSS_TYPES)}",
             )
         _check_real("label_smoothing", self.label_smoothing)
         if not 0.0 <= self.label_smoothing <= 0.5:
@@ -100,19 +102,23 @@ class ObjectiveConfig:
             raise OptionError(
                 "label_smoothing",
                 f"option 'label_smoothing' applies to loss_type='sigmoid' only, "
-                f"got loss_type={self.loss_type!r} with label_smoothing={self.label_smoothing!r}"
+                f"got loss_type={self.loss_type!r} with label_smoothing={self.label_smoothing!r}",
             )
         for flag in ("ctro", "adaptive_epsilon"):
             if not isinstance(getattr(self, flag), bool):
-                raise OptionError(flag, f"option {flag!r} must be a bool, got {getattr(self, flag)!r}")
+                raise OptionError(
+                    flag, f"option {flag!r} must be a bool, got {getattr(self, flag)!r}"
+                )
         _check_real("epsilon", self.epsilon)
         if not 0.0 <= self.epsilon <= 1.0:
-            raise OptionError("epsilon", f"option 'epsilon' must be in [0, 1], got {self.epsilon!r}")
+            raise OptionError(
+                "epsilon", f"option 'epsilon' must be in [0, 1], got {self.epsilon!r}"
+            )
         if self.harmonic_pairing not in HARMONIC_PAIRINGS:
             raise OptionError(
                 "harmonic_pairing",
                 f"unknown option 'harmonic_pairing'={self.harmonic_pairing!r}; "
-                f"expected one of {list(HARMONIC_PAIRINGS)}"
+                f"expected one of {list(HARMONIC_PAIRINGS)}",
             )
 
 

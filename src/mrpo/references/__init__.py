@@ -12,10 +12,10 @@ response span. The policy's token ids are never fed to a reference.
 
 Cached mode (:meth:`ReferenceEnsemble.precompute`, :meth:`ReferenceEnsemble.table`): each
 reference's log-probs on a list of rows are computed once and stored in a
-:class:`mrpo.references.cache.RefCache`, keyed by everything that determines them; runs and sweep jobs
-that need the same reference reuse the file, and no reference model is in memory while
-training. Live mode (:class:`LiveReferences`) keeps the models in memory and scores every batch,
-for on-policy data and for checking the cache.
+:class:`~mrpo.references.cache.RefCache`, keyed by everything that determines them; runs and sweep
+jobs that need the same reference reuse the file, and no reference model is in memory while
+training. Live mode (:class:`LiveReferences`) keeps the models in memory and scores every batch, for
+on-policy data and for checking the cache.
 
 Modules: ``spec`` (what a reference is), ``logps`` (one reference's per-row log-probs),
 ``scoring`` (batched scoring and fingerprints), ``cache`` (the on-disk cache), ``sharding``
@@ -32,13 +32,13 @@ from mrpo.references.ensemble import (
     check_distinct_indices,
 )
 from mrpo.references.live import LiveReferences
+from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import (
     adapters_disabled,
     data_fingerprint,
     score_pairs,
     tokenizer_fingerprint,
 )
-from mrpo.references.logps import RefLogps
 from mrpo.references.spec import SELF, ReferenceSpec, ResolvedReference, resolve_reference
 from mrpo.references.table import RefTable
 

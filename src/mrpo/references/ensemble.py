@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
+from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import (
     data_fingerprint,
     num_forward_passes,
@@ -27,7 +30,6 @@ from mrpo.references.scoring import (
 from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
 from mrpo.references.spec import ReferenceSpec, resolve_reference
 from mrpo.references.table import RefTable
-from mrpo.references.logps import RefLogps
 
 log = logging.getLogger("mrpo.references")
 
@@ -75,8 +77,8 @@ class Precomputed:
 
 def check_distinct_indices(examples: Sequence[PreferenceExample]) -> None:
     """Raise ValueError naming repeated row indices (cached rows are keyed by index)."""
-    seen: set[int] = set()
-    repeated = sorted({ex.index for ex in examples if ex.index in seen or seen.add(ex.index)})
+    counts = Counter(ex.index for ex in examples)
+    repeated = sorted(index for index, n in counts.items() if n > 1)
     if repeated:
         raise ValueError(
             f"preference rows must have distinct indices to be cached; repeated: {repeated[:5]}"
@@ -188,7 +190,7 @@ class ReferenceEnsemble:
         except ModelSourceError as err:
             raise ModelSourceError(f"reference {k} ({self.specs[k].name!r}): {err}") from None
 
-    def tokenizer(self, k: int) -> Any:
+    def tokenizer(self, k: int) -> PreTrainedTokenizerBase:
         """Reference ``k``'s tokenizer (with its chat template override), loaded once."""
         ref = self.resolved[k]
         if ref.tokenizer_group not in self._tokenizers:
@@ -269,7 +271,7 @@ class ReferenceEnsemble:
                 ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
             )
         self.stats.model_loads += 1
-        return model.to(self.device)
+        return model.to(self.device)  # type: ignore[arg-type]  # nn.Module.to, not the hub's
 
     def score(
         self, k: int, model: torch.nn.Module, pairs: TokenizedPairs, *, progress: bool = False

@@ -56,6 +56,7 @@ class LiveReferences:
 
     def _scores(self, k: int, pairs: TokenizedPairs) -> RefLogps:
         if self.uses_policy[k]:
+            assert self.policy is not None  # uses_policy is only set for a given peft policy
             with adapters_disabled(self.policy) as base:
                 return self.ensemble.score(k, base, pairs)
         return self.ensemble.score(k, self._models[self.ensemble.resolved[k].model_group], pairs)

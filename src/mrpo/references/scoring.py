@@ -1,9 +1,10 @@
 """Scoring tokenized preference pairs with one frozen model, and the identities that key it.
 
-Building blocks of :mod:`mrpo.references`: a batched, no-grad scorer that
-returns summed response log-probs and token counts, fingerprints of a tokenizer and of the
-exact rows scored (parts of a :class:`mrpo.references.cache.RefCacheKey`), and a context that makes a
-LoRA policy behave as its frozen base model ("self" reference without a second copy).
+Building blocks of :mod:`mrpo.references`: a batched, no-grad scorer that returns summed
+response log-probs and token counts (a :class:`~mrpo.references.logps.RefLogps`), fingerprints
+of a tokenizer and of the exact rows scored (parts of a
+:class:`~mrpo.references.cache.RefCacheKey`), and a context that makes a LoRA policy behave as
+its frozen base model ("self" reference without a second copy).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 import torch
 from peft import PeftModel
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.collate import PreferenceCollator, pair_lengths
 from mrpo.data.types import TokenizedPair
@@ -108,7 +109,7 @@ def num_forward_passes(num_pairs: int, batch_size: int) -> int:
     return -(-num_pairs // batch_size)
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A sha256 of how a tokenizer maps text to ids (its vocabulary, merges, special tokens).
 
     Fast tokenizers are hashed through their serialized ``tokenizers`` JSON (minus the

@@ -8,8 +8,8 @@ joins them into the cache entry (under the entry's lock, so exactly one writes i
 others read the entry. Each rank thus does 1/N of the forward passes.
 
 Shards are named by the entry's key digest and the world size, and verified like entries
-(:func:`mrpo.references.cache.decode_entry`): a shard left by a run that stopped part-way is valid for
-a later run with the same key and world size, which then scores only what is missing.
+(:func:`mrpo.references.cache.decode_entry`): a shard left by a run that stopped part-way is
+valid for a later run with the same key and world size, which then scores only what is missing.
 
 Lightning's own launcher (``trainer=ddp`` started as one ``mrpo-train`` command) starts the
 other ranks only when training begins, after rank 0 has filled the cache alone; they find it

@@ -54,7 +54,8 @@ class ReferenceSpec:
         if self.dtype not in DTYPES:
             raise OptionError(
                 "dtype",
-                f"reference {self.name!r}: unknown dtype {self.dtype!r}; choose from {list(DTYPES)}",
+                f"reference {self.name!r}: unknown dtype {self.dtype!r}; "
+                f"choose from {list(DTYPES)}",
             )
         if self.chat_template is not None and not self.chat_template.strip():
             raise OptionError(

@@ -54,7 +54,7 @@ def next_attempt(run_dir: str | Path) -> str:
 
 def environment_record() -> dict[str, Any]:
     """Package versions, python, platform and the git commit, for reproducibility."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in _VERSIONED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

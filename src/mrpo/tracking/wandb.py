@@ -130,7 +130,11 @@ def _start_wandb(
     try:
         logger = WandbLogger(
             **kwargs,
-            settings=wandb.Settings(mode=mode, init_timeout=settings.init_timeout, silent=True),
+            settings=wandb.Settings(
+                mode=mode,  # type: ignore[arg-type]  # one of WANDB_MODES, resolved above
+                init_timeout=settings.init_timeout,
+                silent=True,
+            ),
         )
         _ = logger.experiment  # start now: failures surface here, not mid-training
         return logger

@@ -12,7 +12,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from mrpo.data.types import PreferenceBatch
 from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, model_sequence_logprobs
@@ -53,7 +54,7 @@ class PreferenceModule(L.LightningModule):
 
     def __init__(
         self,
-        policy: PreTrainedModel,
+        policy: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         objective: Objective,
         optimizer_factory: OptimizerFactory,
@@ -158,7 +159,7 @@ class PreferenceModule(L.LightningModule):
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches)

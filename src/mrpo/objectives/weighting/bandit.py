@@ -89,7 +89,11 @@ class ThompsonSampling(WeightStrategy):
             )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise OptionError("seed", f"option 'seed' must be an int, got {seed!r}")
-        if isinstance(feedback_size, bool) or not isinstance(feedback_size, int) or feedback_size < 1:
+        if (
+            isinstance(feedback_size, bool)
+            or not isinstance(feedback_size, int)
+            or feedback_size < 1
+        ):
             raise OptionError(
                 "feedback_size",
                 f"option 'feedback_size' must be a positive number of pairs, got {feedback_size!r}",

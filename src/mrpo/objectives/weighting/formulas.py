@@ -161,7 +161,9 @@ def check_fixed_weights(values: Sequence[float] | torch.Tensor, option: str) -> 
             option, f"option {option!r} must be a list of numbers, got {values!r}"
         ) from error
     if tensor.dim() != 1:
-        raise OptionError(option, f"option {option!r} must be a flat list of numbers, got {values!r}")
+        raise OptionError(
+            option, f"option {option!r} must be a flat list of numbers, got {values!r}"
+        )
     floats = [float(v) for v in tensor]
     if not floats:
         raise OptionError(option, f"option {option!r} must not be empty")

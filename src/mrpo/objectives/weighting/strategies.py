@@ -117,7 +117,8 @@ class FixedWeights(WeightStrategy):
     def __init__(self, fixed_weights: Sequence[float] | None = None) -> None:
         if fixed_weights is None:
             raise OptionError(
-                "fixed_weights", "weighting 'fixed' needs option 'fixed_weights' (one per reference)"
+                "fixed_weights",
+                "weighting 'fixed' needs option 'fixed_weights' (one per reference)",
             )
         values = check_fixed_weights(fixed_weights, "fixed_weights")
         total = sum(values)
@@ -128,7 +129,7 @@ class FixedWeights(WeightStrategy):
             raise OptionError(
                 "fixed_weights",
                 f"option 'fixed_weights' has {len(self.fixed_weights)} entries but there are "
-                f"K={num_refs} references"
+                f"K={num_refs} references",
             )
 
     def weights(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
@@ -142,8 +143,8 @@ class FixedWeights(WeightStrategy):
 class ARWCWeights(WeightStrategy):
     """Per-example adaptive weights from the references' own margins (the MRPO paper).
 
-    See :func:`~mrpo.objectives.weighting.formulas.arwc_weights`; the 0/0 case (all margins 0) puts all
-    weight on the primary reference.
+    See :func:`~mrpo.objectives.weighting.formulas.arwc_weights`; the 0/0 case (all margins 0)
+    puts all weight on the primary reference.
     """
 
     name = "arwc"
@@ -226,11 +227,11 @@ class SlidingWindowARWC(WeightStrategy):
 
     Update semantics: the weights for training batch t are the mean over the last ``window``
     observed batches of each batch's mean ARWC weight (B-mean of
-    :func:`~mrpo.objectives.weighting.formulas.arwc_weights`, unclipped log-probs); before any batch has
-    been observed they are uniform. With the default ``window=1``, batch 1 uses uniform weights
-    and batch t uses batch t−1's mean ARWC weights. A batch's own ARWC weights never weight its
-    own loss, which removes ARWC's per-example label leakage. Only :meth:`observe` changes the
-    state (the objective calls it with ``update_state=True``); validation batches must not.
+    :func:`~mrpo.objectives.weighting.formulas.arwc_weights`, unclipped log-probs); before any batch
+    has been observed they are uniform. With the default ``window=1``, batch 1 uses uniform weights
+    and batch t uses batch t−1's mean ARWC weights. A batch's own ARWC weights never weight its own
+    loss, which removes ARWC's per-example label leakage. Only :meth:`observe` changes the state
+    (the objective calls it with ``update_state=True``); validation batches must not.
     """
 
     name = "sliding_window"
