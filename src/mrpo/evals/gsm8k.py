@@ -256,7 +256,7 @@ def _run(
         progress=s.progress,
     )
     counts = {"num_samples": len(records), "generated_tokens": result.num_generated_tokens}
-    return TaskResult(result.metrics, result.samples, {k: float(v) for k, v in counts.items()})
+    return TaskResult(result.metrics, result.samples, counts)
 
 
 EVAL_TASKS = (

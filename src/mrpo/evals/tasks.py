@@ -58,7 +58,7 @@ class TaskResult:
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
-    counts: dict[str, float] = field(default_factory=dict)
+    counts: Mapping[str, float] = field(default_factory=dict)
 
 
 TaskData = Any

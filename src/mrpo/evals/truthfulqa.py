@@ -143,7 +143,7 @@ def _run(
         progress=s.progress,
     )
     counts = {"num_samples": len(records), "num_requests": result.num_requests}
-    return TaskResult(result.metrics, result.samples, {k: float(v) for k, v in counts.items()})
+    return TaskResult(result.metrics, result.samples, counts)
 
 
 EVAL_TASKS = (
