@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -242,21 +243,31 @@ def test_default_model_cache_dir(monkeypatch, tmp_path):
     assert default_model_cache_dir() == tmp_path / "xdg" / "mrpo" / "models"
 
 
-def test_local_fingerprint_tracks_config_and_weights(tmp_path):
+def test_local_fingerprint_tracks_config_and_weight_content(tmp_path):
+    model_dir, memo = tmp_path / "model", tmp_path / "hashes"
     model = make_tiny_model(VOCAB, seed=1, hidden_size=16, num_layers=1, num_heads=2)
-    save_tiny_model(tmp_path, model)
-    first = model_fingerprint(str(tmp_path))
-    assert first.startswith("local:") and model_fingerprint(str(tmp_path)) == first
-    (tmp_path / "tokenizer.json").write_text("{}")  # not part of the weights' identity
-    assert model_fingerprint(str(tmp_path)) == first
-    weights = tmp_path / "model.safetensors"
+    save_tiny_model(model_dir, model)
+    first = model_fingerprint(str(model_dir), hash_memo_dir=memo)
+    assert first.startswith("local:")
+    assert model_fingerprint(str(model_dir), hash_memo_dir=memo) == first
+    (model_dir / "tokenizer.json").write_text("{}")  # not part of the weights' identity
+    assert model_fingerprint(str(model_dir), hash_memo_dir=memo) == first
+    weights = model_dir / "model.safetensors"
+    # A touch (copy, reinstall) re-hashes the content and finds it unchanged: same key.
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
-    second = model_fingerprint(str(tmp_path))
+    assert model_fingerprint(str(model_dir), hash_memo_dir=memo) == first
+    # One byte of a weight changed, same size, same modification time: another key.
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(data)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
+    second = model_fingerprint(str(model_dir), hash_memo_dir=memo)
     assert second != first
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
     config["rms_norm_eps"] = 1e-3
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    assert model_fingerprint(str(tmp_path)) not in (first, second)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert model_fingerprint(str(model_dir), hash_memo_dir=memo) not in (first, second)
 
 
 def test_gguf_fingerprint_follows_content_not_path(tmp_path):
@@ -264,16 +275,44 @@ def test_gguf_fingerprint_follows_content_not_path(tmp_path):
     one, two = tmp_path / "one.gguf", tmp_path / "two.gguf"
     one.write_bytes(data)
     two.write_bytes(data)
-    assert model_fingerprint(str(one)) == model_fingerprint(str(two))
-    data[-1] ^= 0xFF
+    memo = tmp_path / "hashes"
+    assert model_fingerprint(str(one), hash_memo_dir=memo) == model_fingerprint(
+        str(two), hash_memo_dir=memo
+    )
+    # A changed byte in the middle of the file, same size: neither the header nor the last
+    # MiB differ, the content does.
+    data[len(data) // 2] ^= 0xFF
     two.write_bytes(data)
-    assert model_fingerprint(str(one)) != model_fingerprint(str(two))
+    assert len(data) == one.stat().st_size
+    assert model_fingerprint(str(one), hash_memo_dir=memo) != model_fingerprint(
+        str(two), hash_memo_dir=memo
+    )
 
 
-def test_hub_fingerprint():
+def test_content_hash_is_computed_once_per_file_version(tmp_path, monkeypatch):
+    path, memo = tmp_path / "w.gguf", tmp_path / "hashes"
+    path.write_bytes(b"x" * 1000)
+    first = sources_module.content_hash(path, memo)
+    assert first == hashlib.sha256(b"x" * 1000).hexdigest()
+    reads = []
+    real_open = Path.open
+    monkeypatch.setattr(
+        Path, "open", lambda self, *a, **k: reads.append(self) or real_open(self, *a, **k)
+    )
+    assert sources_module.content_hash(path, memo) == first
+    assert path not in reads  # the memo answered
+    path.write_bytes(b"y" * 1000)  # same size, new content and time
+    assert sources_module.content_hash(path, memo) == hashlib.sha256(b"y" * 1000).hexdigest()
+
+
+def test_hub_fingerprint(monkeypatch):
     commit = "a" * 40
     assert model_fingerprint(f"org/name@{commit}") == f"hub:org/name@{commit}"
-    assert model_fingerprint("mrpo-tests/not-cached") == "hub:mrpo-tests/not-cached@main"
+    # Not cached and the hub out of reach: no key is made up from the revision name, which
+    # could later mean other weights.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="not in the local hub cache"):
+        model_fingerprint("mrpo-tests/not-cached")
 
 
 def test_tokenizer_pad_token_and_template(tiny_dir):
@@ -308,7 +347,7 @@ class FakeConversion:
         self.before_return = before_return
         self.fail = fail
 
-    def __call__(self, gguf_path: Path, destination: Path) -> None:
+    def __call__(self, gguf_path: Path, destination: Path, digest: str) -> None:
         self.calls += 1
         model = make_tiny_model(VOCAB, hidden_size=16, num_layers=1, num_heads=2)
         save_tiny_model(destination, model, word_tokenizer())
@@ -335,7 +374,9 @@ def test_conversion_runs_once_and_loads_from_cache(tmp_path, fake_gguf, monkeypa
     assert isinstance(model, LlamaForCausalLM) and tokenizer.chat_template == TEMPLATE
     assert convert.calls == 1
     (converted,) = cache.iterdir()  # no temporary left beside it
-    assert converted.name == gguf_module.converted_dir_name("tiny", fake_gguf)
+    assert converted.name == gguf_module.converted_dir_name(
+        "tiny", sources_module.gguf_file_hash(fake_gguf)
+    )
 
 
 def test_failed_conversion_leaves_nothing_to_trust(tmp_path, fake_gguf, monkeypatch):
@@ -350,7 +391,9 @@ def test_failed_conversion_leaves_nothing_to_trust(tmp_path, fake_gguf, monkeypa
 
 def test_losing_a_conversion_race_uses_the_winner(tmp_path, fake_gguf, monkeypatch):
     cache = tmp_path / "cache"
-    target = cache / gguf_module.converted_dir_name("tiny", fake_gguf)
+    target = cache / gguf_module.converted_dir_name(
+        "tiny", sources_module.gguf_file_hash(fake_gguf)
+    )
 
     def other_process_finishes_first():
         target.mkdir()
@@ -366,7 +409,9 @@ def test_losing_a_conversion_race_uses_the_winner(tmp_path, fake_gguf, monkeypat
 
 def test_incomplete_target_and_stale_temporaries(tmp_path, fake_gguf, monkeypatch):
     cache = tmp_path / "cache"
-    target = cache / gguf_module.converted_dir_name("tiny", fake_gguf)
+    target = cache / gguf_module.converted_dir_name(
+        "tiny", sources_module.gguf_file_hash(fake_gguf)
+    )
     target.mkdir(parents=True)
     with pytest.raises(ModelSourceError, match="not a complete conversion"):
         ensure_converted(fake_gguf, "tiny", cache)

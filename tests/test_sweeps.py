@@ -277,7 +277,7 @@ def test_sweep_jobs_share_a_named_wandb_group(planned: Callable[[str], Plan]) ->
         groups.add(run_cfg.logger.group or labels["group"])
         names.add(labels["name"])
     [group] = groups  # one group per sweep, named after it
-    assert re.fullmatch(r"weighting_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", group)
+    assert re.fullmatch(r"weighting_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", group)
     assert len(names) == 2
     assert all("sweeps" not in n and "weights=" in n for n in names)
 

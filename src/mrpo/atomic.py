@@ -10,25 +10,29 @@ temporary file named ``.<name>.<random>.tmp``, which readers never open.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
 """Suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``)."""
 
 
-def atomic_write(
-    path: str | os.PathLike[str], chunks: bytes | Iterable[bytes], *, mode: int | None = None
-) -> Path:
-    """Write ``chunks`` to ``path`` atomically; return the path.
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file that becomes ``path`` atomically when the ``with`` block ends.
+
+    The bytes written go to a temporary file beside ``path``; on a clean exit it is flushed,
+    fsync'ed and renamed over ``path`` (then the folder is fsync'ed); on an exception it is
+    deleted and ``path`` is left as it was.
 
     Args:
         path: the target file; its folder is created when missing.
-        chunks: the content, as one ``bytes`` object or an iterable of them.
         mode: permission bits of the new file (default: ``0o666`` minus the umask, as
             ``open`` would create it; ``mkstemp`` alone would make it owner-only).
     """
@@ -36,10 +40,9 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.chmod(tmp, _default_mode() if mode is None else mode)
+        os.chmod(tmp, default_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
-            for chunk in [chunks] if isinstance(chunks, bytes | bytearray) else chunks:
-                f.write(chunk)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,7 +50,17 @@ def atomic_write(
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def atomic_write(
+    path: str | os.PathLike[str], chunks: bytes | Iterable[bytes], *, mode: int | None = None
+) -> Path:
+    """Write ``chunks`` (one ``bytes`` object or an iterable of them) to ``path`` atomically
+    (:func:`atomic_writer`); return the path."""
+    with atomic_writer(path, mode=mode) as f:
+        for chunk in [chunks] if isinstance(chunks, bytes | bytearray) else chunks:
+            f.write(chunk)
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -75,8 +88,14 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _default_mode() -> int:
-    # The umask can only be read by setting it; set it straight back.
+@functools.cache
+def process_umask() -> int:
+    """The process's umask (read once; setting it back at once is the only portable way)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def default_mode() -> int:
+    """The permission bits ``open`` gives a new file: ``0o666`` minus the umask."""
+    return 0o666 & ~process_umask()

@@ -65,6 +65,8 @@ class EvalCallback(L.Callback):
             are written to the jsonl file in any case).
         data_dir: local data folder (default ``MRPO_DATA_DIR``, then the hub).
         output_dir: where ``eval/`` files go; default the trainer's ``default_root_dir``.
+        data: the tasks' data already loaded (:func:`mrpo.evals.runner.load_eval_data`, as the
+            pre-flight of ``mrpo-train`` does); None loads it at the first evaluation.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class EvalCallback(L.Callback):
         log_samples: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
+        data: EvalData | None = None,
     ) -> None:
         super().__init__()
         self.evals = check_eval_names(evals)
@@ -98,7 +101,7 @@ class EvalCallback(L.Callback):
         self.data_dir = data_dir
         self.output_dir = output_dir
         self.final_metrics: dict[str, float] = {}
-        self._data: EvalData | None = None
+        self._data: EvalData | None = data
         self._last_step = -1
 
     def on_train_batch_end(

@@ -26,11 +26,13 @@ from mrpo.data.preference import load_preference_data, train_val_split
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.errors import ConfigError
+from mrpo.evals.runner import EvalData
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
 from mrpo.objectives import Objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, RefTable
 from mrpo.references.scoring import data_fingerprint
 from mrpo.references.sharding import detect_ranks
+from mrpo.training.checkpointing import BEST_FILENAME, LastCheckpoint
 
 log = logging.getLogger("mrpo.train")
 
@@ -117,6 +119,7 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         model_cache_dir=model_cache_dir(cfg.paths.cache_dir),
         ranks=detect_ranks() if cfg.references.split_across_ranks else None,
         shard_timeout=cfg.references.shard_timeout_s,
+        lock_timeout=cfg.references.lock_timeout_s,
     )
 
 
@@ -187,6 +190,7 @@ def build_callbacks(
     data: PreparedData,
     tokenizer: PreTrainedTokenizerBase,
     objective: Objective,
+    eval_data: EvalData | None = None,
 ) -> list[Callback]:
     """Checkpointing, learning-rate monitor, evaluation, the weighting's feedback loop, and
     any other callback the config names by ``_target_``."""
@@ -209,6 +213,7 @@ def build_callbacks(
                 log_samples=ev.log_samples,
                 data_dir=cfg.paths.data_dir,
                 output_dir=output_dir,
+                data=eval_data,
             )
         )
     strategy = objective.weighting
@@ -228,22 +233,15 @@ def build_callbacks(
 def checkpoint_callbacks(ckpt: Mapping[str, Any], dirpath: Path) -> list[Callback]:
     """``last.ckpt`` (resumable, periodic) and the best checkpoints by the monitored metric.
 
-    Two callbacks, because a single monitoring ``ModelCheckpoint`` defers every save until the
+    Two callbacks, because a monitoring ``ModelCheckpoint`` defers every save until the
     monitored validation metric exists: a run killed in its first epoch would have no
     checkpoint at all. ``last.ckpt`` is written every ``every_n_train_steps`` steps (if set)
-    and at the end of every epoch, whatever the metrics; ``best-step=<n>.ckpt`` files keep
-    the ``save_top_k`` best validations.
+    and at the end of every epoch, whatever the metrics (:class:`LastCheckpoint`);
+    ``best-step_<n>.ckpt`` files keep the ``save_top_k`` best validations.
     """
     callbacks: list[Callback] = []
     if ckpt.get("save_last", True):
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(dirpath),
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=ckpt.get("every_n_train_steps"),
-            )
-        )
+        callbacks.append(LastCheckpoint(dirpath, ckpt.get("every_n_train_steps")))
     if ckpt.get("save_top_k", 1) != 0 and ckpt.get("monitor"):
         callbacks.append(
             ModelCheckpoint(
@@ -252,7 +250,8 @@ def checkpoint_callbacks(ckpt: Mapping[str, Any], dirpath: Path) -> list[Callbac
                 mode=ckpt.get("mode", "max"),
                 save_top_k=ckpt.get("save_top_k", 1),
                 save_last=False,
-                filename="best-{step}",
+                filename=BEST_FILENAME,
+                auto_insert_metric_name=False,  # no "=" in the name: pass it as it is
             )
         )
     return callbacks

@@ -1,28 +1,39 @@
 """``mrpo-train``: train a policy against K frozen references (Hydra entry point).
 
 Order of work, cheapest checks first so a bad input never costs a model load:
-config checks -> data loading and validation -> tokenization -> reference log-prob cache
-(one reference model in memory at a time) -> policy -> validation before training -> fit ->
+config checks -> the run directory claimed (never another run's) -> pre-flight (folders,
+optimizer, scheduler, Trainer, callbacks, evaluation data, checkpoint, model files, tokenizers,
+LoRA targets; :mod:`mrpo.cli.preflight`) -> data loading, validation and tokenization -> the
+data and a resumed checkpoint checked against the run -> reference log-prob cache (one
+reference model in memory at a time) -> policy -> validation before training -> fit ->
 validation after training -> final model, summary and W&B summary.
+
+A job that fails records it (``summary.json`` with ``status: failed``, its message and how far
+it got); in a multirun the sweep then goes on with its next job (:mod:`mrpo.cli.sweep_report`
+tells at the end which failed).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
-from mrpo.atomic import write_json, write_text
+from mrpo.atomic import write_text
+from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
+from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
@@ -38,9 +49,10 @@ from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
-from mrpo.errors import ConfigError, InputError
-from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, environment_record
+from mrpo.errors import InputError
+from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
+from mrpo.training.checkpointing import AtomicCheckpointIO, last_checkpoints
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
 
 log = logging.getLogger("mrpo.train")
@@ -56,27 +68,46 @@ class TrainingRun:
     loggers: list[Logger]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+@dataclass
+class RunProgress:
+    """How far a job got, for the record of a failure: the directory, once claimed as this
+    run's, and the Trainer, once built."""
+
+    output_dir: Path | None = None
+    trainer: L.Trainer | None = None
+
+
+def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any]:
     """Run one training job from a composed config and return its final metrics."""
+    progress = progress if progress is not None else RunProgress()
     run_cfg = to_dataclass(cfg, TrainConfig)
     check_train_config(run_cfg)
     output_dir = Path(run_cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    claim_run_dir(output_dir, resuming=run_cfg.ckpt_path is not None)
+    progress.output_dir = output_dir
+    found = preflight_train(run_cfg, output_dir)
+    resolved = resolved_container(cfg)
+    if is_launch_leader():
+        write_text(output_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(run_cfg.seed, workers=True)
     started = time.perf_counter()
 
     data = prepare_data(run_cfg)
+    fingerprints = {k: data.report[k] for k in ("train_fingerprint", "val_fingerprint")}
+    identity = run_identity(resolved, fingerprints)
+    check_prepared_data(run_cfg, len(data.train_pairs), len(data.val_pairs), identity, found)
     refs = prepare_references(run_cfg, data)
     if run_cfg.stage == "cache":
         summary = {"stage": "cache", **refs.stats, "seconds": time.perf_counter() - started}
         log.info("reference cache filled: %s", summary)
-        write_json(output_dir / SUMMARY_FILE, summary)
+        write_summary(output_dir, summary)
         return summary
 
-    run = build_run(run_cfg, resolved_container(cfg), data, refs, output_dir)
-    before, after = fit(run, _resolve_ckpt_path(run_cfg.ckpt_path, output_dir))
+    run = build_run(run_cfg, resolved, data, refs, output_dir, identity, found)
+    progress.trainer = run.trainer
+    before, after = fit(run, found.ckpt_path)
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
+    summary["warnings"] = found.warnings
     if run.trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
         finish(run_cfg, run, summary, output_dir)
     return summary
@@ -88,6 +119,8 @@ def build_run(
     data: PreparedData,
     refs: PreparedReferences,
     output_dir: Path,
+    identity: dict[str, Any],
+    found: Preflight,
 ) -> TrainingRun:
     """The policy, the objective (offline weights fitted), the module, data and Trainer."""
     from mrpo.data.module import PreferenceDataModule
@@ -108,6 +141,7 @@ def build_run(
         head_chunk_tokens=cfg.model.lm_head_chunk_tokens,
         live_references=live_references(refs, policy, data),
         on_nonfinite=cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
+        run_identity=identity,
     )
     datamodule = PreferenceDataModule(
         data.train_pairs,
@@ -121,11 +155,15 @@ def build_run(
         num_workers=cfg.data.num_workers,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
-    callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective)
+    callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective, found.eval_data)
     trainer_kwargs = dict(cfg.trainer)
-    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+    if not any(isinstance(c, Checkpoint) for c in callbacks):
         # No checkpoints configured: keep Lightning from adding its default one.
         trainer_kwargs["enable_checkpointing"] = False
+    if "plugins" not in trainer_kwargs and "deepspeed" not in str(trainer_kwargs.get("strategy")):
+        # DeepSpeed writes its own sharded checkpoint folders; every other strategy's files go
+        # through the atomic writer.
+        trainer_kwargs["plugins"] = [AtomicCheckpointIO()]
     trainer = L.Trainer(
         **trainer_kwargs,
         # The data module's samplers split batches across ranks themselves.
@@ -178,23 +216,9 @@ def finish(cfg: TrainConfig, run: TrainingRun, summary: dict[str, Any], output_d
     """Save the final model, write ``summary.json``, close the W&B run, print the scores."""
     if cfg.save_model:
         summary["model_dir"] = str(_save_policy(run.module, output_dir / "model"))
-    write_json(output_dir / SUMMARY_FILE, summary)
+    write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     _print_summary(summary)
-
-
-def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    if ckpt_path != "last":
-        return ckpt_path
-    last = last_checkpoint(output_dir)
-    if not last.exists():
-        raise ConfigError("ckpt_path", f"'last' but there is no {last}; start without it")
-    return str(last)
-
-
-def last_checkpoint(output_dir: Path) -> Path:
-    """Where a run directory's resumable ``last.ckpt`` is."""
-    return output_dir / "checkpoints" / "last.ckpt"
 
 
 def _validate(run: TrainingRun) -> dict[str, float]:
@@ -229,20 +253,56 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    progress = RunProgress()
     try:
-        summary = train(cfg)
+        summary = train(cfg, progress)
     except InputError as err:
         # A user error (config, data, model source): its message, no traceback, exit 2.
         log.error("%s: %s", err.kind, err)
-        sys.exit(2)
+        return _failed(progress, err.kind, str(err), multirun, status=2)
     except NonFiniteLossError as err:
         # Diverged training is not a crash of the program: say where, and what is kept.
-        last = last_checkpoint(Path(cfg.paths.output_dir))
-        kept = f"resume from {last}" if last.exists() else "no checkpoint was saved before it"
+        output_dir = progress.output_dir or Path(cfg.paths.output_dir)
+        last = last_checkpoints(output_dir)
+        kept = f"resume from {last[0]}" if last else "no checkpoint was saved before it"
         log.error("training stopped: %s; %s", err, kept)
-        sys.exit(3)
+        return _failed(progress, "non-finite loss", f"{err}; {kept}", multirun, status=3)
+    except Exception as err:
+        if not multirun:
+            raise
+        # One crashed job must not end the sweep: record it, with its traceback in the log.
+        log.error("job crashed:\n%s", traceback.format_exc())
+        return _failed(progress, "crash", f"{type(err).__name__}: {err}", multirun, status=1)
     value = summary.get("final/val/rewards/accuracy")
     return None if value is None else float(value)  # the Optuna sweeper's objective
+
+
+def _failed(
+    progress: RunProgress, kind: str, message: str, multirun: bool, *, status: int
+) -> float:
+    """Record the failure in the run's directory, then exit with ``status`` (single run) or
+    return NaN (a multirun goes on; Optuna counts a NaN trial as failed)."""
+    trainer = progress.trainer
+    # A single run stopped before it trained leaves its directory free for the corrected
+    # command; a sweep job always records why it has no scores. Never into another run's dir.
+    if progress.output_dir is not None and (multirun or trainer is not None) and is_launch_leader():
+        metrics = {}
+        if trainer is not None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        write_failure(
+            progress.output_dir,
+            kind,
+            message,
+            global_step=None if trainer is None else trainer.global_step,
+            metrics=metrics,
+        )
+    if not multirun:
+        sys.exit(status)
+    return math.nan
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from mrpo.compare.multirun import sweep_job_overrides
-from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, metrics_files
+from mrpo.tracking.record import CONFIG_FILE, FAILED, SUMMARY_FILE, metrics_files
 
 METRICS_FILE = Path("csv") / "attempt_<n>" / "metrics.csv"
 MULTIRUN_FILE = "multirun.yaml"
@@ -130,6 +130,10 @@ def load_run(path: Path, overrides: Sequence[str] = ()) -> RunRecord | SkippedRu
         config = flatten_config(_read_yaml_mapping(path / CONFIG_FILE))
     except RunRecordError as err:
         return SkippedRun(path, str(err), overrides)
+    if summary.get("status") == FAILED:
+        failure = summary.get("failure") or {}
+        reason = f"failed ({failure.get('kind', 'unknown')}): {failure.get('message', '')}"
+        return SkippedRun(path, reason, overrides)
     if summary.get("stage") == "cache":
         return SkippedRun(path, "reference-cache job (stage=cache): no training scores", overrides)
     scores = {

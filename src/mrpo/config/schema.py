@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from mrpo.config.resolvers import register_resolvers
 from mrpo.errors import ConfigError
 from mrpo.models.lora import LoraConfig
 from mrpo.references.spec import ReferenceSpec
@@ -68,6 +69,8 @@ class ReferencesConfig:
     # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
     split_across_ranks: bool = True
     shard_timeout_s: float = 7200.0  # how long a rank waits for the others' shards
+    # How long a job waits for another job filling the same cache entry (null: forever).
+    lock_timeout_s: float | None = 10800.0
 
 
 @dataclass
@@ -156,7 +159,8 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     stage: str = "train"  # train | cache
     seed: int = 0
-    ckpt_path: str | None = None
+    ckpt_path: str | None = None  # last | best | a .ckpt file
+    force_resume: bool = False  # resume even when the checkpoint's settings or data differ
     save_model: bool = True
     task_name: str = "train"
 
@@ -207,7 +211,9 @@ def resolved_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (called by the entry points)."""
+    """Register the schemas with Hydra's ConfigStore and the configs' resolvers (called by
+    the entry points)."""
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)

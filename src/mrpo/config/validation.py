@@ -39,6 +39,8 @@ def require(condition: bool, key: str, message: str) -> None:
 def check_train_config(cfg: TrainConfig) -> None:
     """Raise :class:`ConfigError` naming the first unusable value in ``cfg``."""
     require(cfg.stage in STAGES, "stage", f"must be one of {STAGES}, got {cfg.stage!r}")
+    # Lightning seeds numpy too, whose seeds are unsigned 32-bit integers.
+    require(0 <= cfg.seed < 2**32, "seed", f"must be in [0, 2**32), got {cfg.seed}")
     _check_references(cfg)
     build_objective(cfg)
     _check_data(cfg)
@@ -124,6 +126,11 @@ def _check_references(cfg: TrainConfig) -> None:
     require(refs.mode in REF_MODES, "references.mode", f"must be one of {REF_MODES}")
     require(refs.batch_size >= 1, "references.batch_size", "must be >= 1")
     require(refs.shard_timeout_s > 0, "references.shard_timeout_s", "must be > 0 seconds")
+    require(
+        refs.lock_timeout_s is None or refs.lock_timeout_s > 0,
+        "references.lock_timeout_s",
+        "must be > 0 seconds, or null to wait as long as it takes",
+    )
     reference_specs(cfg)
 
 

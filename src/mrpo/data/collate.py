@@ -107,8 +107,27 @@ def pair_lengths(pairs: Sequence[TokenizedPair]) -> list[int]:
     return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
 
 
+class _EpochSetter:
+    """What Lightning sees as the batch sampler's ``sampler``: it calls ``set_epoch`` on
+    ``dataloader.batch_sampler.sampler`` at the start of every epoch (never on a batch sampler
+    itself), and this forwards the call."""
+
+    def __init__(self, owner: LengthGroupedBatchSampler) -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self._owner.lengths)
+
+
 class LengthGroupedBatchSampler:
     """Yield lists of row indices (use as ``DataLoader(batch_sampler=...)``).
+
+    The trainer sets the epoch through :meth:`set_epoch` (reached as
+    ``batch_sampler.sampler.set_epoch``, the place Lightning calls), so each epoch has its own
+    order.
 
     Args:
         lengths: padded length of each data set item (e.g. `pair_lengths` of the pairs).
@@ -158,6 +177,7 @@ class LengthGroupedBatchSampler:
         self.rank = rank
         self.epoch = 0
         self.skip = 0
+        self.sampler = _EpochSetter(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order `__iter__` yields."""

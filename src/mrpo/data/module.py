@@ -66,19 +66,24 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
         # trained on: the order depends only on (seed, epoch), so it continues exactly where
-        # the interrupted run stopped.
-        sampler.skip_next(self._resume_skip)
+        # the interrupted run stopped. A checkpoint from the end of an epoch (every batch
+        # done) resumes with the next epoch, whole.
+        if 0 < self._resume_skip < len(sampler):
+            sampler.skip_next(self._resume_skip)
         self._resume_skip = 0
         return self._loader(self.train_pairs, sampler)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: how many batches of the current epoch were trained on."""
+        """Saved in checkpoints: the epoch and how many of its batches were trained on."""
         if self.trainer is None:
             return {}
-        # Checkpoints are written in on_train_batch_end: the batch is processed but not yet
-        # counted as completed.
+        # Checkpoints are written in on_train_batch_end (the batch is processed but not yet
+        # counted as completed) or at the end of the epoch (every batch processed).
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"batches_done": int(progress.processed)}  # type: ignore[attr-defined]
+        return {
+            "epoch": int(self.trainer.current_epoch),
+            "batches_done": int(progress.processed),  # type: ignore[attr-defined]
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_skip = int(state_dict.get("batches_done", 0))

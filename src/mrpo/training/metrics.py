@@ -91,3 +91,25 @@ def preference_metrics(
         metrics[f"ref_weight/{k}"] = weights[:, k].mean()
     metrics["ctro_clip_frac"] = torch.as_tensor(out.clip_fraction).detach().float()
     return metrics
+
+
+def metric_names(num_refs: int) -> list[str]:
+    """The keys :func:`preference_metrics` returns for ``num_refs`` references."""
+    return [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margin",
+        "rewards/accuracy",
+        "logps/chosen",
+        "logps/rejected",
+        "policy_margin_accuracy",
+        *(f"ref_weight/{k}" for k in range(num_refs)),
+        "ctro_clip_frac",
+    ]
+
+
+def logged_metric_names(num_refs: int) -> set[str]:
+    """Every ``train/`` and ``val/`` metric a training run with ``num_refs`` references logs
+    from its batches (what a checkpoint may monitor)."""
+    names = [*metric_names(num_refs), "loss"]
+    return {f"{stage}/{name}" for stage in ("train", "val") for name in names}

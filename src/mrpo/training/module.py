@@ -7,7 +7,7 @@ log-probs arrive in the batch (cached mode) or from a live scorer called each st
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -22,6 +22,10 @@ from mrpo.training.metrics import preference_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 LiveReferenceFn = Callable[[PreferenceBatch], tuple[torch.Tensor, torch.Tensor]]
+
+
+RUN_IDENTITY_KEY = "mrpo_run_identity"
+"""Where a checkpoint keeps :attr:`PreferenceModule.run_identity`."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,7 +53,11 @@ class PreferenceModule(L.LightningModule):
         on_nonfinite: what a NaN/inf training loss does: ``"stop"`` raises
             :class:`NonFiniteLossError` naming the step and the batch's rows (checkpoints
             already written stay the last good ones); ``"skip"`` skips the optimizer step and
-            counts it in ``train/skipped_batches``.
+            counts it in ``train/skipped_batches``. Under data parallelism the ranks agree:
+            a batch whose loss is non-finite on any rank is skipped (or stops) on all of them,
+            so the ranks' weights never part.
+        run_identity: what the run's checkpoints record about its settings and data (see
+            :func:`mrpo.cli.rundir.run_identity`), checked when a run resumes from them.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class PreferenceModule(L.LightningModule):
         head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         live_references: LiveReferenceFn | None = None,
         on_nonfinite: str = "stop",
+        run_identity: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -84,6 +93,7 @@ class PreferenceModule(L.LightningModule):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        self.run_identity = dict(run_identity or {})
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy log-probs of chosen and rejected responses, each (B,), in one forward."""
@@ -143,12 +153,18 @@ class PreferenceModule(L.LightningModule):
 
     def training_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor | None:
         loss = self._shared_step(batch, "train")
-        if torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        # One decision for all ranks: a rank skipping alone would leave the others waiting in
+        # the gradient all-reduce, and would part their weights.
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
             return loss
         rows = batch.index.tolist()
         if self.on_nonfinite == "stop":
+            value = loss.item() if not torch.isfinite(loss) else "on another rank"
             raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at global step {self.global_step}, "
+                f"non-finite loss ({value}) at global step {self.global_step}, "
                 f"batch {batch_idx} (data rows {rows}); the last checkpoint is the last good one"
             )
         self.skipped_batches += 1
@@ -177,6 +193,7 @@ class PreferenceModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Stateful weighting strategies (sliding window, bandits) must resume where they were.
         checkpoint["mrpo_objective_state"] = self.objective.state_dict()
+        checkpoint[RUN_IDENTITY_KEY] = self.run_identity
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mrpo_objective_state")

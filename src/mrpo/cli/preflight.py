@@ -1,0 +1,431 @@
+"""The pre-flight of ``mrpo-train``: everything that can be checked before a model is loaded.
+
+:func:`check_train_config` (pure value checks) runs first; then :func:`preflight_train` checks
+what needs the machine and the files, cheapest first:
+
+1. the run and cache folders can be written;
+2. what Lightning, torch and transformers would refuse later, built early on dummies: the
+   optimizer (on one dummy parameter), the scheduler, the Trainer's accelerator, devices,
+   precision and its other arguments, the checkpoint options and the metric they monitor, the
+   extra callbacks named by ``_target_``;
+3. the evaluation data of every task in ``eval.tasks`` (found at the first evaluation
+   otherwise, after training steps);
+4. the checkpoint to resume from: ``last``/``best`` found, the file readable as a whole;
+5. every model source: the weight files whole (headers against sizes), the tokenizer and its
+   chat template rendering a conversation, the LoRA target modules present in the model (its
+   architecture built on the meta device), the context length against ``data.max_length``.
+
+After the data is loaded and tokenized (still no model), :func:`check_prepared_data` compares
+the data with the run (a validation split of zero pairs, warm-up longer than the run) and a
+resumed run with its checkpoint (:mod:`mrpo.cli.rundir`). Every problem is an
+:class:`~mrpo.errors.InputError` naming the key, file or row; a value that is legal but almost
+surely a mistake is a warning in the log.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import pickle
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrpo.cli.rundir import identity_differences
+from mrpo.config.build import num_references, reference_specs
+from mrpo.config.schema import TrainConfig
+from mrpo.errors import ConfigError, InputError
+from mrpo.evals.runner import EvalData, load_eval_data
+from mrpo.models import ModelSourceError, load_tokenizer
+from mrpo.models.integrity import check_weight_files
+from mrpo.models.loading import missing_lora_targets, model_config, module_names
+from mrpo.references.spec import SELF
+from mrpo.training.checkpointing import best_checkpoints, best_model_path, last_checkpoints
+from mrpo.training.metrics import logged_metric_names
+from mrpo.training.module import RUN_IDENTITY_KEY
+
+log = logging.getLogger("mrpo.train")
+
+CHECKPOINT_OPTIONS = ("monitor", "mode", "save_last", "save_top_k", "every_n_train_steps")
+NAN_GUARD_ACTIONS = ("stop", "skip")
+_PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight found and the later steps reuse.
+
+    Attributes:
+        ckpt_path: the checkpoint file to resume from (``last``/``best`` resolved), or None.
+        checkpoint_identity: the run identity that checkpoint recorded (None without one).
+        eval_data: each evaluation task's data, loaded once.
+        warnings: what was legal but probably a mistake (already logged).
+    """
+
+    ckpt_path: str | None = None
+    checkpoint_identity: dict[str, Any] | None = None
+    eval_data: EvalData | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+
+def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
+    """Check the machine, the files and the objects the run will build; load no model.
+
+    Raises:
+        InputError: naming the key, file or row of the first problem found.
+    """
+    found = Preflight()
+    check_writable(output_dir, "hydra.run.dir")
+    check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
+    check_optimizer(cfg.optimizer)
+    check_scheduler(cfg)
+    check_trainer(cfg.trainer)
+    check_callbacks(cfg)
+    if cfg.eval.tasks:
+        found.eval_data = _load_eval_data(cfg)
+    found.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+    if found.ckpt_path is not None:
+        found.checkpoint_identity = read_checkpoint_identity(found.ckpt_path)
+        if found.checkpoint_identity is None:
+            found.warn(
+                f"{found.ckpt_path} records no run settings (saved by an older mrpo): resuming "
+                "without checking that its settings and data match this run's"
+            )
+    check_model_sources(cfg, found)
+    return found
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mrpo-write-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(key, f"{folder} is not writable ({err.strerror or err})") from None
+
+
+def check_optimizer(spec: Mapping[str, Any]) -> None:
+    """The optimizer's class imports, takes the given arguments and accepts their values."""
+    import hydra
+
+    target = spec.get("_target_")
+    if not target:
+        raise ConfigError("optimizer._target_", "is missing: name an optimizer class")
+    try:
+        cls = hydra.utils.get_class(str(target))
+    except Exception as err:  # not importable, or not a class
+        raise ConfigError("optimizer._target_", f"cannot import {target!r} ({err})") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError("optimizer._target_", f"{target} is not a torch optimizer")
+    accepted = set(inspect.signature(cls).parameters)
+    for key in spec:
+        if not key.startswith("_") and key not in accepted and "kwargs" not in accepted:
+            raise ConfigError(f"optimizer.{key}", f"is not an argument of {target}")
+    try:
+        hydra.utils.instantiate(dict(spec))([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:  # torch names the value it refuses ("Invalid learning rate")
+        raise ConfigError("optimizer", f"{target} refuses these arguments: {err}") from None
+
+
+def check_scheduler(cfg: TrainConfig) -> None:
+    """The schedule's name is a ``transformers.get_scheduler`` name and its warm-up a fraction."""
+    from transformers import get_scheduler
+
+    ratio = cfg.scheduler.warmup_ratio
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError("scheduler.warmup_ratio", f"must be in [0, 1), got {ratio}")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        get_scheduler(cfg.scheduler.name, optimizer, num_warmup_steps=0, num_training_steps=10)
+    except Exception as err:
+        raise ConfigError("scheduler.name", str(err)) from None
+
+
+def check_trainer(kwargs: Mapping[str, Any]) -> None:
+    """Build Trainers on this machine from the arguments, one concern at a time, so that a
+    refusal names its key: accelerator and devices, then precision, then all arguments."""
+    import lightning as L
+
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    hardware = {k: kwargs[k] for k in ("accelerator", "devices", "num_nodes") if k in kwargs}
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("trainer.accelerator", hardware),
+        ("trainer.precision", {**hardware, **_subset(kwargs, "precision")}),
+        ("trainer.strategy", {**hardware, **_subset(kwargs, "precision", "strategy")}),
+        ("trainer", dict(kwargs)),
+    ]
+    for key, subset in steps:
+        if key == "trainer.accelerator" and not subset:
+            continue
+        try:
+            with tempfile.TemporaryDirectory() as root:
+                L.Trainer(**{**subset, **quiet, "default_root_dir": root})
+        except Exception as err:  # Lightning's MisconfigurationException, ValueError, ...
+            if key == "trainer.accelerator" and "devices" in hardware:
+                key = "trainer.accelerator/devices"
+            raise ConfigError(key, f"this machine cannot run it: {err}") from None
+
+
+def _subset(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: mapping[k] for k in keys if k in mapping}
+
+
+def check_callbacks(cfg: TrainConfig) -> None:
+    """Checkpoint options and their monitored metric, the non-finite-loss guard, and the extra
+    callbacks (instantiated once, as the run will)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mrpo.cli.steps import instantiate_callback
+
+    ckpt = cfg.callbacks.get("checkpoint") or {}
+    for key in ckpt:
+        if key not in CHECKPOINT_OPTIONS:
+            raise ConfigError(
+                f"callbacks.checkpoint.{key}", f"unknown option; known: {CHECKPOINT_OPTIONS}"
+            )
+    every = ckpt.get("every_n_train_steps")
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ConfigError(
+            "callbacks.checkpoint.every_n_train_steps", f"must be >= 1 or null, got {every!r}"
+        )
+    monitor = ckpt.get("monitor")
+    if ckpt and monitor and ckpt.get("save_top_k", 1) != 0:
+        try:
+            ModelCheckpoint(
+                monitor=monitor, mode=ckpt.get("mode", "max"), save_top_k=ckpt.get("save_top_k", 1)
+            )
+        except Exception as err:
+            raise ConfigError("callbacks.checkpoint", str(err)) from None
+        logged = logged_metric_names(num_references(cfg))
+        from_eval = str(monitor).split("/")[:2] in ([["eval", t] for t in cfg.eval.tasks])
+        if monitor not in logged and not from_eval:
+            raise ConfigError(
+                "callbacks.checkpoint.monitor",
+                f"{monitor!r} is never logged by this run; validation logs "
+                f"{sorted(m for m in logged if m.startswith('val/'))}"
+                + (
+                    f", evaluation logs eval/<task>/<metric> for {cfg.eval.tasks}"
+                    if cfg.eval.tasks
+                    else ""
+                ),
+            )
+    action = (cfg.callbacks.get("nan_guard") or {}).get("action", "stop")
+    if action not in NAN_GUARD_ACTIONS:
+        raise ConfigError("callbacks.nan_guard.action", f"must be one of {NAN_GUARD_ACTIONS}")
+    for name, spec in cfg.callbacks.items():
+        if isinstance(spec, Mapping) and "_target_" in spec:
+            instantiate_callback(name, spec)
+
+
+def _load_eval_data(cfg: TrainConfig) -> EvalData:
+    try:
+        return load_eval_data(cfg.eval.tasks, data_dir=cfg.paths.data_dir)
+    except InputError:
+        raise
+    except Exception as err:  # a missing or malformed file, or the hub out of reach
+        raise ConfigError(
+            "eval.tasks",
+            f"the evaluation data of {list(cfg.eval.tasks)} cannot be loaded: {err} "
+            "(set paths.data_dir or MRPO_DATA_DIR to a mirror holding it, or drop the task)",
+        ) from None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` / ``best`` as files of ``output_dir``, or a checked local file.
+
+    Raises:
+        ConfigError: (``ckpt_path``) remote, missing, a folder, or nothing to resume.
+    """
+    if ckpt_path is None:
+        return None
+    if "://" in ckpt_path:
+        raise ConfigError(
+            "ckpt_path",
+            f"{ckpt_path!r} is remote; a checkpoint is loaded with pickle, which runs code, so "
+            "mrpo loads local files only: download it and pass its path",
+        )
+    if ckpt_path == "last":
+        candidates = last_checkpoints(output_dir)
+        if not candidates:
+            raise ConfigError(
+                "ckpt_path",
+                f"'last' but {output_dir / 'checkpoints'} holds no last.ckpt; start without it",
+            )
+        return str(candidates[0])
+    if ckpt_path == "best":
+        bests = best_checkpoints(output_dir)
+        if not bests:
+            raise ConfigError("ckpt_path", f"'best' but {output_dir} holds no best-step_*.ckpt")
+        recorded = best_model_path(_load_checkpoint(str(bests[0])))
+        chosen = Path(recorded) if recorded and Path(recorded).is_file() else bests[0]
+        return str(chosen)
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        raise ConfigError(
+            "ckpt_path",
+            f"{path} is a folder; pass its .ckpt file, or ckpt_path=last with "
+            "hydra.run.dir=<the run's directory>",
+        )
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"{path} does not exist")
+    return str(path)
+
+
+def _load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's contents, memory-mapped (tensors are not read) and without running code."""
+    try:
+        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise ConfigError(
+            "ckpt_path", f"{path} cannot be read as a checkpoint (truncated or damaged?): {err}"
+        ) from None
+    if not isinstance(loaded, dict) or "state_dict" not in loaded:
+        raise ConfigError("ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)")
+    return loaded
+
+
+def read_checkpoint_identity(path: str) -> dict[str, Any] | None:
+    """The run identity a checkpoint recorded (None for one written without it)."""
+    identity = _load_checkpoint(path).get(RUN_IDENTITY_KEY)
+    return dict(identity) if isinstance(identity, Mapping) and identity else None
+
+
+def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:
+    """Weight files, tokenizers and chat templates, LoRA targets and the context length of the
+    policy and of every reference (each source once)."""
+    cache = Path(cfg.paths.cache_dir) / "models"
+    m = cfg.model
+    # (config key prefix, weights source, tokenizer source, chat template) of every model.
+    sources = [("model", m.source, m.tokenizer or m.source, m.chat_template)]
+    for i, spec in enumerate(reference_specs(cfg)):
+        if spec.source != SELF:  # "self" is the policy, checked above
+            prefix = f"references.pool.{i}"
+            sources.append((prefix, spec.source, spec.tokenizer or spec.source, spec.chat_template))
+    for prefix, source, tokenizer_source, template in sources:
+        _checked(f"{prefix}.source", check_weight_files, source)
+        tokenizer_key = f"{prefix}.tokenizer" if tokenizer_source != source else f"{prefix}.source"
+        tokenizer = _checked(tokenizer_key, _load_tokenizer, tokenizer_source, template, cache)
+        _check_template_renders(tokenizer, f"{prefix}.chat_template")
+    config = _checked("model.source", lambda: model_config(m.source, cache_dir=cache))
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and cfg.data.max_length > context:
+        found.warn(
+            f"data.max_length={cfg.data.max_length} is beyond the model's context of {context} "
+            "positions: longer pairs will score badly; lower data.max_length"
+        )
+    if m.lora.enabled:
+        missing = missing_lora_targets(m.lora, module_names(config))
+        if missing:
+            raise ConfigError(
+                "model.lora.target_modules",
+                f"{missing} match no module of {type(config).__name__.removesuffix('Config')} "
+                f"({m.source}); its linear layers are named {_linear_names(config)}",
+            )
+
+
+def _checked(key: str, fn: Any, *args: Any) -> Any:
+    """Call ``fn``; a model-source error becomes a config error for ``key``."""
+    try:
+        return fn(*args)
+    except ModelSourceError as err:
+        raise ConfigError(key, str(err)) from None
+
+
+def _load_tokenizer(source: str, template: str | None, cache: Path) -> Any:
+    return load_tokenizer(source, chat_template=template, cache_dir=cache)
+
+
+def _check_template_renders(tokenizer: Any, key: str) -> None:
+    try:
+        tokenizer.apply_chat_template(_PROBE, tokenize=False)
+        tokenizer.apply_chat_template(_PROBE[:1], tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # jinja2 errors, template exceptions raised by the template
+        raise ConfigError(key, f"the chat template does not render a conversation: {err}") from None
+
+
+def _linear_names(config: Any) -> list[str]:
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(config)
+    names = {
+        n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
+    }
+    return sorted(names)
+
+
+def check_prepared_data(
+    cfg: TrainConfig,
+    train_pairs: int,
+    val_pairs: int,
+    identity: Mapping[str, Any],
+    found: Preflight,
+) -> None:
+    """Checks that need the data's size and fingerprints (still no model loaded).
+
+    Raises:
+        ConfigError: a validation split the weighting cannot do without, or a resume whose
+            checkpoint was saved with other settings or data (unless ``force_resume``).
+    """
+    from mrpo.config.build import build_weighting
+
+    needs_val = cfg.loss.name != "dpo" and (
+        build_weighting(cfg).fits_on_validation or build_weighting(cfg).needs_feedback
+    )
+    if val_pairs == 0:
+        if needs_val:
+            raise ConfigError(
+                "data.val_size",
+                f"gives 0 validation pairs, but weighting {cfg.weights.get('strategy')!r} "
+                "needs them; raise data.val_size",
+            )
+        total = train_pairs + val_pairs
+        found.warn(
+            f"data.val_size={cfg.data.val_size} gives 0 validation pairs of {total}: no "
+            "validation metrics, and no best checkpoint"
+        )
+    _warn_on_warmup(cfg, train_pairs, found)
+    if found.checkpoint_identity is not None:
+        differences = identity_differences(found.checkpoint_identity, identity)
+        if differences and not cfg.force_resume:
+            raise ConfigError(
+                "ckpt_path",
+                f"{found.ckpt_path} was saved by a run with other settings or data: "
+                f"{'; '.join(differences)}. Resume with the checkpoint's settings, or pass "
+                "force_resume=true to resume anyway",
+            )
+        if differences:
+            found.warn(f"resuming despite differences (force_resume): {'; '.join(differences)}")
+
+
+def _warn_on_warmup(cfg: TrainConfig, train_pairs: int, found: Preflight) -> None:
+    trainer = cfg.trainer
+    per_epoch = -(-train_pairs // max(cfg.data.batch_size, 1))
+    accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
+    epochs = int(trainer.get("max_epochs", 1) or 1)
+    steps = -(-per_epoch * max(epochs, 1) // accumulate)
+    max_steps = trainer.get("max_steps", -1)
+    if isinstance(max_steps, int) and max_steps > 0:
+        steps = min(steps, max_steps) if epochs > 0 else max_steps
+    warmup = int(cfg.scheduler.warmup_ratio * steps)
+    if steps > 0 and cfg.scheduler.warmup_ratio > 0 and warmup == 0:
+        found.warn(
+            f"scheduler.warmup_ratio={cfg.scheduler.warmup_ratio} of {steps} step(s) is no "
+            "warm-up step at all"
+        )
+    if steps <= 1 and train_pairs > 0:
+        found.warn(f"the run takes {steps} optimizer step(s): is trainer.max_steps meant?")

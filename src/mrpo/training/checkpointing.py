@@ -1,0 +1,111 @@
+"""Checkpoints that a killed run cannot damage, and that a resume finds.
+
+- :class:`AtomicCheckpointIO` writes every Lightning checkpoint through
+  :func:`mrpo.atomic.atomic_writer`: a temporary file *beside* the target, fsync, rename.
+  (Lightning's own writer buffers the whole checkpoint in memory and moves a temporary file
+  from ``$TMPDIR``, which on another file system, such as a tmpfs or a cluster's scratch disk,
+  is a copy that a kill can cut short.)
+- :class:`LastCheckpoint` writes ``last.ckpt`` every ``every_n_train_steps`` steps and at the end
+  of every training epoch, whatever the metrics (Lightning's ``ModelCheckpoint(save_top_k=0,
+  save_last=True)`` writes ``last`` only together with a top-k save, so a run that keeps no
+  best checkpoint would have no ``last.ckpt`` at an epoch boundary).
+- Best checkpoints are named ``best-step_<n>.ckpt`` (no ``=``, so a path can be passed on the
+  command line as it is); :func:`last_checkpoints`, :func:`best_checkpoints` and
+  :func:`best_model_path` find them for ``ckpt_path=last`` and ``ckpt_path=best``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mrpo.atomic import atomic_writer
+
+LAST_NAME = "last"
+BEST_PREFIX = "best-step_"
+BEST_FILENAME = BEST_PREFIX + "{step}"
+"""``ModelCheckpoint(filename=..., auto_insert_metric_name=False)`` of the best checkpoints."""
+SUFFIX = ".ckpt"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint I/O, saving local files atomically beside the target."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            # Remote file systems keep Lightning's own (object-store aware) writer.
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_writer(path) as f:
+            torch.save(checkpoint, f)
+
+
+class LastCheckpoint(Checkpoint):
+    """Write ``<dirpath>/last.ckpt``: every ``every_n_train_steps`` optimizer steps (when set)
+    and at the end of every training epoch (after its validation), on global rank 0.
+
+    It is a :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the
+    other callbacks of a hook: the state it saves includes theirs.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str], every_n_train_steps: int | None = None):
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise ValueError(f"every_n_train_steps must be >= 1 or None, got {every_n_train_steps}")
+        self.path = Path(dirpath) / f"{LAST_NAME}{SUFFIX}"
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at: int | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        every = self.every_n_train_steps
+        step = trainer.global_step
+        # With gradient accumulation this hook runs on every micro-batch: save once per step.
+        if every and step > 0 and step % every == 0 and step != self._saved_at:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
+
+
+def last_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """A run directory's ``last*.ckpt`` files, newest first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    files = [p for p in folder.glob(f"{LAST_NAME}*{SUFFIX}") if p.is_file()]
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def best_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """A run directory's ``best-step_<n>.ckpt`` files, highest step first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+
+    def step(path: Path) -> int:
+        tail = path.stem.removeprefix(BEST_PREFIX)
+        return int(tail) if tail.isdigit() else -1
+
+    return sorted(folder.glob(f"{BEST_PREFIX}*{SUFFIX}"), key=step, reverse=True)
+
+
+def best_model_path(checkpoint: dict[str, Any]) -> str | None:
+    """The best checkpoint a ``ModelCheckpoint`` recorded in a loaded checkpoint's state."""
+    for name, state in (checkpoint.get("callbacks") or {}).items():
+        if str(name).startswith("ModelCheckpoint") and isinstance(state, dict):
+            best = state.get("best_model_path")
+            if best:
+                return str(best)
+    return None
