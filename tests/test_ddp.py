@@ -124,3 +124,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_by_both(
+    tiny_model_dir: Path, hh_file: Path, tmp_path: Path
+) -> None:
+    # Rank 1's batch at step 2 is poisoned; rank 0's is fine. Both must skip that step (a rank
+    # skipping alone would wait forever in the gradient all-reduce, or part the weights).
+    run_dir = tmp_path / "torchrun"
+    args = [
+        *base_args(tiny_model_dir, hh_file, tmp_path / "cache"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "callbacks.nan_guard.action=skip",
+        "+callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep",
+        "+callbacks.nan.step=2",
+        "+callbacks.nan.rank=1",
+        f"hydra.run.dir={run_dir}",
+    ]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "mrpo.cli.train", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 5  # the skipped batch still counts as a step
+    # Rank 0 logs: its own loss was finite at step 2, yet it skipped.
+    from mrpo.compare.records import read_metrics
+
+    skipped = read_metrics(run_dir)["train/skipped_batches"]
+    assert set(skipped.values()) == {1.0} and min(skipped) == 2

@@ -38,6 +38,7 @@ import torch
 from mrpo.cli.rundir import identity_differences
 from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import TrainConfig
+from mrpo.config.validation import import_target
 from mrpo.errors import ConfigError, InputError
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.models import ModelSourceError, load_tokenizer
@@ -120,10 +121,7 @@ def check_optimizer(spec: Mapping[str, Any]) -> None:
     target = spec.get("_target_")
     if not target:
         raise ConfigError("optimizer._target_", "is missing: name an optimizer class")
-    try:
-        cls = hydra.utils.get_class(str(target))
-    except Exception as err:  # not importable, or not a class
-        raise ConfigError("optimizer._target_", f"cannot import {target!r} ({err})") from None
+    cls = import_target(str(target), "optimizer._target_")
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError("optimizer._target_", f"{target} is not a torch optimizer")
     accepted = set(inspect.signature(cls).parameters)

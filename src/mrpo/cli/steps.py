@@ -78,7 +78,10 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         log.warning("%s", loaded.dropped.summary())
     # val_size below 1 is a fraction of the pairs, from 1 up a number of pairs.
     split = {"val_fraction": d.val_size} if d.val_size < 1 else {"val_size": int(d.val_size)}
-    train_ex, val_ex = train_val_split(loaded.examples, seed=d.split_seed, **split)
+    try:
+        train_ex, val_ex = train_val_split(loaded.examples, seed=d.split_seed, **split)
+    except ValueError as err:  # a validation split that leaves no training pair
+        raise ConfigError("data.val_size", f"{err} from {loaded.source}") from None
     tokenizer = load_tokenizer(
         cfg.model.tokenizer or cfg.model.source,
         chat_template=cfg.model.chat_template,

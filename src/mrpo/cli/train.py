@@ -16,7 +16,6 @@ tells at the end which failed).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 import traceback
@@ -263,29 +262,31 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except InputError as err:
         # A user error (config, data, model source): its message, no traceback, exit 2.
         log.error("%s: %s", err.kind, err)
-        return _failed(progress, err.kind, str(err), multirun, status=2)
+        _failed(progress, err.kind, str(err), multirun, status=2)
+        return None
     except NonFiniteLossError as err:
         # Diverged training is not a crash of the program: say where, and what is kept.
         output_dir = progress.output_dir or Path(cfg.paths.output_dir)
         last = last_checkpoints(output_dir)
         kept = f"resume from {last[0]}" if last else "no checkpoint was saved before it"
         log.error("training stopped: %s; %s", err, kept)
-        return _failed(progress, "non-finite loss", f"{err}; {kept}", multirun, status=3)
+        _failed(progress, "non-finite loss", f"{err}; {kept}", multirun, status=3)
+        return None
     except Exception as err:
         if not multirun:
             raise
         # One crashed job must not end the sweep: record it, with its traceback in the log.
         log.error("job crashed:\n%s", traceback.format_exc())
-        return _failed(progress, "crash", f"{type(err).__name__}: {err}", multirun, status=1)
+        _failed(progress, "crash", f"{type(err).__name__}: {err}", multirun, status=1)
+        return None
     value = summary.get("final/val/rewards/accuracy")
     return None if value is None else float(value)  # the Optuna sweeper's objective
 
 
-def _failed(
-    progress: RunProgress, kind: str, message: str, multirun: bool, *, status: int
-) -> float:
+def _failed(progress: RunProgress, kind: str, message: str, multirun: bool, *, status: int) -> None:
     """Record the failure in the run's directory, then exit with ``status`` (single run) or
-    return NaN (a multirun goes on; Optuna counts a NaN trial as failed)."""
+    return None: a multirun goes on with its next job, and the Optuna sweeper counts a trial
+    without a value as failed (a NaN would make it fail itself)."""
     trainer = progress.trainer
     # A single run stopped before it trained leaves its directory free for the corrected
     # command; a sweep job always records why it has no scores. Never into another run's dir.
@@ -302,7 +303,7 @@ def _failed(
         )
     if not multirun:
         sys.exit(status)
-    return math.nan
+    return None
 
 
 def main() -> None:

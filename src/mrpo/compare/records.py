@@ -122,18 +122,21 @@ def load_run(path: Path, overrides: Sequence[str] = ()) -> RunRecord | SkippedRu
         return SkippedRun(
             path, f"crashed or unfinished: no {SUMMARY_FILE} (config.yaml present)", overrides
         )
+    try:
+        summary = _read_json_object(path / SUMMARY_FILE)
+    except RunRecordError as err:
+        return SkippedRun(path, str(err), overrides)
+    if summary.get("status") == FAILED:  # a job can fail before it writes its config
+        failure = summary.get("failure") or {}
+        reason = f"failed ({failure.get('kind', 'unknown')}): {failure.get('message', '')}"
+        return SkippedRun(path, reason, overrides)
     if not (path / CONFIG_FILE).is_file():
         reason = f"{SUMMARY_FILE} without {CONFIG_FILE}: configuration unknown"
         return SkippedRun(path, reason, overrides)
     try:
-        summary = _read_json_object(path / SUMMARY_FILE)
         config = flatten_config(_read_yaml_mapping(path / CONFIG_FILE))
     except RunRecordError as err:
         return SkippedRun(path, str(err), overrides)
-    if summary.get("status") == FAILED:
-        failure = summary.get("failure") or {}
-        reason = f"failed ({failure.get('kind', 'unknown')}): {failure.get('message', '')}"
-        return SkippedRun(path, reason, overrides)
     if summary.get("stage") == "cache":
         return SkippedRun(path, "reference-cache job (stage=cache): no training scores", overrides)
     scores = {

@@ -10,6 +10,7 @@ option was built from. Nothing here parses error messages.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from mrpo.models import DTYPES, ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
 from mrpo.tracking.wandb import WANDB_MODES
 
-__all__ = ["check_eval_run_config", "check_train_config", "require"]
+__all__ = ["check_eval_run_config", "check_train_config", "import_target", "require"]
 
 REF_MODES = ("cached", "live")
 STAGES = ("train", "cache")
@@ -172,17 +173,33 @@ def _check_trainer_kwargs(trainer: Mapping[str, Any]) -> None:
     )
 
 
+def import_target(path: str, key: str) -> Any:
+    """The object a ``_target_`` names (``package.module.Name``), imported.
+
+    Raises:
+        ConfigError: for ``key``, when the module or the name cannot be found.
+    """
+    module_name, _, name = str(path).rpartition(".")
+    try:
+        if not module_name:
+            raise ImportError(f"{path!r} names no module")
+        target = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(key, f"cannot import {path!r} ({type(err).__name__}: {err})") from None
+    return target
+
+
 def _check_callback_targets(callbacks: Mapping[str, Any]) -> None:
     """Every ``callbacks.<name>._target_`` must name an importable Lightning callback class."""
-    from hydra.utils import get_class
     from lightning.pytorch.callbacks import Callback
 
     for name, spec in callbacks.items():
         if not (isinstance(spec, Mapping) and "_target_" in spec):
             continue
         key = f"callbacks.{name}._target_"
-        try:
-            target = get_class(spec["_target_"])
-        except Exception as err:  # not importable, or not a class
-            raise ConfigError(key, f"cannot import {spec['_target_']!r} ({err})") from None
-        require(issubclass(target, Callback), key, f"{target.__name__} is not a Lightning Callback")
+        target = import_target(spec["_target_"], key)
+        require(
+            isinstance(target, type) and issubclass(target, Callback),
+            key,
+            f"{spec['_target_']} is not a Lightning Callback class",
+        )

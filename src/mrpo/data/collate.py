@@ -14,7 +14,7 @@ never on the Python hash seed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,9 +125,11 @@ class _EpochSetter:
 class LengthGroupedBatchSampler:
     """Yield lists of row indices (use as ``DataLoader(batch_sampler=...)``).
 
-    The trainer sets the epoch through :meth:`set_epoch` (reached as
-    ``batch_sampler.sampler.set_epoch``, the place Lightning calls), so each epoch has its own
-    order.
+    Each epoch has its own order. The epoch comes from ``epoch_source`` when given (read when
+    an epoch's iteration starts: the data module passes the trainer's current epoch, which is
+    right also for the first epoch of a resumed run, whose iterator Lightning may create
+    before it announces the epoch), else from :meth:`set_epoch` (reached as
+    ``batch_sampler.sampler.set_epoch``, where Lightning calls it).
 
     Args:
         lengths: padded length of each data set item (e.g. `pair_lengths` of the pairs).
@@ -143,6 +145,7 @@ class LengthGroupedBatchSampler:
         num_replicas, rank: for data parallel runs, each rank gets every ``num_replicas``-th
             batch; batches are repeated from the start (or dropped with ``drop_last``) so that
             every rank gets the same number.
+        epoch_source: returns the epoch to iterate (see above); None uses :meth:`set_epoch`.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class LengthGroupedBatchSampler:
         mega_batch_mult: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        epoch_source: Callable[[], int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -178,6 +182,7 @@ class LengthGroupedBatchSampler:
         self.epoch = 0
         self.skip = 0
         self.sampler = _EpochSetter(self)
+        self.epoch_source = epoch_source
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order `__iter__` yields."""
@@ -234,8 +239,13 @@ class LengthGroupedBatchSampler:
         return [b.tolist() for b in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the epoch is read when the first batch is asked for, not when the
+        # iterator is made (Lightning makes a resumed run's first iterator before it restores
+        # the checkpoint's epoch).
         if len(self.lengths) == 0:
-            return iter(())
+            return
+        if self.epoch_source is not None:
+            self.epoch = self.epoch_source()
         batches = self._batches()
         if self.num_replicas > 1:
             extra = len(batches) % self.num_replicas
@@ -246,4 +256,4 @@ class LengthGroupedBatchSampler:
                 batches += (batches * (need // len(batches) + 1))[:need]
             batches = batches[self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
-        return iter(batches[skip:])
+        yield from batches[skip:]

@@ -62,6 +62,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.batch_size,
             seed=self.seed,
             group_by_length=self.group_by_length,
+            epoch_source=self._current_epoch,
             **self._replicas(),
         )
         # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
@@ -72,6 +73,9 @@ class PreferenceDataModule(L.LightningDataModule):
             sampler.skip_next(self._resume_skip)
         self._resume_skip = 0
         return self._loader(self.train_pairs, sampler)
+
+    def _current_epoch(self) -> int:
+        return 0 if self.trainer is None else int(self.trainer.current_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the epoch and how many of its batches were trained on."""

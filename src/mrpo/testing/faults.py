@@ -4,6 +4,8 @@ Both are Lightning callbacks, added to any ``mrpo-train`` run from the command l
 
     mrpo-train ... +callbacks.kill._target_=mrpo.testing.faults.KillAtStep +callbacks.kill.step=3
     mrpo-train ... +callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep +callbacks.nan.step=3
+
+and :class:`RecordBatches` writes the data rows of every training batch, to check the order.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ class NanLossAtStep(Callback):
     (the batch carries them); with live references it raises.
     """
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank  # only this global rank's batch (None: every rank's)
         self.fired = False  # a skipped batch does not advance global_step: poison one batch
 
     def on_train_batch_start(
@@ -52,7 +55,28 @@ class NanLossAtStep(Callback):
     ) -> None:
         if self.fired or trainer.global_step != self.step:
             return
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         self.fired = True
         if not isinstance(batch, PreferenceBatch) or batch.ref_chosen is None:
             raise ValueError("NanLossAtStep needs cached reference log-probs in the batch")
         batch.ref_chosen.fill_(float("nan"))
+
+
+class RecordBatches(Callback):
+    """Append each training batch's data rows to a JSON-lines file (``{"step", "epoch",
+    "rows"}``), to see the order a run trains in."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import json
+
+        if not isinstance(batch, PreferenceBatch) or not trainer.is_global_zero:
+            return
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**row, "rows": batch.index.tolist()}) + "\n")

@@ -55,7 +55,8 @@ class PreferenceModule(L.LightningModule):
             already written stay the last good ones); ``"skip"`` skips the optimizer step and
             counts it in ``train/skipped_batches``. Under data parallelism the ranks agree:
             a batch whose loss is non-finite on any rank is skipped (or stops) on all of them,
-            so the ranks' weights never part.
+            so the ranks' weights never part. With gradient accumulation a skip drops the whole
+            optimizer step the batch is part of.
         run_identity: what the run's checkpoints record about its settings and data (see
             :func:`mrpo.cli.rundir.run_identity`), checked when a run resumes from them.
     """
@@ -93,6 +94,7 @@ class PreferenceModule(L.LightningModule):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        self._drop_gradients = False
         self.run_identity = dict(run_identity or {})
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,15 +171,29 @@ class PreferenceModule(L.LightningModule):
             )
         self.skipped_batches += 1
         self.log("train/skipped_batches", float(self.skipped_batches), batch_size=len(rows))
-        # Lightning skips backward; the optimizer step finds no gradients and changes nothing.
-        return None
+        # Not None: Lightning refuses a skipped step under data parallelism. A zero loss through
+        # every trainable parameter runs backward (and DDP's gradient all-reduce) as any step
+        # does, with zero gradients, and on_before_optimizer_step drops them, so the optimizer
+        # changes nothing: no update, no moment decay.
+        self._drop_gradients = True
+        return torch.stack([p.sum() * 0.0 for p in self._trainable()]).sum()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # A parameter without a gradient is left alone by torch's optimizers. With gradient
+        # accumulation the whole optimizer step the skipped batch belongs to is skipped.
+        if self._drop_gradients:
+            for p in self._trainable():
+                p.grad = None
+            self._drop_gradients = False
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self._trainable())
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(
             self.scheduler_name,
