@@ -312,17 +312,24 @@ def test_shard_rows_follow_row_order_not_example_order(
 
 
 def test_wandb_run_ids_are_sixteen_hex_digits(tmp_path: Path, monkeypatch) -> None:
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
     from mrpo.tracking.record import WANDB_ID_FILE
     from mrpo.tracking.wandb import LoggerConfig, make_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    loggers = make_loggers(tmp_path, LoggerConfig(mode="offline"), {"a": 1})
-    run_id = (tmp_path / WANDB_ID_FILE).read_text()
+    # A run left open in the process (an earlier in-process job that died) must not be reused.
+    (tmp_path / "earlier").mkdir()
+    leftover = wandb.init(dir=str(tmp_path / "earlier"), mode="offline", id="leftover0000")
+    (tmp_path / "run").mkdir()
+    loggers = make_loggers(tmp_path / "run", LoggerConfig(mode="offline"), {"a": 1})
+    run_id = (tmp_path / "run" / WANDB_ID_FILE).read_text()
     assert len(run_id) == 16 and int(run_id, 16) >= 0
+    (wb,) = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    assert wb.experiment.id == run_id != leftover.id
     for lg in loggers:
         lg.finalize("success")
-    import wandb
-
     wandb.finish()
-    assert os.path.isdir(tmp_path / "wandb")
+    assert (tmp_path / "run" / "wandb").is_dir()

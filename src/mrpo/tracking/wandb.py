@@ -112,6 +112,11 @@ def _start_wandb(
 ) -> WandbLogger:
     import wandb
 
+    if wandb.run is not None:
+        # WandbLogger reuses a run left open in this process (an earlier job of an in-process
+        # multirun that failed before finishing it): this job would log into that run.
+        log.warning("closing the W&B run %s left open in this process", wandb.run.id)
+        wandb.finish()
     id_file = output_dir / WANDB_ID_FILE
     # 16 hex digits: ids stay distinct across the many thousands of runs of a project.
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(8)
