@@ -20,8 +20,9 @@ from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback
 from mrpo.config.build import num_references, reference_specs
-from mrpo.config.schema import TrainConfig
+from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
+from mrpo.data.layout import PairLayout
 from mrpo.data.preference import load_preference_data, train_val_split
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
@@ -103,6 +104,13 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     return PreparedData(train_ex, val_ex, list(train_tok.pairs), list(val_tok.pairs), report)
 
 
+def pair_layout(data: DataConfig) -> PairLayout:
+    """The layout of a batch's pairs the config asks for (models may fall back to padding)."""
+    return PairLayout(
+        share_prefix=data.prefix_sharing, pack=data.packing, row_tokens=data.pack_row_tokens
+    )
+
+
 def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
     """The first K references of the pool, with their cache and ranks."""
     return ReferenceEnsemble(
@@ -117,6 +125,7 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         model_cache_dir=model_cache_dir(cfg.paths.cache_dir),
         ranks=detect_ranks() if cfg.references.split_across_ranks else None,
         shard_timeout=cfg.references.shard_timeout_s,
+        layout=pair_layout(cfg.data),
     )
 
 

@@ -31,6 +31,7 @@ from mrpo.cli.steps import (
     live_references,
     load_policy,
     logger_labels,
+    pair_layout,
     prepare_data,
     prepare_references,
 )
@@ -90,6 +91,7 @@ def build_run(
     output_dir: Path,
 ) -> TrainingRun:
     """The policy, the objective (offline weights fitted), the module, data and Trainer."""
+    from mrpo.data.layout import layout_for
     from mrpo.data.module import PreferenceDataModule
 
     policy, tokenizer = load_policy(cfg)
@@ -119,6 +121,8 @@ def build_run(
         group_by_length=cfg.data.group_by_length,
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
+        layout=layout_for(policy, pair_layout(cfg.data)),
+        max_tokens_per_batch=cfg.data.max_tokens_per_batch,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective)

@@ -89,6 +89,15 @@ class DataConfig:
     eval_batch_size: int = 8
     group_by_length: bool = True
     num_workers: int = 0
+    # How a batch's pairs become rows (mrpo.data.layout, docs/scaling.md), for the policy and
+    # the references: the prompt computed once per pair, and sequences packed padding-free
+    # into rows of at most pack_row_tokens tokens (null: the batch's longest). A model outside
+    # the allow-list of mrpo.logprobs.attention keeps the padded layout on its own.
+    prefix_sharing: bool = False
+    packing: bool = False
+    pack_row_tokens: int | None = None
+    # Training batches cut by a token budget (the layout's tokens) instead of batch_size pairs.
+    max_tokens_per_batch: int | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mrpo.data.layout import PADDED, PairLayout
 from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
@@ -109,6 +110,8 @@ class ReferenceEnsemble:
         ranks: this process's data-parallel rank; with more than one rank, each scores its
             share of a missing entry's rows (:mod:`mrpo.references.sharding`).
         shard_timeout: seconds a rank waits for the other ranks' shards.
+        layout: how the pairs of a scoring batch become rows (:mod:`mrpo.data.layout`); the
+            log-probs are the same in every layout, to float rounding.
 
     Raises:
         ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
@@ -130,6 +133,7 @@ class ReferenceEnsemble:
         device: str | torch.device | None = None,
         ranks: RankInfo | None = None,
         shard_timeout: float = 7200.0,
+        layout: PairLayout = PADDED,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -158,6 +162,7 @@ class ReferenceEnsemble:
         self.model_cache_dir = model_cache_dir
         self.ranks = ranks or RankInfo()
         self.shard_timeout = shard_timeout
+        self.layout = layout
         if device is None:
             device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -287,6 +292,7 @@ class ReferenceEnsemble:
             batch_size=self.batch_size,
             progress=progress,
             desc=f"reference {self.specs[k].name}",
+            layout=self.layout,
         )
         self.stats.forward_passes += num_forward_passes(len(pairs.pairs), self.batch_size)
         return scores

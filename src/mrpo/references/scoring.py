@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.collate import PreferenceCollator, pair_lengths
+from mrpo.data.layout import PADDED, PairLayout, layout_for
 from mrpo.data.types import TokenizedPair
-from mrpo.logprobs import model_sequence_logprobs
+from mrpo.logprobs import batch_sequence_logprobs
 from mrpo.references.cache import canonical_json
 from mrpo.references.logps import RefLogps
 
@@ -55,6 +56,7 @@ def score_pairs(
     batch_size: int,
     progress: bool = False,
     desc: str | None = None,
+    layout: PairLayout = PADDED,
 ) -> RefLogps:
     """Score the chosen and rejected response of each pair with ``model``.
 
@@ -69,6 +71,8 @@ def score_pairs(
         batch_size: pairs per forward pass (>= 1).
         progress: show a tqdm progress bar over the pairs.
         desc: the progress bar's label.
+        layout: how a batch's pairs become rows (:mod:`mrpo.data.layout`); a model that
+            cannot take packed rows uses the padded layout.
 
     Returns:
         :class:`~mrpo.references.logps.RefLogps` of the N pairs, in input order, on the CPU
@@ -80,7 +84,7 @@ def score_pairs(
     n = len(pairs)
     lengths = pair_lengths(pairs)
     order = sorted(range(n), key=lambda i: -lengths[i])
-    collate = PreferenceCollator(pad_token_id)
+    collate = PreferenceCollator(pad_token_id, layout=layout_for(model, layout))
     device = model_device(model)
     logps = torch.zeros(2, n, dtype=torch.float32)
     tokens = torch.zeros(2, n, dtype=torch.int64)
@@ -91,10 +95,8 @@ def score_pairs(
             for start in range(0, n, batch_size):
                 rows = torch.tensor(order[start : start + batch_size], dtype=torch.int64)
                 batch = collate([pairs[i] for i in rows.tolist()]).to(device)
-                out = model_sequence_logprobs(
-                    model, batch.input_ids, batch.attention_mask, batch.labels
-                )
-                # Rows [0, b) of the batch are the chosen responses, [b, 2b) the rejected ones.
+                out = batch_sequence_logprobs(model, batch)
+                # Sequences [0, b) of the batch are the chosen responses, [b, 2b) the rejected.
                 logps[:, rows] = out.logps.float().cpu().view(2, -1)
                 tokens[:, rows] = out.num_tokens.cpu().view(2, -1)
                 bar.update(len(rows))

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from mrpo.data.types import PreferenceBatch
-from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, model_sequence_logprobs
+from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs
 from mrpo.objectives import Objective
 from mrpo.training.metrics import preference_metrics
 
@@ -86,12 +86,11 @@ class PreferenceModule(L.LightningModule):
         self.skipped_batches = 0
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy log-probs of chosen and rejected responses, each (B,), in one forward."""
-        out = model_sequence_logprobs(
+        """Policy log-probs of chosen and rejected responses, each (B,), in one forward (the
+        batch's layout: padded rows, or packed ones)."""
+        out = batch_sequence_logprobs(
             self.policy,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.labels,
+            batch,
             average=self.length_normalize,
             chunk_size=self.logprob_chunk_size,
             fused_head=self.fused_head,
