@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from transformers import PreTrainedTokenizerBase
 
-from mrpo.callbacks import EvalCallback, ThompsonFeedback
+from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
 from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
@@ -197,9 +197,10 @@ def build_callbacks(
     tokenizer: PreTrainedTokenizerBase,
     objective: Objective,
 ) -> list[Callback]:
-    """Checkpointing, learning-rate monitor, evaluation, the weighting's feedback loop, and
-    any other callback the config names by ``_target_``."""
-    callbacks: list[Callback] = []
+    """The throughput monitor, checkpointing, learning-rate monitor, evaluation, the
+    weighting's feedback loop, and any other callback the config names by ``_target_``."""
+    # First, so that a step's time ends before later callbacks (evaluation) run.
+    callbacks: list[Callback] = [ThroughputMonitor()]
     ckpt = cfg.callbacks.get("checkpoint")
     if ckpt:
         callbacks.extend(checkpoint_callbacks(ckpt, output_dir / "checkpoints"))
@@ -232,6 +233,14 @@ def build_callbacks(
         if isinstance(spec, Mapping) and "_target_" in spec:
             callbacks.append(instantiate_callback(name, spec))
     return callbacks
+
+
+def throughput_summary(callbacks: list[Callback]) -> dict[str, float]:
+    """The run's throughput totals (:class:`~mrpo.callbacks.ThroughputMonitor`), or {}."""
+    for callback in callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            return callback.totals.summary()
+    return {}
 
 
 def checkpoint_callbacks(ckpt: Mapping[str, Any], dirpath: Path) -> list[Callback]:

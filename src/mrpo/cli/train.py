@@ -34,6 +34,7 @@ from mrpo.cli.steps import (
     pair_layout,
     prepare_data,
     prepare_references,
+    throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.build import build_objective, num_references
@@ -171,6 +172,7 @@ def summarize(
         "seconds": seconds,
         "reference_cache": refs.stats,
         "data": data.report,
+        "throughput": throughput_summary(trainer.callbacks),  # type: ignore[attr-defined]
         "environment": environment_record(),
         **{f"before/{k}": v for k, v in before.items()},
         **{f"final/{k}": v for k, v in after.items()},
@@ -218,10 +220,17 @@ def _save_policy(module: PreferenceModule, target: Path) -> Path:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy")
+    data, speed = summary.get("data", {}), summary.get("throughput", {})
     lines = [
         "",
         f"run directory : {summary['run_dir']}",
         f"W&B run (sync): {summary['wandb_dir'] or 'disabled'}",
+        f"data          : {data.get('train_pairs')} train + {data.get('val_pairs')} val pairs, "
+        f"{data.get('truncated')} truncated",
+        f"throughput    : {speed.get('tokens_per_second', float('nan')):.1f} tokens/s, "
+        f"{speed.get('pairs_per_second', float('nan')):.2f} pairs/s, padding "
+        f"{speed.get('padding_fraction', float('nan')):.1%}, peak memory "
+        f"{speed.get('peak_memory_gb', float('nan')):.2f} GB",
         f"{'metric':<32}{'before':>10}{'after':>10}",
     ]
     for key in keys:
