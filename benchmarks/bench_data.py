@@ -51,14 +51,40 @@ def synthesize(path: Path, num_pairs: int) -> Path:
     return path
 
 
-def rss_gb() -> float:
+def reset_peak() -> bool:
+    """Restart the kernel's count of this process's peak memory (Linux), so that the peak of
+    what follows is measured, not that of the imports before it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_gb() -> float:
+    """This process's peak resident memory (since :func:`reset_peak`), in GB."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_gb() -> float:
+    """This process's resident memory now, in GB."""
+    status = Path("/proc/self/status")
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return peak_gb()
 
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
     """One preparation in this process: seconds and peak RSS above the baseline."""
     from mrpo.cli.steps import model_cache_dir, prepare_data
     from mrpo.config import TrainConfig, to_dataclass
+    from mrpo.data.prepare import resolve_num_proc
     from mrpo.models import PACKAGED_MODEL, load_tokenizer
     from mrpo.testing.configs import compose_config
 
@@ -69,6 +95,7 @@ def run_size(args: argparse.Namespace) -> dict[str, Any]:
                 f"data.source={args.file}",
                 f"model.source={PACKAGED_MODEL}",
                 "data.val_size=0.05",
+                *([f"data.num_proc={args.num_proc}"] if args.num_proc else []),
                 f"paths.cache_dir={args.cache_dir}",
                 f"paths.output_dir={args.cache_dir}/run",
                 "logger=none",
@@ -78,13 +105,24 @@ def run_size(args: argparse.Namespace) -> dict[str, Any]:
     )
     # The tokenizer is part of the baseline: every run loads it, whatever the data size.
     load_tokenizer(PACKAGED_MODEL, cache_dir=model_cache_dir(cfg.paths.cache_dir))
-    baseline = rss_gb()
+    baseline = current_gb()
+    reset_peak()
     start = time.perf_counter()
     data = prepare_data(cfg)
     seconds = time.perf_counter() - start
+    # Worker processes (data.num_proc) are forks of this one: each starts with the baseline's
+    # pages (shared) and adds its own. Their count and the largest one's peak above the
+    # baseline give the total above the baseline, at most: the parent's plus the workers'.
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    worker_extra = max(worker_peak - baseline, 0.0) if worker_peak else 0.0
+    workers = resolve_num_proc(cfg.data.num_proc, len(data.train_examples))
+    parent_extra = peak_gb() - baseline
     return {
         "seconds": seconds,
-        "extra_gb": rss_gb() - baseline,
+        "parent_gb": parent_extra,
+        "worker_gb": worker_extra,
+        "workers": workers if worker_peak else 0,
+        "extra_gb": parent_extra + (workers if worker_peak else 0) * worker_extra,
         "baseline_gb": baseline,
         "pairs": data.report["train_pairs"] + data.report["val_pairs"],
         "truncated": data.report["truncated"],
@@ -103,7 +141,12 @@ def spawn(file: Path, cache_dir: Path, num_proc: int | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,30000,100000")
-    parser.add_argument("--num-proc", type=int, default=None, help="data.num_proc (default: its)")
+    parser.add_argument("--num-proc", type=int, default=None, help="data.num_proc (default: auto)")
+    parser.add_argument(
+        "--model-cache",
+        default=os.path.join(os.environ.get("MRPO_CACHE_DIR", "~/.cache/mrpo"), "models"),
+        help="folder of converted models (the packaged GGUF model's conversion is reused)",
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one preparation
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -114,19 +157,29 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'pairs':>8}{'run':>8}{'seconds':>10}{'extra GB':>10}{'ms/pair':>9}{'KB/pair':>9}")
+    print(
+        f"{'pairs':>8}{'run':>8}{'seconds':>10}{'extra GB':>10}{'ms/pair':>9}{'KB/pair':>9}"
+        "   (extra = this process's peak above its baseline + each worker's)"
+    )
     rows = []
+    models = Path(args.model_cache).expanduser()
+    models.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mrpo-bench-data-") as tmp:
         for n in sizes:
             file = synthesize(Path(tmp) / f"pairs_{n}.jsonl", n)
             cache = Path(tmp) / f"cache_{n}"
+            # The converted packaged model is shared (it is not data preparation).
+            cache.mkdir()
+            (cache / "models").symlink_to(models, target_is_directory=True)
             for run in ("first", "second"):
                 r = spawn(file, cache, args.num_proc)
                 rows.append((n, run, r))
                 print(
                     f"{n:>8}{run:>8}{r['seconds']:>10.1f}{r['extra_gb']:>10.2f}"
                     f"{1000 * r['seconds'] / n:>9.2f}{2**20 * r['extra_gb'] / n:>9.1f}"
-                    f"   (baseline {r['baseline_gb']:.2f} GB, {r['truncated']} truncated)",
+                    f"   (baseline {r['baseline_gb']:.2f} GB; main {r['parent_gb']:.2f} GB + "
+                    f"{r['workers']} workers x {r['worker_gb']:.2f} GB; {r['truncated']} "
+                    "truncated)",
                     flush=True,
                 )
     first = {n: r for n, run, r in rows if run == "first"}

@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import MistralConfig, MistralForCausalLM
 
 from mrpo.data.collate import PreferenceCollator
-from mrpo.data.layout import PADDED, PairLayout, layout_for, pair_costs, pair_tokens
+from mrpo.data.layout import PADDED, PairLayout, layout_for, pair_costs
 from mrpo.data.types import TokenizedPair
 from mrpo.logprobs import (
     Block,
@@ -100,8 +100,9 @@ def test_the_layouts_save_what_they_say(family_model):
     # Each prompt once instead of twice, and no padding at all in one row.
     assert int(shared.attention_mask.sum()) == int(padded.attention_mask.sum()) - prompts
     assert one_row.input_ids.shape == (1, int(shared.attention_mask.sum()))
-    assert sum(pair_tokens(p, share_prefix=True) for p in pairs) == one_row.input_ids.shape[1]
-    assert pair_costs(pairs, LAYOUTS["shared_prefix"]) == [pair_tokens(p, True) for p in pairs]
+    shared_costs = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    assert pair_costs(pairs, LAYOUTS["shared_prefix"]) == shared_costs
+    assert sum(shared_costs) == one_row.input_ids.shape[1]
     assert pair_costs(pairs, PADDED) == [
         2 * (len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))) for p in pairs
     ]

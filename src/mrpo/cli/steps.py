@@ -9,7 +9,7 @@ reference specs) come from :mod:`mrpo.config.build`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.layout import PairLayout
 from mrpo.data.preference import load_preference_data, train_val_split
-from mrpo.data.tokenize import tokenize_pairs
+from mrpo.data.prepare import prepare_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.errors import ConfigError
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
@@ -42,8 +42,8 @@ class PreparedData:
 
     train_examples: list[PreferenceExample]
     val_examples: list[PreferenceExample]
-    train_pairs: list[TokenizedPair]
-    val_pairs: list[TokenizedPair]
+    train_pairs: Sequence[TokenizedPair]
+    val_pairs: Sequence[TokenizedPair]
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +59,11 @@ class PreparedReferences:
 def model_cache_dir(cache_dir: str | Path) -> Path:
     """Where converted models (the packaged GGUF) are cached, under ``paths.cache_dir``."""
     return Path(cache_dir) / "models"
+
+
+def tokenized_cache_dir(cache_dir: str | Path) -> Path:
+    """Where prepared (tokenized) pair tables are kept, under ``paths.cache_dir``."""
+    return Path(cache_dir) / "tokenized"
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
@@ -84,8 +89,13 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         cache_dir=model_cache_dir(cfg.paths.cache_dir),
     )
     train_tok, val_tok = (
-        tokenize_pairs(
-            ex, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length
+        prepare_pairs(
+            ex,
+            tokenizer,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
+            num_proc=d.num_proc,
         )
         for ex in (train_ex, val_ex)
     )
@@ -101,7 +111,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         "val_fingerprint": data_fingerprint(val_tok.pairs),
     }
     log.info("data: %s", report)
-    return PreparedData(train_ex, val_ex, list(train_tok.pairs), list(val_tok.pairs), report)
+    return PreparedData(train_ex, val_ex, train_tok.pairs, val_tok.pairs, report)
 
 
 def pair_layout(data: DataConfig) -> PairLayout:
@@ -126,6 +136,8 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         ranks=detect_ranks() if cfg.references.split_across_ranks else None,
         shard_timeout=cfg.references.shard_timeout_s,
         layout=pair_layout(cfg.data),
+        tokenized_cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
+        num_proc=cfg.data.num_proc,
     )
 
 

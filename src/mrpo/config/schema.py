@@ -89,6 +89,9 @@ class DataConfig:
     eval_batch_size: int = 8
     group_by_length: bool = True
     num_workers: int = 0
+    # Processes that tokenize the pairs (mrpo.data.prepare; null: one per 5,000 pairs up to
+    # the CPU count). Tokenized tables are kept in <paths.cache_dir>/tokenized and reused.
+    num_proc: int | None = None
     # How a batch's pairs become rows (mrpo.data.layout, docs/scaling.md), for the policy and
     # the references: the prompt computed once per pair, and sequences packed padding-free
     # into rows of at most pack_row_tokens tokens (null: the batch's longest). A model outside

@@ -139,7 +139,7 @@ def _check_data(cfg: TrainConfig) -> None:
             f"must be in (0, data.max_length={data.max_length}), got {data.max_prompt_length}",
         )
     require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
-    for key in ("pack_row_tokens", "max_tokens_per_batch"):
+    for key in ("pack_row_tokens", "max_tokens_per_batch", "num_proc"):
         value = getattr(data, key)
         require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null, got {value}")
     require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mrpo.data.layout import PADDED, PairLayout, pack_pairs
+from mrpo.data.table import id_lengths
 from mrpo.data.types import PreferenceBatch, RefLookup, TokenizedPair
 from mrpo.logprobs import IGNORE_INDEX
 
@@ -126,7 +127,8 @@ class PreferenceCollator:
 
 def pair_lengths(pairs: Sequence[TokenizedPair]) -> list[int]:
     """Padded row length of each pair: prompt + the longer response, in tokens."""
-    return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+    prompt, chosen, rejected = id_lengths(pairs)
+    return (prompt + np.maximum(chosen, rejected)).tolist()
 
 
 class LengthGroupedBatchSampler:

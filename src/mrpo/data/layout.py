@@ -23,8 +23,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from mrpo.data.table import id_lengths
 from mrpo.data.types import TokenizedPair
 from mrpo.logprobs.attention import packed_mask_builder
 from mrpo.logprobs.packing import Block, PackedRows, pack_blocks
@@ -73,12 +75,6 @@ def pair_blocks(pairs: Sequence[TokenizedPair], share_prefix: bool) -> list[Bloc
     ]
 
 
-def pair_tokens(pair: TokenizedPair, share_prefix: bool) -> int:
-    """Tokens a pair puts through the model in a padding-free layout (its blocks' lengths)."""
-    prompts = 1 if share_prefix else 2
-    return prompts * len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
-
-
 def pack_pairs(
     pairs: Sequence[TokenizedPair],
     layout: PairLayout,
@@ -103,11 +99,11 @@ def pack_pairs(
 def pair_costs(pairs: Sequence[TokenizedPair], layout: PairLayout) -> list[int]:
     """Tokens each pair costs in ``layout``: its blocks' lengths in a packed layout, two rows
     of prompt + the longer response in the padded one (what a token budget counts)."""
+    prompt, chosen, rejected = id_lengths(pairs)
     if layout.padded:
-        return [
-            2 * (len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))) for p in pairs
-        ]
-    return [pair_tokens(p, layout.share_prefix) for p in pairs]
+        return (2 * (prompt + np.maximum(chosen, rejected))).tolist()
+    prompts = 1 if layout.share_prefix else 2
+    return (prompts * prompt + chosen + rejected).tolist()
 
 
 def layout_for(model: torch.nn.Module, layout: PairLayout) -> PairLayout:

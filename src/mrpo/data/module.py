@@ -52,8 +52,8 @@ class PreferenceDataModule(L.LightningDataModule):
         max_tokens_per_batch: int | None = None,
     ) -> None:
         super().__init__()
-        self.train_pairs = list(train_pairs)
-        self.val_pairs = list(val_pairs)
+        self.train_pairs = train_pairs  # a PairTable stays columns (and memory-mapped)
+        self.val_pairs = val_pairs
         self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup, layout=layout)
         self.max_tokens_per_batch = max_tokens_per_batch
         self.batch_size = batch_size
@@ -111,8 +111,10 @@ class PreferenceDataModule(L.LightningDataModule):
             return {}
         return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
 
-    def _loader(self, pairs: list[TokenizedPair], sampler: LengthGroupedBatchSampler) -> DataLoader:
-        # A list is a map-style data set (``__getitem__`` and ``__len__``) as it is.
+    def _loader(
+        self, pairs: Sequence[TokenizedPair], sampler: LengthGroupedBatchSampler
+    ) -> DataLoader:
+        # A list or a PairTable is a map-style data set (``__getitem__``, ``__len__``) as it is.
         dataset = cast("Dataset[TokenizedPair]", pairs)
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
