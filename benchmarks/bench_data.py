@@ -13,10 +13,17 @@ directory (a second run reads the prepared table).
 Goals (printed, never asserted): time and memory growing linearly with N; 100,000 pairs in at
 most 120 s and 1.5 GB above the baseline on 2 CPU cores.
 
+``--stage-cache N`` runs ``mrpo-train stage=cache`` instead (data preparation, then the
+reference log-prob cache of the ``self`` reference) on N synthesized pairs with a tiny random
+Llama that uses the packaged tokenizer, and prints its seconds and peak memory (goal: 30,000
+pairs within 24 GB).
+
 Usage::
 
     python benchmarks/bench_data.py                           # 10k, 30k and 100k pairs
+    python benchmarks/bench_data.py --num-proc 2              # data.num_proc=2
     python benchmarks/bench_data.py --sizes 2000,6000         # a quick check
+    python benchmarks/bench_data.py --stage-cache 30000
 """
 
 from __future__ import annotations
@@ -138,6 +145,52 @@ def spawn(file: Path, cache_dir: Path, num_proc: int | None) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def stage_cache(num_pairs: int, models: Path) -> None:
+    """``mrpo-train stage=cache`` on ``num_pairs`` synthesized pairs, a tiny model: time, peak."""
+    from mrpo.models import PACKAGED_MODEL, load_tokenizer
+    from mrpo.testing.models import make_tiny_model, save_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="mrpo-bench-cache-") as tmp:
+        root = Path(tmp)
+        tokenizer = load_tokenizer(PACKAGED_MODEL, cache_dir=models)
+        tiny = make_tiny_model(
+            len(tokenizer),
+            hidden_size=64,
+            num_layers=2,
+            max_position_embeddings=2048,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        source = save_tiny_model(root / "tiny", tiny, tokenizer)
+        file = synthesize(root / "pairs.jsonl", num_pairs)
+        cmd = [
+            sys.executable,
+            "-m",
+            "mrpo.cli.train",
+            "stage=cache",
+            f"model.source={source}",
+            "references=self",
+            "data=local_file",
+            f"data.source={file}",
+            "data.val_size=0.05",
+            "logger=none",
+            f"paths.cache_dir={root / 'cache'}",
+            f"hydra.run.dir={root / 'run'}",
+        ]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"stage=cache failed:\n{done.stderr[-4000:]}")
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        summary = json.loads((root / "run" / "summary.json").read_text())
+    print(
+        f"stage=cache, {num_pairs} pairs, tiny model with the packaged tokenizer: {seconds:.1f} s, "
+        f"peak resident memory {peak:.2f} GB (goal for 30,000 pairs: within 24 GB); "
+        f"{summary.get('forward_passes')} reference forward passes"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,30000,100000")
@@ -147,6 +200,7 @@ def main() -> None:
         default=os.path.join(os.environ.get("MRPO_CACHE_DIR", "~/.cache/mrpo"), "models"),
         help="folder of converted models (the packaged GGUF model's conversion is reused)",
     )
+    parser.add_argument("--stage-cache", type=int, help="run mrpo-train stage=cache on N pairs")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # internal: one preparation
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -155,15 +209,18 @@ def main() -> None:
         args.file = args.run
         print(json.dumps(run_size(args)))
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    models = Path(args.model_cache).expanduser()
+    models.mkdir(parents=True, exist_ok=True)
+    if args.stage_cache:
+        stage_cache(args.stage_cache, models)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
     print(
         f"{'pairs':>8}{'run':>8}{'seconds':>10}{'extra GB':>10}{'ms/pair':>9}{'KB/pair':>9}"
         "   (extra = this process's peak above its baseline + each worker's)"
     )
     rows = []
-    models = Path(args.model_cache).expanduser()
-    models.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mrpo-bench-data-") as tmp:
         for n in sizes:
             file = synthesize(Path(tmp) / f"pairs_{n}.jsonl", n)

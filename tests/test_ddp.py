@@ -101,7 +101,6 @@ def test_ddp_with_packed_token_budget_batches_matches_one_process(
     args = [
         *base_args(tiny_model_dir, data, tmp_path / "cache"),
         "data.max_samples=26",
-        "data.prefix_sharing=true",
         "data.packing=true",
         "data.max_tokens_per_batch=330",
     ]

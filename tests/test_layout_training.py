@@ -21,14 +21,15 @@ from mrpo.training.gradients import clip_and_measure
 
 # Live references too: they score each batch through the same layouts.
 COMMON = ["references=prompted", "references.num_refs=2", "save_model=false"]
+PADDED = "data.prefix_sharing=false"
 VARIANTS = {
-    "padded": [],
-    "prefix_sharing": ["data.prefix_sharing=true"],
-    "packing": ["data.packing=true"],
-    "both": ["data.prefix_sharing=true", "data.packing=true"],
-    "one_row": ["data.prefix_sharing=true", "data.packing=true", "data.pack_row_tokens=100000"],
-    "live_both": ["data.prefix_sharing=true", "data.packing=true", "references.mode=live"],
-    "live_padded": ["references.mode=live"],
+    "padded": [PADDED],
+    "prefix_sharing": [],  # the default
+    "packing": [PADDED, "data.packing=true"],
+    "both": ["data.packing=true"],
+    "one_row": ["data.packing=true", "data.pack_row_tokens=100000"],
+    "live_both": ["data.packing=true", "references.mode=live"],
+    "live_padded": [PADDED, "references.mode=live"],
 }
 
 
@@ -63,7 +64,7 @@ def test_every_layout_trains_exactly_like_the_padded_one(compose_train, tmp_path
 
 
 def test_throughput_is_logged_every_step_and_totalled(compose_train, tmp_path):
-    summary = train(compose_train(["data.prefix_sharing=true"], output_dir=tmp_path / "run"))
+    summary = train(compose_train([], output_dir=tmp_path / "run"))
     metrics = read_metrics(Path(summary["run_dir"]))
     names = ("tokens_per_second", "pairs_per_second", "step_seconds", "padding_fraction")
     for name in (*names, "peak_memory_gb", "grad_norm"):
@@ -85,7 +86,6 @@ def test_token_budget_batches(compose_train, tmp_path):
         compose_train(
             [
                 "trainer.max_steps=-1",
-                "data.prefix_sharing=true",
                 "data.packing=true",
                 "data.max_tokens_per_batch=330",
             ],

@@ -250,3 +250,13 @@ def test_flex_attention_block_masks_give_the_same_values():
             model, PreferenceCollator(0, layout=LAYOUTS["one_row"])(pairs)
         )
     torch.testing.assert_close(flex.logps, base.logps, atol=1e-5, rtol=0)
+
+
+def test_the_policy_loads_with_the_attention_it_is_given(compose_train):
+    from mrpo.cli.steps import load_policy
+    from mrpo.config import TrainConfig, to_dataclass
+
+    cfg = to_dataclass(compose_train(["model.attn_implementation=eager"]), TrainConfig)
+    policy, _ = load_policy(cfg)
+    assert policy.config._attn_implementation == "eager"
+    assert packed_mask_builder(policy) is additive_mask

@@ -193,7 +193,14 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     tokenizer = load_tokenizer(
         m.tokenizer or m.source, chat_template=m.chat_template, cache_dir=cache
     )
-    policy = load_model(m.source, dtype=m.dtype, cache_dir=cache, lora=m.lora, trainable=True)
+    policy = load_model(
+        m.source,
+        dtype=m.dtype,
+        cache_dir=cache,
+        lora=m.lora,
+        trainable=True,
+        attn_implementation=m.attn_implementation,
+    )
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     if m.compile:

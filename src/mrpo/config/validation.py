@@ -20,7 +20,7 @@ from mrpo.config.build import build_objective, reference_specs
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.errors import ConfigError, OptionError
 from mrpo.evals.registry import EVAL_NAMES
-from mrpo.models import DTYPES, ModelSourceError, resolve_source
+from mrpo.models import ATTENTION_IMPLEMENTATIONS, DTYPES, ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
 from mrpo.tracking.wandb import WANDB_MODES
 
@@ -85,6 +85,11 @@ def _check_model(model: ModelConfig) -> None:
     chunk = model.logprob_chunk_size
     require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
     require(model.lm_head_chunk_tokens >= 1, "model.lm_head_chunk_tokens", "must be >= 1")
+    require(
+        model.attn_implementation in (None, *ATTENTION_IMPLEMENTATIONS),
+        "model.attn_implementation",
+        f"unknown {model.attn_implementation!r}; one of {list(ATTENTION_IMPLEMENTATIONS)} or null",
+    )
     if model.lora.enabled:
         try:
             model.lora.check()
