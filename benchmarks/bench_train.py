@@ -51,7 +51,9 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
+from mrpo.cli.steps import pair_layout
 from mrpo.config import CONFIG_DIR
+from mrpo.config.schema import DataConfig
 from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
 from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
@@ -66,6 +68,7 @@ from mrpo.training.module import PreferenceModule
 BETA = 0.1
 LEARNING_RATE = 5e-6  # conf/optimizer/adamw.yaml
 CACHE_KS = (1, 2, 3, 4)
+LAYOUT = pair_layout(DataConfig())  # mrpo-train's default layout of a batch's pairs
 
 
 @dataclass
@@ -154,6 +157,7 @@ def make_ensemble(
         cache_dir=cache_dir,
         batch_size=args.ref_batch_size,
         device="cpu",
+        layout=LAYOUT,
     )
 
 
@@ -221,7 +225,7 @@ def build_arms(
             torch.optim.AdamW,
             live_references=refs,
         )
-        collate = PreferenceCollator(tokenizer.pad_token_id, ref_lookup=table)
+        collate = PreferenceCollator(tokenizer.pad_token_id, ref_lookup=table, layout=LAYOUT)
         arms.append(Arm(name, module, optimizer, [collate(g) for g in groups]))
     widths = [b.input_ids.shape[1] for b in arms[0].batches]
     info = {

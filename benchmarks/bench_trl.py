@@ -7,10 +7,15 @@ Arms (each a separate process, so peak memory is its own; run interleaved in rou
 - ``trl_precompute``: the same with ``precompute_ref_log_probs=True``;
 - ``mrpo_live``: ``PreferenceModule`` in a Lightning ``Trainer``, reference ``self`` run live;
 - ``mrpo_cached``: the same with the reference log-probs from mrpo's cache (``mrpo-train``'s
-  default);
-- ``bare``: a plain PyTorch loop over mrpo's batches (forward of chosen + rejected rows,
+  default), and ``mrpo-train``'s default layout: the prompt computed once per pair
+  (``data.prefix_sharing=true``);
+- ``mrpo_noshare``: ``mrpo_cached`` with each pair's prompt computed twice, once with each
+  response (``data.prefix_sharing=false``, the layout before prefix sharing);
+- ``mrpo_pack``: ``mrpo_cached`` with the pairs packed padding-free into rows no wider than the
+  batch's longest (``data.packing=true``);
+- ``bare``: a plain PyTorch loop over the batches of ``mrpo_cached`` (forward of its rows,
   token log-probs of the scored positions through the same fused LM head as mrpo's
-  (``mrpo.logprobs.hidden_sequence_logprobs``), DPO loss against the cached reference
+  (``mrpo.logprobs.batch_sequence_logprobs``), DPO loss against the cached reference
   log-probs, backward, gradient clipping, AdamW step): the floor that mrpo's training step is
   measured against.
 
@@ -33,8 +38,10 @@ on, mrpo's ``model.gradient_checkpointing`` to off: the flag sets both), one epo
 over the same pairs, which are HH-RLHF harmless-base test pairs (``$MRPO_DATA_DIR``) short enough
 that neither framework truncates them. Timed: the training loop of the epoch (from train start
 to train end; model loading, tokenization and the reference precomputation are reported apart).
-Tokens/s counts every real (non-padding) token the policy reads: prompt + chosen and prompt +
-rejected, from each framework's own tokenization.
+Tokens/s counts the work both frameworks are asked to do: prompt + chosen and prompt +
+rejected, from each framework's own tokenization (TRL's token count), so that a token a layout
+does not compute (a shared prompt) shows as speed; "computed" is the fraction of those tokens
+that went through the policy (the rest were saved by prefix sharing).
 
 Usage::
 
@@ -49,6 +56,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -62,8 +70,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "bare")
+ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "mrpo_noshare", "mrpo_pack", "bare")
 OPTION_ARMS = ("mrpo_nogroup", "mrpo_logits", "mrpo_fulllogits", "mrpo_compile")
+# The layout of a batch's pairs in each mrpo arm (mrpo-train's default: the prompt shared).
+LAYOUT_ARMS = {"mrpo_noshare": {"share_prefix": False}, "mrpo_pack": {"pack": True}}
 BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
@@ -224,8 +234,21 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
     }
 
 
-def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) -> dict[str, Any]:
+def arm_layout(arm: str) -> Any:
+    """The ``PairLayout`` of an mrpo arm: ``mrpo-train``'s default unless the arm changes it."""
+    from mrpo.cli.steps import pair_layout
+    from mrpo.config.schema import DataConfig
+
+    data = DataConfig()
+    layout = pair_layout(data)
+    return dataclasses.replace(layout, **LAYOUT_ARMS.get(arm, {}))
+
+
+def mrpo_parts(
+    setup: dict[str, Any], args: argparse.Namespace, cached: bool, layout: Any
+) -> dict[str, Any]:
     """Policy, tokenizer, pairs and reference log-probs (cached table or live scorer)."""
+    from mrpo.data.layout import layout_for
     from mrpo.data.preference import load_preference_data
     from mrpo.data.tokenize import tokenize_pairs
     from mrpo.models import enable_gradient_checkpointing, load_model, load_tokenizer
@@ -239,12 +262,14 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
     if args.gradient_checkpointing:  # mrpo's arms and the bare loop
         enable_gradient_checkpointing(policy)
     largest = watch_batches(policy)
+    layout = layout_for(policy, layout)
     ensemble = ReferenceEnsemble(
         [ReferenceSpec("self")],
         policy_source=setup["source"],
         max_length=args.max_length,
         cache_dir=Path(setup["scratch"]) / "refcache",
         batch_size=args.batch_size,
+        layout=layout,
     )
     start = time.perf_counter()
     table = ensemble.table(examples, progress=False) if cached else None
@@ -257,6 +282,7 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
         "live": live,
         "reference_s": time.perf_counter() - start,
         "largest": largest,
+        "layout": layout,
         "tokens": sum(
             2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs
         ),
@@ -264,7 +290,11 @@ def mrpo_parts(setup: dict[str, Any], args: argparse.Namespace, cached: bool) ->
 
 
 def run_mrpo(
-    setup: dict[str, Any], args: argparse.Namespace, cached: bool, option: str | None = None
+    setup: dict[str, Any],
+    args: argparse.Namespace,
+    arm: str,
+    cached: bool,
+    option: str | None = None,
 ) -> dict[str, Any]:
     """One epoch of mrpo's training step in a Lightning ``Trainer``; ``option`` as in the arms."""
     import lightning as L
@@ -276,7 +306,7 @@ def run_mrpo(
     from mrpo.testing.models import AllLogits
     from mrpo.training.module import PreferenceModule
 
-    parts = mrpo_parts(setup, args, cached)
+    parts = mrpo_parts(setup, args, cached, arm_layout(arm))
     policy = parts["policy"]
     if option == "compile":
         compile_policy(policy)
@@ -299,6 +329,7 @@ def run_mrpo(
         batch_size=args.batch_size,
         eval_batch_size=args.batch_size,
         group_by_length=option != "nogroup",
+        layout=parts["layout"],
     )
     clock = step_clock()
     trainer = L.Trainer(
@@ -333,6 +364,8 @@ def step_clock() -> Any:
 
     from mrpo.logprobs import scored_window
 
+    nan = float("nan")
+
     class StepClock(L.Callback):
         def __init__(self) -> None:
             self.start = self.end = self._t = 0.0
@@ -348,7 +381,8 @@ def step_clock() -> Any:
         def on_train_batch_end(self, trainer: Any, module: Any, out: Any, batch: Any, *a: Any):
             mask = batch.attention_mask
             self.steps.append((time.perf_counter() - self._t, int(mask.sum()), mask.numel()))
-            self.windows.append(scored_window(batch.labels) / batch.labels.shape[1])
+            if batch.packed is None:  # the logits window of the padded layout's logits path
+                self.windows.append(scored_window(batch.labels) / batch.labels.shape[1])
 
         def on_train_end(self, *a: Any) -> None:
             self.end = time.perf_counter()
@@ -360,7 +394,8 @@ def step_clock() -> Any:
             rest = self.steps[1:]
             return {
                 "padding": 1 - real / padded,
-                "logits_window": sum(self.windows) / len(self.windows),
+                "computed_tokens": real,
+                "logits_window": sum(self.windows) / len(self.windows) if self.windows else nan,
                 "first_step_s": self.steps[0][0],
                 "steady_tokens_per_s": sum(r for _, r, _ in rest) / sum(t for t, _, _ in rest),
             }
@@ -374,23 +409,23 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
-    from mrpo.logprobs import hidden_sequence_logprobs
+    from mrpo.logprobs import batch_sequence_logprobs
 
-    parts = mrpo_parts(setup, args, cached=True)
+    parts = mrpo_parts(setup, args, cached=True, layout=arm_layout("mrpo_cached"))
     policy, pairs = parts["policy"], parts["pairs"]
-    collate = PreferenceCollator(parts["tokenizer"].pad_token_id, ref_lookup=parts["table"])
+    collate = PreferenceCollator(
+        parts["tokenizer"].pad_token_id, ref_lookup=parts["table"], layout=parts["layout"]
+    )
     sampler = LengthGroupedBatchSampler(pair_lengths(pairs), args.batch_size, seed=0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0, fused=True)
     start = time.perf_counter()
-    steps = 0
+    steps = computed = 0
     for rows in sampler:
         batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
         steps += 1
-        # The LM head on the scored positions only, through the same kernel as mrpo's.
-        hidden = policy.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-        ).last_hidden_state
-        logps = hidden_sequence_logprobs(hidden, policy.lm_head.weight, None, batch.labels).logps
+        computed += int(batch.attention_mask.sum())
+        # mrpo_cached's rows and log-prob kernel (the LM head on the scored positions only).
+        logps = batch_sequence_logprobs(policy, batch).logps
         b = logps.shape[0] // 2
         margin = (logps[:b] - logps[b:]) - (batch.ref_chosen[0] - batch.ref_rejected[0])
         loss = -F.logsigmoid(BETA * margin).mean()
@@ -403,6 +438,7 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "reference_s": parts["reference_s"],
         **parts["largest"],
         "tokens": parts["tokens"],
+        "computed_tokens": computed,
         "steps": steps,
     }
 
@@ -418,7 +454,7 @@ def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[s
         result = run_bare(setup, args)
     else:
         option = arm.removeprefix("mrpo_") if arm in OPTION_ARMS else None
-        result = run_mrpo(setup, args, cached=arm != "mrpo_live", option=option)
+        result = run_mrpo(setup, args, arm, cached=arm != "mrpo_live", option=option)
     result["tokens_per_s"] = result["tokens"] / result["loop_s"]
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
@@ -443,8 +479,8 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
     nan = float("nan")
     print(
         f"\n{'arm':<16}{'tokens/s':>10}{'loop s':>9}{'steps':>7}{'tokens':>9}"
-        f"{'ref s':>8}{'peak GB':>9}{'largest':>9}{'padding':>9}{'window':>8}{'1st step s':>11}"
-        f"{'later tok/s':>12}"
+        f"{'ref s':>8}{'peak GB':>9}{'largest':>9}{'padding':>9}{'computed':>9}{'window':>8}"
+        f"{'1st step s':>11}{'later tok/s':>12}"
     )
     for arm, m in med.items():
         largest = f"{m['max_batch_rows']:.0f}x{m['max_batch_width']:.0f}"
@@ -452,7 +488,8 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
             f"{arm:<16}{m['tokens_per_s']:>10.1f}{m['loop_s']:>9.1f}{m['steps']:>7.0f}"
             f"{m['tokens']:>9.0f}{m.get('reference_s', nan):>8.1f}{m['peak_rss_gb']:>9.2f}"
             f"{largest:>9}"
-            f"{m.get('padding', nan):>9.3f}{m.get('logits_window', nan):>8.3f}"
+            f"{m.get('padding', nan):>9.3f}{m.get('computed_tokens', nan) / m['tokens']:>9.3f}"
+            f"{m.get('logits_window', nan):>8.3f}"
             f"{m.get('first_step_s', nan):>11.2f}"
             f"{m.get('steady_tokens_per_s', nan):>12.1f}"
         )
@@ -478,7 +515,16 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
     if "bare" in med and "mrpo_cached" in med:
         overhead = med["bare"]["tokens_per_s"] / med["mrpo_cached"]["tokens_per_s"]
         print(f"framework overhead, mrpo_cached step time / bare loop: {overhead:.3f}")
-    for arm in OPTION_ARMS:
+    if "mrpo_noshare" in med and "mrpo_cached" in med:
+        print(
+            "prefix sharing, mrpo_cached / mrpo_noshare: speed "
+            f"{ratio('mrpo_cached', 'mrpo_noshare')}"
+            f", memory {ratio('mrpo_cached', 'mrpo_noshare', 'peak_rss_gb')}"
+        )
+    if "mrpo_cached" in med and "computed_tokens" in med["mrpo_cached"]:
+        saved = 1 - med["mrpo_cached"]["computed_tokens"] / med["mrpo_cached"]["tokens"]
+        print(f"mrpo_cached computes {1 - saved:.1%} of the tokens asked for ({saved:.1%} saved)")
+    for arm in (*LAYOUT_ARMS, *OPTION_ARMS):
         if arm in med and "mrpo_cached" in med:
             print(
                 f"{arm} / mrpo_cached: speed {ratio(arm, 'mrpo_cached')} (after the first step "

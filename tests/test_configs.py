@@ -302,6 +302,29 @@ def test_logprob_chunk_sizes_must_be_positive(output_dir: Path) -> None:
     assert message.startswith("model.lm_head_chunk_tokens:")
 
 
+def test_layout_and_preparation_options(output_dir: Path) -> None:
+    data = checked_train_config([], output_dir).data
+    # The prompt is shared by default (it pays); packing and token budgets are opt-in.
+    assert (data.prefix_sharing, data.packing, data.max_tokens_per_batch) == (True, False, None)
+    options = ["data.packing=true", "data.pack_row_tokens=2048", "data.max_tokens_per_batch=4096"]
+    data = checked_train_config([*options, "data.num_proc=2"], output_dir).data
+    assert (data.pack_row_tokens, data.max_tokens_per_batch, data.num_proc) == (2048, 4096, 2)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.pack_row_tokens=0",
+        "data.max_tokens_per_batch=0",
+        "data.num_proc=0",
+        "model.attn_implementation=fast",
+    ],
+)
+def test_bad_layout_and_preparation_values_name_their_key(override: str, output_dir: Path) -> None:
+    message = expect_config_error([override], output_dir)
+    assert message.startswith(override.split("=")[0] + ":")
+
+
 def test_official_pairing_needs_two_references(output_dir: Path) -> None:
     base = ["loss=mrpo", "loss.harmonic_pairing=official", "references=prompted"]
     checked_train_config([*base, "references.num_refs=2"], output_dir)

@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrpo.data.tokenize import (
+    encode_texts,
     render_pair,
+    render_pairs,
     tokenize_pair,
     tokenize_pairs,
     truncate_pair,
@@ -247,3 +249,21 @@ def test_tokenize_pairs_counts_truncation_and_keeps_ends():
     assert list(cut.prompt_ids) == full_prompt[-40:]
     assert tok.decode(cut.chosen_ids).startswith("word word")
     assert tok.decode(cut.rejected_ids) == "short<|im_end|>\n"
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_encoding_through_the_backend_gives_the_tokenizers_ids(kind):
+    tok = make_tiny_tokenizer(kind)
+    texts = [render_pair(EXAMPLE, tok).prompt, "They make sugar ünïcödé 🙂<|im_end|>\n", ""]
+    expected = tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode_texts(tok, texts) == expected
+    # A backend with truncation configured is called through the tokenizer, which lifts it.
+    tok.backend_tokenizer.enable_truncation(max_length=3)
+    assert encode_texts(tok, texts) == expected
+
+
+def test_batched_rendering_equals_one_by_one():
+    tok = make_tiny_tokenizer("zephyr")
+    other = PreferenceExample(PROMPT[:1], "Roots.", "Leaves, mostly.", index=4)
+    one_by_one = [render_pair(ex, tok, system_prompt="Be terse.") for ex in (EXAMPLE, other)]
+    assert render_pairs([EXAMPLE, other], tok, system_prompt="Be terse.") == one_by_one

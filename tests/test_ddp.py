@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.runs import run_train_cli, write_hh_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ def single(tiny_model_dir: Path, hh_file: Path, tmp_path_factory: pytest.TempPat
     return run_train(args, root / "run")
 
 
-def assert_same_training(single: dict, ddp: dict, initial_dir: Path) -> None:
-    assert single["global_step"] == ddp["global_step"] == 5
+def assert_same_training(single: dict, ddp: dict, initial_dir: Path, steps: int = 5) -> None:
+    assert single["global_step"] == ddp["global_step"] == steps
     for key in ("final/val/loss", "final/val/rewards/margin", "final/val/policy_margin_accuracy"):
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
     weights = [load_file(Path(s["model_dir"]) / "model.safetensors") for s in (single, ddp)]
@@ -87,6 +87,28 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(
     assert_same_training(single, ddp, tiny_model_dir)
     # Lightning starts rank 1 when training begins: rank 0 scored every reference row alone.
     assert ddp["reference_cache"]["forward_passes"] == single["reference_cache"]["forward_passes"]
+
+
+def test_ddp_with_packed_token_budget_batches_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Batches of varying size (a token budget), the prompt shared, packed rows: 2 ranks still
+    step like 1 process accumulating 2 batches (DDP averages the ranks' per-pair mean losses as
+    accumulation averages the batches')."""
+    # 26 rows: 22 training pairs cut into 8 batches of 3, 3, 3, 3, 1, 3, 3, 3 pairs (~100 tokens
+    # a pair), an even number so that no rank repeats a batch.
+    data = write_hh_pairs(tmp_path / "pairs.jsonl", 26)
+    args = [
+        *base_args(tiny_model_dir, data, tmp_path / "cache"),
+        "data.max_samples=26",
+        "data.packing=true",
+        "data.max_tokens_per_batch=330",
+    ]
+    single = run_train([*args, "trainer.accumulate_grad_batches=2"], tmp_path / "single")
+    assert single["throughput"]["batches"] == 8 and single["throughput"]["pairs"] == 22
+    ddp = run_train([*args, "trainer=ddp", "trainer.accelerator=cpu"], tmp_path / "ddp")
+    assert ddp["throughput"]["batches"] == 4  # rank 0's half
+    assert_same_training(single, ddp, tiny_model_dir, steps=4)
 
 
 def test_torchrun_ranks_split_reference_scoring_and_train_like_one_process(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrpo.training.metrics import policy_margin_accuracy, response_token_counts, reward_metrics
+from mrpo.data.types import PreferenceBatch
+from mrpo.training.metrics import policy_margin_accuracy, reward_metrics
 
 
 def test_policy_margin_accuracy_and_reward_metrics_hand_values() -> None:
@@ -34,4 +35,5 @@ def test_zero_token_responses_count_as_one_token() -> None:
 
 def test_response_token_counts_skip_the_unpredictable_first_position() -> None:
     labels = torch.tensor([[5, 6, -100, -100], [-100, -100, 7, 8]])
-    assert response_token_counts(labels).tolist() == [1, 2]
+    batch = PreferenceBatch(labels, torch.ones_like(labels), labels, index=torch.tensor([0]))
+    assert batch.response_token_counts().tolist() == [1, 2]

@@ -18,7 +18,7 @@ import torch
 
 from mrpo.data.types import PreferenceBatch
 from mrpo.objectives import WeightStrategy
-from mrpo.training.metrics import policy_margin_accuracy, response_token_counts
+from mrpo.training.metrics import policy_margin_accuracy
 from mrpo.training.module import PreferenceModule
 
 
@@ -51,7 +51,7 @@ class ThompsonFeedback(L.Callback):
         for batch in self.feedback_batches:
             batch = batch.to(module.device)
             chosen, rejected = module.forward_logps(batch)
-            counts = response_token_counts(batch.labels)
+            counts = batch.response_token_counts()
             b = batch.num_pairs
             acc = policy_margin_accuracy(chosen, rejected, counts[:b], counts[b:])
             hits += float(acc) * b

@@ -9,7 +9,7 @@ reference specs) come from :mod:`mrpo.config.build`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from transformers import PreTrainedTokenizerBase
 
-from mrpo.callbacks import EvalCallback, ThompsonFeedback
+from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
 from mrpo.config.build import num_references, reference_specs
-from mrpo.config.schema import TrainConfig
+from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
+from mrpo.data.layout import PairLayout
 from mrpo.data.preference import load_preference_data, train_val_split
-from mrpo.data.tokenize import tokenize_pairs
+from mrpo.data.prepare import prepare_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.errors import ConfigError
 from mrpo.evals.runner import EvalData
@@ -43,8 +44,8 @@ class PreparedData:
 
     train_examples: list[PreferenceExample]
     val_examples: list[PreferenceExample]
-    train_pairs: list[TokenizedPair]
-    val_pairs: list[TokenizedPair]
+    train_pairs: Sequence[TokenizedPair]
+    val_pairs: Sequence[TokenizedPair]
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +61,11 @@ class PreparedReferences:
 def model_cache_dir(cache_dir: str | Path) -> Path:
     """Where converted models (the packaged GGUF) are cached, under ``paths.cache_dir``."""
     return Path(cache_dir) / "models"
+
+
+def tokenized_cache_dir(cache_dir: str | Path) -> Path:
+    """Where prepared (tokenized) pair tables are kept, under ``paths.cache_dir``."""
+    return Path(cache_dir) / "tokenized"
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
@@ -88,8 +94,13 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         cache_dir=model_cache_dir(cfg.paths.cache_dir),
     )
     train_tok, val_tok = (
-        tokenize_pairs(
-            ex, tokenizer, max_length=d.max_length, max_prompt_length=d.max_prompt_length
+        prepare_pairs(
+            ex,
+            tokenizer,
+            max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length,
+            cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
+            num_proc=d.num_proc,
         )
         for ex in (train_ex, val_ex)
     )
@@ -105,7 +116,14 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         "val_fingerprint": data_fingerprint(val_tok.pairs),
     }
     log.info("data: %s", report)
-    return PreparedData(train_ex, val_ex, list(train_tok.pairs), list(val_tok.pairs), report)
+    return PreparedData(train_ex, val_ex, train_tok.pairs, val_tok.pairs, report)
+
+
+def pair_layout(data: DataConfig) -> PairLayout:
+    """The layout of a batch's pairs the config asks for (models may fall back to padding)."""
+    return PairLayout(
+        share_prefix=data.prefix_sharing, pack=data.packing, row_tokens=data.pack_row_tokens
+    )
 
 
 def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
@@ -123,6 +141,9 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         ranks=detect_ranks() if cfg.references.split_across_ranks else None,
         shard_timeout=cfg.references.shard_timeout_s,
         lock_timeout=cfg.references.lock_timeout_s,
+        layout=pair_layout(cfg.data),
+        tokenized_cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
+        num_proc=cfg.data.num_proc,
     )
 
 
@@ -178,7 +199,14 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     tokenizer = load_tokenizer(
         m.tokenizer or m.source, chat_template=m.chat_template, cache_dir=cache
     )
-    policy = load_model(m.source, dtype=m.dtype, cache_dir=cache, lora=m.lora, trainable=True)
+    policy = load_model(
+        m.source,
+        dtype=m.dtype,
+        cache_dir=cache,
+        lora=m.lora,
+        trainable=True,
+        attn_implementation=m.attn_implementation,
+    )
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     if m.compile:
@@ -195,9 +223,10 @@ def build_callbacks(
     objective: Objective,
     eval_data: EvalData | None = None,
 ) -> list[Callback]:
-    """Checkpointing, learning-rate monitor, evaluation, the weighting's feedback loop, and
-    any other callback the config names by ``_target_``."""
-    callbacks: list[Callback] = []
+    """The throughput monitor, checkpointing, learning-rate monitor, evaluation, the
+    weighting's feedback loop, and any other callback the config names by ``_target_``."""
+    # First, so that a step's time ends before later callbacks (evaluation) run.
+    callbacks: list[Callback] = [ThroughputMonitor()]
     ckpt = cfg.callbacks.get("checkpoint")
     if ckpt:
         callbacks.extend(checkpoint_callbacks(ckpt, output_dir / "checkpoints"))
@@ -231,6 +260,14 @@ def build_callbacks(
         if isinstance(spec, Mapping) and "_target_" in spec:
             callbacks.append(instantiate_callback(name, spec))
     return callbacks
+
+
+def throughput_summary(callbacks: list[Callback]) -> dict[str, float]:
+    """The run's throughput totals (:class:`~mrpo.callbacks.ThroughputMonitor`), or {}."""
+    for callback in callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            return callback.totals.summary()
+    return {}
 
 
 def checkpoint_callbacks(ckpt: Mapping[str, Any], dirpath: Path) -> list[Callback]:

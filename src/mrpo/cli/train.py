@@ -41,8 +41,10 @@ from mrpo.cli.steps import (
     live_references,
     load_policy,
     logger_labels,
+    pair_layout,
     prepare_data,
     prepare_references,
+    throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.build import build_objective, num_references
@@ -122,6 +124,7 @@ def build_run(
     found: Preflight,
 ) -> TrainingRun:
     """The policy, the objective (offline weights fitted), the module, data and Trainer."""
+    from mrpo.data.layout import layout_for
     from mrpo.data.module import PreferenceDataModule
 
     policy, tokenizer = load_policy(cfg)
@@ -152,6 +155,8 @@ def build_run(
         group_by_length=cfg.data.group_by_length,
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
+        layout=layout_for(policy, pair_layout(cfg.data)),
+        max_tokens_per_batch=cfg.data.max_tokens_per_batch,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective, found.eval_data)
@@ -204,6 +209,7 @@ def summarize(
         "seconds": seconds,
         "reference_cache": refs.stats,
         "data": data.report,
+        "throughput": throughput_summary(trainer.callbacks),  # type: ignore[attr-defined]
         "environment": environment_record(),
         **{f"before/{k}": v for k, v in before.items()},
         **{f"final/{k}": v for k, v in after.items()},
@@ -237,10 +243,17 @@ def _save_policy(module: PreferenceModule, target: Path) -> Path:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     keys = ("val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy")
+    data, speed = summary.get("data", {}), summary.get("throughput", {})
     lines = [
         "",
         f"run directory : {summary['run_dir']}",
         f"W&B run (sync): {summary['wandb_dir'] or 'disabled'}",
+        f"data          : {data.get('train_pairs')} train + {data.get('val_pairs')} val pairs, "
+        f"{data.get('truncated')} truncated",
+        f"throughput    : {speed.get('tokens_per_second', float('nan')):.1f} tokens/s, "
+        f"{speed.get('pairs_per_second', float('nan')):.2f} pairs/s, padding "
+        f"{speed.get('padding_fraction', float('nan')):.1%}, peak memory "
+        f"{speed.get('peak_memory_gb', float('nan')):.2f} GB",
         f"{'metric':<32}{'before':>10}{'after':>10}",
     ]
     for key in keys:

@@ -48,6 +48,9 @@ class ModelConfig:
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     compile: bool = False  # torch.compile the policy's backbone (see docs/scaling.md)
+    # The policy's transformers attention (null: its default, sdpa). flex_attention (GPUs):
+    # packed rows skip their masked tiles; flash_attention_* take no mask: padded layout.
+    attn_implementation: str | None = None
     # Log-probs from the last hidden states through the LM head in tiles, without logits
     # (mrpo.logprobs); models it cannot serve exactly keep the logits path on their own.
     fused_lm_head: bool = True
@@ -92,6 +95,19 @@ class DataConfig:
     eval_batch_size: int = 8
     group_by_length: bool = True
     num_workers: int = 0
+    # Processes that tokenize the pairs (mrpo.data.prepare; null: one per 5,000 pairs up to
+    # the CPU count; more did not pay on 2 shared cores, docs/scaling.md). Tokenized tables
+    # are kept in <paths.cache_dir>/tokenized and reused by later runs.
+    num_proc: int | None = 1
+    # How a batch's pairs become rows (mrpo.data.layout, docs/scaling.md), for the policy and
+    # the references: the prompt computed once per pair, and sequences packed padding-free
+    # into rows of at most pack_row_tokens tokens (null: the batch's longest). A model outside
+    # the allow-list of mrpo.logprobs.attention keeps the padded layout on its own.
+    prefix_sharing: bool = True
+    packing: bool = False
+    pack_row_tokens: int | None = None
+    # Training batches cut by a token budget (the layout's tokens) instead of batch_size pairs.
+    max_tokens_per_batch: int | None = None
 
 
 @dataclass

@@ -21,7 +21,7 @@ from mrpo.config.build import build_objective, reference_specs
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.errors import ConfigError, OptionError
 from mrpo.evals.registry import EVAL_NAMES
-from mrpo.models import DTYPES, ModelSourceError, resolve_source
+from mrpo.models import ATTENTION_IMPLEMENTATIONS, DTYPES, ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
 from mrpo.tracking.wandb import WANDB_MODES
 
@@ -88,6 +88,11 @@ def _check_model(model: ModelConfig) -> None:
     chunk = model.logprob_chunk_size
     require(chunk is None or chunk >= 1, "model.logprob_chunk_size", "must be >= 1 or null")
     require(model.lm_head_chunk_tokens >= 1, "model.lm_head_chunk_tokens", "must be >= 1")
+    require(
+        model.attn_implementation in (None, *ATTENTION_IMPLEMENTATIONS),
+        "model.attn_implementation",
+        f"unknown {model.attn_implementation!r}; one of {list(ATTENTION_IMPLEMENTATIONS)} or null",
+    )
     if model.lora.enabled:
         try:
             model.lora.check()
@@ -147,6 +152,9 @@ def _check_data(cfg: TrainConfig) -> None:
             f"must be in (0, data.max_length={data.max_length}), got {data.max_prompt_length}",
         )
     require(data.batch_size >= 1, "data.batch_size", "must be >= 1")
+    for key in ("pack_row_tokens", "max_tokens_per_batch", "num_proc"):
+        value = getattr(data, key)
+        require(value is None or value >= 1, f"data.{key}", f"must be >= 1 or null, got {value}")
     require(data.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
     require(
         data.val_size > 0,

@@ -1,7 +1,8 @@
 """Batching tokenized preference pairs: the padding collator and a length-grouped sampler.
 
 `PreferenceCollator` pads B pairs into a `PreferenceBatch` (chosen rows first, labels -100 on
-prompt and padding) and attaches cached reference log-probs.
+prompt and padding), or lays them out as packed rows (:mod:`mrpo.data.layout`: the prompt
+shared, padding-free), and attaches cached reference log-probs.
 
 `LengthGroupedBatchSampler` works like transformers' ``LengthGroupedSampler``: each epoch the
 rows are shuffled, cut into mega-batches of ``mega_batch_mult * batch_size`` rows, and each
@@ -19,10 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from mrpo.data.layout import PADDED, PairLayout, pack_pairs
+from mrpo.data.table import id_lengths
 from mrpo.data.types import PreferenceBatch, RefLookup, TokenizedPair
-
-IGNORE_INDEX = -100
-"""Label of positions that do not count in the loss (prompt and padding)."""
+from mrpo.logprobs import IGNORE_INDEX
 
 
 class PreferenceCollator:
@@ -34,6 +35,8 @@ class PreferenceCollator:
         pad_to_multiple_of: round the padded length T up to a multiple of this.
         ref_lookup: called with the batch's (B,) int64 index tensor; returns the reference
             log-probs (ref_chosen (K, B), ref_rejected (K, B)) attached to the batch as float32.
+        layout: how the pairs become rows (:class:`~mrpo.data.layout.PairLayout`); the
+            default pads one row per sequence (``padding_side`` applies to it only).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class PreferenceCollator:
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
         ref_lookup: RefLookup | None = None,
+        layout: PairLayout = PADDED,
     ) -> None:
         if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
             raise ValueError(
@@ -57,11 +61,33 @@ class PreferenceCollator:
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.ref_lookup = ref_lookup
+        self.layout = layout
 
     def __call__(self, pairs: Sequence[TokenizedPair]) -> PreferenceBatch:
-        """Pad B pairs into (2B, T) tensors; labels are -100 on prompt and padding."""
+        """Pad B pairs into (2B, T) tensors (labels -100 on prompt and padding), or pack them."""
         if not pairs:
             raise ValueError("cannot collate an empty list of pairs")
+        batch = self._padded(pairs) if self.layout.padded else self._packed(pairs)
+        if self.ref_lookup is not None:
+            batch.ref_chosen, batch.ref_rejected = self._lookup(batch.index)
+        return batch
+
+    def _packed(self, pairs: Sequence[TokenizedPair]) -> PreferenceBatch:
+        packed = pack_pairs(
+            pairs,
+            self.layout,
+            pad_token_id=self.pad_token_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
+        return PreferenceBatch(
+            input_ids=packed.input_ids,
+            attention_mask=packed.attention_mask,
+            labels=packed.input_ids.masked_fill(packed.branch == 0, IGNORE_INDEX),
+            index=torch.tensor([p.index for p in pairs], dtype=torch.long),
+            packed=packed,
+        )
+
+    def _padded(self, pairs: Sequence[TokenizedPair]) -> PreferenceBatch:
         rows = [(p.prompt_ids, p.chosen_ids) for p in pairs]
         rows += [(p.prompt_ids, p.rejected_ids) for p in pairs]
         width = max(len(prompt) + len(response) for prompt, response in rows)
@@ -78,12 +104,9 @@ class PreferenceCollator:
             response_span = slice(start + len(prompt), start + n)
             labels[i, response_span] = input_ids[i, response_span]
         index = torch.tensor([p.index for p in pairs], dtype=torch.long)
-        batch = PreferenceBatch(
+        return PreferenceBatch(
             input_ids=input_ids, attention_mask=attention_mask, labels=labels, index=index
         )
-        if self.ref_lookup is not None:
-            batch.ref_chosen, batch.ref_rejected = self._lookup(index)
-        return batch
 
     def _lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.ref_lookup is not None
@@ -104,7 +127,8 @@ class PreferenceCollator:
 
 def pair_lengths(pairs: Sequence[TokenizedPair]) -> list[int]:
     """Padded row length of each pair: prompt + the longer response, in tokens."""
-    return [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+    prompt, chosen, rejected = id_lengths(pairs)
+    return (prompt + np.maximum(chosen, rejected)).tolist()
 
 
 class _EpochSetter:
@@ -146,6 +170,13 @@ class LengthGroupedBatchSampler:
             batch; batches are repeated from the start (or dropped with ``drop_last``) so that
             every rank gets the same number.
         epoch_source: returns the epoch to iterate (see above); None uses :meth:`set_epoch`.
+        max_tokens: cut batches by a token budget instead of ``batch_size`` items: a batch
+            takes items in order while their ``costs`` sum to at most ``max_tokens`` (an item
+            costing more is a batch of its own), so the number of items varies per batch;
+            ``batch_size`` then only sizes the mega-batches, and ``drop_last`` only evens out
+            the ranks' batch counts.
+        costs: tokens each item costs, with ``max_tokens`` (e.g.
+            :func:`mrpo.data.layout.pair_costs`).
     """
 
     def __init__(
@@ -161,7 +192,13 @@ class LengthGroupedBatchSampler:
         num_replicas: int = 1,
         rank: int = 0,
         epoch_source: Callable[[], int] | None = None,
+        max_tokens: int | None = None,
+        costs: Sequence[int] | None = None,
     ) -> None:
+        if max_tokens is not None and (max_tokens < 1 or costs is None):
+            raise ValueError(f"max_tokens must be >= 1 and come with costs, got {max_tokens}")
+        if costs is not None and len(costs) != len(lengths):
+            raise ValueError(f"costs has {len(costs)} items, lengths {len(lengths)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -183,6 +220,9 @@ class LengthGroupedBatchSampler:
         self.skip = 0
         self.sampler = _EpochSetter(self)
         self.epoch_source = epoch_source
+        self.max_tokens = max_tokens
+        self.costs = None if costs is None else np.asarray(costs, dtype=np.int64)
+        self._counted: tuple[int, int] | None = None  # (epoch, batches) under a token budget
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order `__iter__` yields."""
@@ -200,6 +240,13 @@ class LengthGroupedBatchSampler:
         self.skip = num_batches
 
     def _num_batches_total(self) -> int:
+        if self.max_tokens is not None:
+            # The number of batches depends on the epoch's order: count them once per epoch.
+            if self.epoch_source is not None:
+                self.epoch = self.epoch_source()
+            if self._counted is None or self._counted[0] != self.epoch:
+                self._counted = (self.epoch, len(self._batches()))
+            return self._counted[1]
         n, b = len(self.lengths), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
@@ -233,10 +280,25 @@ class LengthGroupedBatchSampler:
         return batches
 
     def _cut(self, order: np.ndarray) -> list[list[int]]:
+        if self.max_tokens is not None:
+            return self._cut_by_tokens(order)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return [b.tolist() for b in batches]
+
+    def _cut_by_tokens(self, order: np.ndarray) -> list[list[int]]:
+        assert self.costs is not None and self.max_tokens is not None  # checked in __init__
+        batches: list[list[int]] = []
+        total = self.max_tokens + 1  # the first item starts a batch
+        for i in order.tolist():
+            cost = int(self.costs[i])
+            if total + cost > self.max_tokens:
+                batches.append([])
+                total = 0
+            batches[-1].append(i)
+            total += cost
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the epoch is read when the first batch is asked for, not when the

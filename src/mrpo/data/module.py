@@ -15,6 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
+from mrpo.data.layout import PADDED, PairLayout, pair_costs
 from mrpo.data.types import RefLookup, TokenizedPair
 
 
@@ -30,6 +31,9 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: batch pairs of similar length together to cut padding.
         seed: shuffling seed; with the epoch it fixes the order (so a resumed run sees the
             same batches).
+        layout: how a batch's pairs become rows (:mod:`mrpo.data.layout`).
+        max_tokens_per_batch: cut training batches by this token budget (in ``layout``'s
+            tokens) instead of ``batch_size`` pairs; None keeps ``batch_size``.
     """
 
     def __init__(
@@ -44,11 +48,14 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        layout: PairLayout = PADDED,
+        max_tokens_per_batch: int | None = None,
     ) -> None:
         super().__init__()
-        self.train_pairs = list(train_pairs)
-        self.val_pairs = list(val_pairs)
-        self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup)
+        self.train_pairs = train_pairs  # a PairTable stays columns (and memory-mapped)
+        self.val_pairs = val_pairs
+        self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup, layout=layout)
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.group_by_length = group_by_length
@@ -63,6 +70,8 @@ class PreferenceDataModule(L.LightningDataModule):
             seed=self.seed,
             group_by_length=self.group_by_length,
             epoch_source=self._current_epoch,
+            max_tokens=self.max_tokens_per_batch,
+            costs=pair_costs(self.train_pairs, self.collator.layout),
             **self._replicas(),
         )
         # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
@@ -111,8 +120,10 @@ class PreferenceDataModule(L.LightningDataModule):
             return {}
         return {"num_replicas": self.trainer.world_size, "rank": self.trainer.global_rank}
 
-    def _loader(self, pairs: list[TokenizedPair], sampler: LengthGroupedBatchSampler) -> DataLoader:
-        # A list is a map-style data set (``__getitem__`` and ``__len__``) as it is.
+    def _loader(
+        self, pairs: Sequence[TokenizedPair], sampler: LengthGroupedBatchSampler
+    ) -> DataLoader:
+        # A list or a PairTable is a map-style data set (``__getitem__``, ``__len__``) as it is.
         dataset = cast("Dataset[TokenizedPair]", pairs)
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from mrpo.logprobs import IGNORE_INDEX
+from mrpo.logprobs.packing import PackedRows
+
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
@@ -54,18 +57,23 @@ class TokenizedPair:
 
 @dataclass
 class PreferenceBatch:
-    """A padded batch of B preference pairs, chosen rows first.
+    """A batch of B preference pairs: padded rows, chosen rows first, or packed rows.
 
     Attributes:
         input_ids: (2B, T) int64; rows ``[0, B)`` are prompt+chosen, rows ``[B, 2B)`` are
-            prompt+rejected, in the same pair order.
-        attention_mask: (2B, T) int64, 1 on real tokens, 0 on padding.
+            prompt+rejected, in the same pair order. With ``packed``: its (R, T) rows.
+        attention_mask: (2B, T) int64, 1 on real tokens, 0 on padding (with ``packed``: its
+            rows').
         labels: (2B, T) int64, equal to ``input_ids`` on response tokens and -100 on prompt
-            and padding tokens (unshifted: position t is predicted from positions < t).
+            and padding tokens (unshifted: position t is predicted from positions < t). With
+            ``packed``: (R, T), the response tokens at their own positions; the scored tokens
+            and what predicts them are ``packed``'s.
         index: (B,) int64 data set row of each pair.
         ref_chosen: (K, B) float32 reference log-probs of the chosen responses, or None when
             the references run live.
         ref_rejected: (K, B) float32, likewise for the rejected responses.
+        packed: the pairs as packed rows (:mod:`mrpo.data.layout`), sequence ``b`` the chosen
+            and ``B + b`` the rejected response of pair ``b``; None in the padded layout.
     """
 
     input_ids: torch.Tensor
@@ -75,11 +83,22 @@ class PreferenceBatch:
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    packed: PackedRows | None = None
 
     @property
     def num_pairs(self) -> int:
         """B, the number of preference pairs."""
         return int(self.index.shape[0])
+
+    def response_token_counts(self) -> torch.Tensor:
+        """(2B,) int64 scored response tokens of each sequence, chosen ones first.
+
+        In the padded layout the first position of a row is never predicted, so it is not
+        counted (as in :func:`mrpo.logprobs.sequence_logprobs`).
+        """
+        if self.packed is not None:
+            return self.packed.token_counts()
+        return (self.labels[:, 1:] != IGNORE_INDEX).sum(dim=-1)
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
         """Return a copy with every tensor moved to ``device``."""
@@ -99,4 +118,5 @@ class PreferenceBatch:
             ref_chosen=move_optional(self.ref_chosen),
             ref_rejected=move_optional(self.ref_rejected),
             extras={k: v.to(device, non_blocking=True) for k, v in self.extras.items()},
+            packed=None if self.packed is None else self.packed.to(device),
         )

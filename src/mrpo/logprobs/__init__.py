@@ -6,6 +6,9 @@ from mrpo.logprobs._lm_head import (
     head_logprobs,
     split_lm_head,
 )
+from mrpo.logprobs.attention import PACKED_MODEL_TYPES, packed_mask_builder
+from mrpo.logprobs.packed import batch_sequence_logprobs, packed_sequence_logprobs
+from mrpo.logprobs.packing import Block, PackedRows, pack_blocks
 from mrpo.logprobs.sequence import (
     IGNORE_INDEX,
     SequenceLogProbs,
@@ -20,12 +23,19 @@ from mrpo.logprobs.sequence import (
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
     "IGNORE_INDEX",
+    "PACKED_MODEL_TYPES",
     "PLAIN_HEAD_MODEL_TYPES",
+    "Block",
+    "PackedRows",
     "SequenceLogProbs",
     "accepts_logits_to_keep",
+    "batch_sequence_logprobs",
     "head_logprobs",
     "hidden_sequence_logprobs",
     "model_sequence_logprobs",
+    "pack_blocks",
+    "packed_mask_builder",
+    "packed_sequence_logprobs",
     "position_ids_from_mask",
     "scored_window",
     "sequence_logprobs",

@@ -14,6 +14,7 @@ Public API:
 
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.loading import (
+    ATTENTION_IMPLEMENTATIONS,
     DTYPES,
     compile_policy,
     disable_dropout,
@@ -34,6 +35,7 @@ from mrpo.models.sources import (
 )
 
 __all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
     "DEFAULT_MODEL",
     "DTYPES",
     "PACKAGED_MODEL",

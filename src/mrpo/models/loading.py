@@ -157,6 +157,17 @@ def _apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
     return get_peft_model(model, config)
 
 
+ATTENTION_IMPLEMENTATIONS = (
+    "eager",
+    "sdpa",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+)
+"""transformers attention implementations a model may be loaded with
+(``model.attn_implementation``)."""
+
+
 def load_model(
     source: str,
     *,
@@ -164,6 +175,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     lora: LoraConfig | None = None,
     trainable: bool = True,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel | PeftModel:
     """Load a causal LM from a model source, with dropout disabled.
 
@@ -179,6 +191,9 @@ def load_model(
             ``PeftModel``); only the adapters are trainable.
         trainable: False gives a frozen model (eval mode, no parameter requires grad), e.g.
             for a reference.
+        attn_implementation: one of :data:`ATTENTION_IMPLEMENTATIONS` (None: transformers'
+            default, ``sdpa``); ``flex_attention`` makes packed rows skip their masked tiles
+            on GPUs (:mod:`mrpo.logprobs.attention`).
 
     Raises:
         ValueError: an unknown dtype.
@@ -196,8 +211,11 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(location, **hub_kwargs)
         _zero_config_dropout(config)
+        attention = (
+            {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        )
         model = AutoModelForCausalLM.from_pretrained(
-            location, config=config, dtype=DTYPES[dtype], **hub_kwargs
+            location, config=config, dtype=DTYPES[dtype], **attention, **hub_kwargs
         )
     except (OSError, ValueError) as error:  # missing files, or files transformers cannot use
         if resolved.kind == "hub":

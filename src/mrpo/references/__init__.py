@@ -23,6 +23,7 @@ Modules: ``spec`` (what a reference is), ``logps`` (one reference's per-row log-
 (K references' log-probs for batch lookup), ``live`` (live mode).
 """
 
+from mrpo.data.prepare import tokenizer_fingerprint
 from mrpo.references.cache import RefCache, RefCacheKey
 from mrpo.references.ensemble import (
     TRUNCATION,
@@ -33,12 +34,7 @@ from mrpo.references.ensemble import (
 )
 from mrpo.references.live import LiveReferences
 from mrpo.references.logps import RefLogps
-from mrpo.references.scoring import (
-    adapters_disabled,
-    data_fingerprint,
-    score_pairs,
-    tokenizer_fingerprint,
-)
+from mrpo.references.scoring import adapters_disabled, data_fingerprint, score_pairs
 from mrpo.references.spec import SELF, ReferenceSpec, ResolvedReference, resolve_reference
 from mrpo.references.table import RefTable
 

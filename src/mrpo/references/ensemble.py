@@ -16,18 +16,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mrpo.data.tokenize import TokenizedPairs, tokenize_pairs
+from mrpo.data.layout import PADDED, PairLayout
+from mrpo.data.prepare import prepare_pairs, tokenizer_fingerprint
+from mrpo.data.tokenize import TokenizedPairs
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.errors import InputError
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
 from mrpo.references.logps import RefLogps
-from mrpo.references.scoring import (
-    data_fingerprint,
-    num_forward_passes,
-    score_pairs,
-    tokenizer_fingerprint,
-)
+from mrpo.references.scoring import data_fingerprint, num_forward_passes, score_pairs
 from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
 from mrpo.references.spec import ReferenceSpec, resolve_reference
 from mrpo.references.table import RefTable
@@ -137,6 +134,11 @@ class ReferenceEnsemble:
         shard_timeout: seconds a rank waits for the other ranks' shards.
         lock_timeout: seconds a process waits for another one filling the same cache entry
             (None: as long as it takes; see :class:`~mrpo.references.cache.RefCache`).
+        layout: how the pairs of a scoring batch become rows (:mod:`mrpo.data.layout`); the
+            log-probs are the same in every layout, to float rounding.
+        tokenized_cache_dir: where the rows tokenized for the cache are kept and reused
+            (:func:`mrpo.data.prepare.prepare_pairs`); None: tokenized every time.
+        num_proc: processes that tokenize the rows (None: as many as pay).
 
     Raises:
         ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
@@ -159,6 +161,9 @@ class ReferenceEnsemble:
         ranks: RankInfo | None = None,
         shard_timeout: float = 7200.0,
         lock_timeout: float | None = None,
+        layout: PairLayout = PADDED,
+        tokenized_cache_dir: str | Path | None = None,
+        num_proc: int | None = None,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -187,6 +192,9 @@ class ReferenceEnsemble:
         self.model_cache_dir = model_cache_dir
         self.ranks = ranks or RankInfo()
         self.shard_timeout = shard_timeout
+        self.layout = layout
+        self.tokenized_cache_dir = tokenized_cache_dir
+        self.num_proc = num_proc
         if device is None:
             device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -234,6 +242,8 @@ class ReferenceEnsemble:
         k: int,
         examples: Sequence[PreferenceExample],
         memo: dict[Any, TokenizedPairs] | None = None,
+        *,
+        keep: bool = False,
     ) -> TokenizedPairs:
         """``examples`` rendered and tokenized as reference ``k`` sees them.
 
@@ -242,16 +252,20 @@ class ReferenceEnsemble:
             examples: the rows.
             memo: a dict the caller keeps for one list of examples; references that see the
                 same token ids (same tokenizer, template and system prompt) share the work.
+            keep: read and keep the tokenized rows in ``tokenized_cache_dir`` (the data set's
+                rows, which later runs tokenize alike; not a live batch's).
         """
         group = self.resolved[k].text_group
         if memo is not None and group in memo:
             return memo[group]
-        pairs = tokenize_pairs(
+        pairs = prepare_pairs(
             examples,
             self.tokenizer(k),
             max_length=self.max_length,
             max_prompt_length=self.max_prompt_length,
             system_prompt=self.specs[k].system_prompt,
+            cache_dir=self.tokenized_cache_dir if keep else None,
+            num_proc=self.num_proc if keep else 1,
         )
         if memo is not None:
             memo[group] = pairs
@@ -317,6 +331,7 @@ class ReferenceEnsemble:
             batch_size=self.batch_size,
             progress=progress,
             desc=f"reference {self.specs[k].name}",
+            layout=self.layout,
         )
         self.stats.forward_passes += num_forward_passes(len(pairs.pairs), self.batch_size)
         return scores
@@ -344,7 +359,7 @@ class ReferenceEnsemble:
         memo: dict[Any, TokenizedPairs] = {}
         # Every reference's tokenizer and rows first: an unusable tokenizer or chat template
         # fails here, before any model is loaded or any reference is scored.
-        tokenized = [self.tokenize(k, examples, memo) for k in range(len(self))]
+        tokenized = [self.tokenize(k, examples, memo, keep=True) for k in range(len(self))]
         results: list[RefLogps] = [None] * len(self)  # type: ignore[list-item]
         for members in self.model_groups().values():
             loaded: list[torch.nn.Module] = []  # filled by the group's first miss

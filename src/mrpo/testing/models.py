@@ -7,10 +7,20 @@ exercises the same code paths (attention masks, position ids, generation, LoRA t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 
 def make_tiny_model(
@@ -62,6 +72,59 @@ def make_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def _seeded(build: Callable[[], PreTrainedModel], seed: int) -> PreTrainedModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+TINY_FAMILIES: dict[str, Callable[[int, int], PreTrainedModel]] = {
+    # rotary positions, untied head
+    "llama": lambda vocab, seed: make_tiny_model(vocab, seed=seed),
+    # rotary, grouped key/value heads, biases on q/k/v, tied embeddings
+    "qwen2": lambda vocab, seed: _seeded(
+        lambda: Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                tie_word_embeddings=True, attention_dropout=0.0,
+            )
+        ),
+        seed,
+    ),
+    # learned absolute positions, a fused qkv projection, tied embeddings
+    "gpt2": lambda vocab, seed: _seeded(
+        lambda: GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+                eos_token_id=None,
+            )
+        ),
+        seed,
+    ),
+}  # fmt: skip
+"""Builders ``(vocab_size, seed) -> model`` of tiny random causal LMs of three families: three
+ways a decoder turns positions and masks into attention."""
+
+
+def make_tiny_family_model(
+    family: str, vocab_size: int, *, seed: int = 0, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """A tiny random float32 causal LM of a :data:`TINY_FAMILIES` family, in eval mode.
+
+    Args:
+        family: a key of :data:`TINY_FAMILIES` (``llama``, ``qwen2``, ``gpt2``).
+        vocab_size: number of token ids.
+        seed: seed of the weight initialization (the global RNG is left untouched).
+        attn_implementation: e.g. ``"eager"``; None keeps transformers' default (``sdpa``).
+    """
+    model = TINY_FAMILIES[family](vocab_size, seed)
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
     return model.eval()
 
 

@@ -13,19 +13,6 @@ from mrpo.data.types import PreferenceBatch
 from mrpo.objectives import ObjectiveOutput
 
 
-def response_token_counts(labels: torch.Tensor) -> torch.Tensor:
-    """Number of scored response tokens per row.
-
-    Args:
-        labels: (N, T) with -100 on prompt and padding (unshifted, as in PreferenceBatch).
-
-    Returns:
-        (N,) int64. The first position can never be predicted, so it is not counted, matching
-        :func:`mrpo.logprobs.sequence_logprobs`.
-    """
-    return (labels[:, 1:] != -100).sum(dim=-1)
-
-
 def policy_margin_accuracy(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -76,10 +63,10 @@ def preference_metrics(
         out: an objective's output (``chosen_rewards``, ``rejected_rewards`` (B,),
             ``weights`` (B, K), ``clip_fraction`` scalar).
         policy_chosen, policy_rejected: (B,) policy log-probs used by the objective.
-        batch: the batch (its labels give the response token counts).
+        batch: the batch (it gives the response token counts).
     """
     b = batch.num_pairs
-    counts = response_token_counts(batch.labels)
+    counts = batch.response_token_counts()
     metrics = reward_metrics(out.chosen_rewards.detach(), out.rejected_rewards.detach())
     metrics["logps/chosen"] = policy_chosen.detach().mean()
     metrics["logps/rejected"] = policy_rejected.detach().mean()

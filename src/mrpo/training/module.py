@@ -12,12 +12,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from mrpo.data.types import PreferenceBatch
-from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, model_sequence_logprobs
+from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs
 from mrpo.objectives import Objective
+from mrpo.training.gradients import clip_and_measure
 from mrpo.training.metrics import preference_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -98,12 +100,11 @@ class PreferenceModule(L.LightningModule):
         self.run_identity = dict(run_identity or {})
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy log-probs of chosen and rejected responses, each (B,), in one forward."""
-        out = model_sequence_logprobs(
+        """Policy log-probs of chosen and rejected responses, each (B,), in one forward (the
+        batch's layout: padded rows, or packed ones)."""
+        out = batch_sequence_logprobs(
             self.policy,
-            batch.input_ids,
-            batch.attention_mask,
-            batch.labels,
+            batch,
             average=self.length_normalize,
             chunk_size=self.logprob_chunk_size,
             fused_head=self.fused_head,
@@ -191,6 +192,29 @@ class PreferenceModule(L.LightningModule):
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Log ``train/grad_norm`` (before clipping), then clip as the Trainer is configured.
+
+        Where each rank holds whole parameters (one device, DDP, whose gradients are already
+        averaged) the norm is computed once and norm clipping reuses it; sharded strategies
+        (FSDP, DeepSpeed) clip their own way and log no norm.
+        """
+        whole = isinstance(self.trainer.strategy, SingleDeviceStrategy | DDPStrategy)
+        by_norm = (gradient_clip_algorithm or "norm") == "norm"
+        if not whole:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = clip_and_measure(params, gradient_clip_val if by_norm else None)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+        if not by_norm:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self._trainable())

@@ -1,0 +1,147 @@
+"""Sequence log-probs of packed rows (:mod:`mrpo.logprobs.packing`), and of any batch.
+
+:func:`packed_sequence_logprobs` runs a model on :class:`~mrpo.logprobs.packing.PackedRows`
+with the attention mask its implementation takes (:mod:`mrpo.logprobs.attention`) and reduces
+the scored tokens per sequence; the values equal those of the padded layout
+(:func:`~mrpo.logprobs.sequence.model_sequence_logprobs`) to float rounding, since every token
+sees exactly the tokens it would see in a row of its own, at the same positions.
+:func:`batch_sequence_logprobs` takes either layout: the one call of the training step and of
+reference scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head
+from mrpo.logprobs.attention import packed_mask_builder
+from mrpo.logprobs.packing import PackedRows
+from mrpo.logprobs.sequence import (
+    SequenceLogProbs,
+    _check_vocab_range,
+    _token_logps,
+    model_sequence_logprobs,
+)
+
+
+class ScoredBatch(Protocol):
+    """What :func:`batch_sequence_logprobs` reads from a batch (a ``PreferenceBatch`` is one).
+
+    ``input_ids``, ``attention_mask`` and ``labels`` (N, T) are the padded layout; when
+    ``packed`` is set, it is the batch's layout and the other fields are not used.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    packed: PackedRows | None
+
+
+def batch_sequence_logprobs(
+    model: torch.nn.Module,
+    batch: ScoredBatch,
+    *,
+    average: bool = False,
+    chunk_size: int | None = None,
+    fused_head: bool = True,
+    head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> SequenceLogProbs:
+    """Log-probs of a batch's scored sequences, in its padded or packed layout.
+
+    Args and returns as :func:`~mrpo.logprobs.model_sequence_logprobs` (``chunk_size`` applies
+    to the padded layout's logits path only).
+    """
+    if batch.packed is not None:
+        return packed_sequence_logprobs(
+            model,
+            batch.packed,
+            average=average,
+            fused_head=fused_head,
+            head_chunk_tokens=head_chunk_tokens,
+        )
+    return model_sequence_logprobs(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.labels,
+        average=average,
+        chunk_size=chunk_size,
+        fused_head=fused_head,
+        head_chunk_tokens=head_chunk_tokens,
+    )
+
+
+def packed_sequence_logprobs(
+    model: torch.nn.Module,
+    packed: PackedRows,
+    *,
+    average: bool = False,
+    fused_head: bool = True,
+    head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> SequenceLogProbs:
+    """Run a causal LM on packed rows and reduce the log-probs of each scored sequence.
+
+    With ``fused_head`` and a model whose head :func:`~mrpo.logprobs.split_lm_head` accepts,
+    only the predicting hidden states go through the LM head (no logits tensor); otherwise
+    the model's logits at every position are made and the predicting ones gathered.
+
+    Args:
+        model: a causal LM that :func:`~mrpo.logprobs.attention.packed_mask_builder` accepts
+            (or a peft wrapper of one).
+        packed: the rows: R x T tokens holding S sequences, M scored tokens.
+        average: mean per scored token instead of the sum.
+        fused_head: take the fused LM-head path when the model allows it.
+        head_chunk_tokens: scored tokens per LM-head tile on the fused path (>= 1).
+
+    Returns:
+        ``SequenceLogProbs`` (S,) float32 log-probs and (S,) int64 token counts; a sequence
+        without scored tokens has log-prob 0.
+
+    Raises:
+        ValueError: the model cannot take packed rows.
+    """
+    build = packed_mask_builder(model)
+    if build is None:
+        raise ValueError(
+            f"{type(model).__name__} cannot take packed rows (its family or attention is not "
+            "in mrpo.logprobs.attention's allow-list); use the padded layout"
+        )
+    param = next(model.parameters())
+    inputs = {
+        "input_ids": packed.input_ids,
+        "attention_mask": build(packed.segment, packed.branch, param.dtype),
+        "position_ids": packed.position_ids,
+        "use_cache": False,
+    }
+    parts = split_lm_head(model) if fused_head else None
+    if parts is not None:
+        backbone, head = parts
+        hidden = backbone(**inputs)[0]
+        _check_vocab_range(packed.targets, head.weight.shape[0])
+        predicting = hidden.reshape(-1, hidden.shape[-1])[packed.predictor]
+        token_logps = head_logprobs(
+            predicting, head.weight, head.bias, packed.targets, chunk_tokens=head_chunk_tokens
+        )
+    else:
+        logits = model(**inputs).logits
+        _check_vocab_range(packed.targets, logits.shape[-1])
+        predicting = logits.reshape(-1, logits.shape[-1])[packed.predictor]
+        token_logps = _token_logps(predicting[None], packed.targets[None])[0]
+    return reduce_by_owner(token_logps, packed.owner, packed.num_sequences, average)
+
+
+def reduce_by_owner(
+    token_logps: torch.Tensor, owner: torch.Tensor, num_sequences: int, average: bool
+) -> SequenceLogProbs:
+    """Per-sequence sums (or means) of (M,) float32 token log-probs owned by (M,) sequence ids.
+
+    Returns:
+        ``SequenceLogProbs`` of S = ``num_sequences`` rows; a sequence without tokens gets 0.
+    """
+    total = token_logps.new_zeros(num_sequences).index_add(0, owner, token_logps)
+    num_tokens = torch.bincount(owner, minlength=num_sequences)
+    if average:
+        total = total / num_tokens.clamp(min=1).to(total.dtype)
+    return SequenceLogProbs(logps=total, num_tokens=num_tokens)
