@@ -134,7 +134,8 @@ def evaluated_source(cfg: EvalRunConfig) -> str:
 def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
     """The model to score (frozen, eval mode) and its tokenizer.
 
-    The tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
+    The model runs on the current CUDA device when there is one, else on the CPU. The
+    tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
     directory, else from ``model.source``. The model comes first: a checkpoint that does not
     fit fails before anything else is loaded. A source that cannot be loaded (a hub id missing
     from the local cache while offline, weights that do not fit) is a :class:`ConfigError`
@@ -168,7 +169,9 @@ def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
         )
     except ModelSourceError as err:
         raise ConfigError("model.tokenizer" if m.tokenizer else key, str(err)) from None
-    log.info("evaluating %s", cfg.checkpoint or m.source)
+    if torch.cuda.is_available():  # score on this process's GPU when there is one
+        model = torch.nn.Module.to(model, f"cuda:{torch.cuda.current_device()}")
+    log.info("evaluating %s on %s", cfg.checkpoint or m.source, next(model.parameters()).device)
     return model, tokenizer
 
 

@@ -27,6 +27,7 @@ from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
     build_callbacks,
+    build_sharding,
     fit_offline_weights,
     live_references,
     load_policy,
@@ -39,6 +40,7 @@ from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError, InputError
+from mrpo.models.parallel import ShardedTraining
 from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, environment_record
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
@@ -54,6 +56,7 @@ class TrainingRun:
     datamodule: L.LightningDataModule
     trainer: L.Trainer
     loggers: list[Logger]
+    sharding: ShardedTraining | None = None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -77,8 +80,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run = build_run(run_cfg, resolved_container(cfg), data, refs, output_dir)
     before, after = fit(run, _resolve_ckpt_path(run_cfg.ckpt_path, output_dir))
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
+    # A sharded policy is gathered by every rank together before rank 0 saves it.
+    whole = gather_policy(run) if run_cfg.save_model else None
     if run.trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
-        finish(run_cfg, run, summary, output_dir)
+        finish(run_cfg, run, summary, output_dir, whole)
     return summary
 
 
@@ -92,6 +97,7 @@ def build_run(
     """The policy, the objective (offline weights fitted), the module, data and Trainer."""
     from mrpo.data.module import PreferenceDataModule
 
+    sharding = build_sharding(cfg)
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
@@ -108,6 +114,7 @@ def build_run(
         head_chunk_tokens=cfg.model.lm_head_chunk_tokens,
         live_references=live_references(refs, policy, data),
         on_nonfinite=cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
+        parallelize=None if sharding is None else sharding.parallelize,
     )
     datamodule = PreferenceDataModule(
         data.train_pairs,
@@ -119,6 +126,7 @@ def build_run(
         group_by_length=cfg.data.group_by_length,
         seed=cfg.seed,
         num_workers=cfg.data.num_workers,
+        test_pairs=data.test_pairs,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective)
@@ -126,6 +134,8 @@ def build_run(
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         # No checkpoints configured: keep Lightning from adding its default one.
         trainer_kwargs["enable_checkpointing"] = False
+    if sharding is not None:  # built from the trainer.strategy mapping, knowing the policy
+        trainer_kwargs["strategy"] = sharding.strategy(cfg.trainer)
     trainer = L.Trainer(
         **trainer_kwargs,
         # The data module's samplers split batches across ranks themselves.
@@ -134,14 +144,19 @@ def build_run(
         logger=loggers,
         callbacks=callbacks,
     )
-    return TrainingRun(module, datamodule, trainer, loggers)
+    return TrainingRun(module, datamodule, trainer, loggers, sharding)
 
 
 def fit(run: TrainingRun, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Validate (unless resuming), train, validate; return the two validations' metrics."""
+    """Validate (unless resuming), train, validate, then score the test split if there is
+    one; return the metrics before and after training (``test/...`` among the latter)."""
     before = {} if ckpt_path else _validate(run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
-    return before, _validate(run)
+    after = _validate(run)
+    if getattr(run.datamodule, "test_pairs", None):
+        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
+        after.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    return before, after
 
 
 def summarize(
@@ -174,9 +189,31 @@ def summarize(
     }
 
 
-def finish(cfg: TrainConfig, run: TrainingRun, summary: dict[str, Any], output_dir: Path) -> None:
-    """Save the final model, write ``summary.json``, close the W&B run, print the scores."""
+def gather_policy(run: TrainingRun) -> dict[str, Any] | None:
+    """The whole trained policy's state dict on rank 0 when training sharded it (every rank
+    must call this together), None when the policy in memory is whole."""
+    if run.sharding is None:
+        return None
+    return run.sharding.full_state_dict(run.trainer.strategy, run.module.policy)
+
+
+def finish(
+    cfg: TrainConfig,
+    run: TrainingRun,
+    summary: dict[str, Any],
+    output_dir: Path,
+    whole: dict[str, Any] | None = None,
+) -> None:
+    """Save the final model, write ``summary.json``, close the W&B run, print the scores.
+
+    ``whole``: the gathered state dict of a sharded policy (:func:`gather_policy`); it is
+    loaded into a fresh copy of the policy, which is saved instead of the sharded one.
+    """
     if cfg.save_model:
+        if whole is not None:
+            fresh, _ = load_policy(cfg)
+            fresh.load_state_dict(whole)
+            run.module.policy = fresh
         summary["model_dir"] = str(_save_policy(run.module, output_dir / "model"))
     write_json(output_dir / SUMMARY_FILE, summary)
     finish_wandb(run.loggers, summary)
@@ -213,7 +250,9 @@ def _save_policy(module: PreferenceModule, target: Path) -> Path:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    keys = ("val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy")
+    keys = ["val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy"]
+    if "final/test/policy_margin_accuracy" in summary:  # a run with a test split
+        keys += ["test/rewards/accuracy", "test/policy_margin_accuracy"]
     lines = [
         "",
         f"run directory : {summary['run_dir']}",

@@ -214,8 +214,11 @@ class LengthGroupedBatchSampler:
         return [b.tolist() for b in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the order and the skip are read when the first batch is drawn, not
+        # when a DataLoader iterator is made (Lightning makes one before it restores a
+        # checkpoint under strategies that restore after setup, such as FSDP's).
         if len(self.lengths) == 0:
-            return iter(())
+            return
         batches = self._batches()
         if self.num_replicas > 1:
             extra = len(batches) % self.num_replicas
@@ -226,4 +229,4 @@ class LengthGroupedBatchSampler:
                 batches += (batches * (need // len(batches) + 1))[:need]
             batches = batches[self.rank :: self.num_replicas]
         skip, self.skip = self.skip, 0
-        return iter(batches[skip:])
+        yield from batches[skip:]

@@ -30,6 +30,7 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: batch pairs of similar length together to cut padding.
         seed: shuffling seed; with the epoch it fixes the order (so a resumed run sees the
             same batches).
+        test_pairs: tokenized pairs of the held-out test split (``trainer.test``), if any.
     """
 
     def __init__(
@@ -44,10 +45,12 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        test_pairs: Sequence[TokenizedPair] = (),
     ) -> None:
         super().__init__()
         self.train_pairs = list(train_pairs)
         self.val_pairs = list(val_pairs)
+        self.test_pairs = list(test_pairs)
         self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -55,6 +58,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self._resume_skip = 0
+        self._train_sampler: LengthGroupedBatchSampler | None = None
 
     def train_dataloader(self) -> DataLoader:
         sampler = LengthGroupedBatchSampler(
@@ -69,6 +73,7 @@ class PreferenceDataModule(L.LightningDataModule):
         # the interrupted run stopped.
         sampler.skip_next(self._resume_skip)
         self._resume_skip = 0
+        self._train_sampler = sampler
         return self._loader(self.train_pairs, sampler)
 
     def state_dict(self) -> dict[str, Any]:
@@ -82,13 +87,24 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_skip = int(state_dict.get("batches_done", 0))
+        if self._train_sampler is not None:
+            # Strategies that restore after setup (FSDP's ModelParallelStrategy) have built
+            # the training loader already, to count the steps: its sampler skips instead.
+            self._train_sampler.skip_next(self._resume_skip)
+            self._resume_skip = 0
 
     def val_dataloader(self) -> DataLoader:
-        # Sorted by length, not shuffled: validation order does not matter, padding does.
+        return self._eval_loader(self.val_pairs)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_pairs)
+
+    def _eval_loader(self, pairs: list[TokenizedPair]) -> DataLoader:
+        # Sorted by length, not shuffled: evaluation order does not matter, padding does.
         sampler = LengthGroupedBatchSampler(
-            pair_lengths(self.val_pairs), self.eval_batch_size, shuffle=False, **self._replicas()
+            pair_lengths(pairs), self.eval_batch_size, shuffle=False, **self._replicas()
         )
-        return self._loader(self.val_pairs, sampler)
+        return self._loader(pairs, sampler)
 
     def _replicas(self) -> dict[str, Any]:
         """Data parallel position: rank r of n takes every n-th batch of the global order.

@@ -191,6 +191,40 @@ def truncate_pair(
     )
 
 
+def encode_pairs(
+    examples: Sequence[PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    system_prompt: str | None = None,
+    chat_template: str | None = None,
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """The (prompt, chosen, rejected) token ids of each pair, before any truncation.
+
+    Rendering as in the module doc; all texts are encoded in one batch call.
+    """
+    rendered = [
+        render_pair(ex, tokenizer, system_prompt=system_prompt, chat_template=chat_template)
+        for ex in examples
+    ]
+    texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [(ids[3 * i], ids[3 * i + 1], ids[3 * i + 2]) for i in range(len(examples))]
+
+
+def pair_token_lengths(
+    examples: Sequence[PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    system_prompt: str | None = None,
+    chat_template: str | None = None,
+) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of each pair, untruncated (for length filters)."""
+    encoded = encode_pairs(
+        examples, tokenizer, system_prompt=system_prompt, chat_template=chat_template
+    )
+    return [(len(p), len(c), len(r)) for p, c, r in encoded]
+
+
 def tokenize_pairs(
     examples: Sequence[PreferenceExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -205,16 +239,13 @@ def tokenize_pairs(
     Args and rules as in `tokenize_pair`.
     """
     _check_lengths(max_length, max_prompt_length)
-    rendered = [
-        render_pair(ex, tokenizer, system_prompt=system_prompt, chat_template=chat_template)
-        for ex in examples
-    ]
-    texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    encoded = encode_pairs(
+        examples, tokenizer, system_prompt=system_prompt, chat_template=chat_template
+    )
     result = TokenizedPairs(pairs=[])
-    for i, ex in enumerate(examples):
+    for ex, ids in zip(examples, encoded, strict=True):
         prompt, chosen, rejected, prompt_cut, responses_cut = truncate_pair(
-            *ids[3 * i : 3 * i + 3], max_length=max_length, max_prompt_length=max_prompt_length
+            *ids, max_length=max_length, max_prompt_length=max_prompt_length
         )
         truncated = prompt_cut or responses_cut
         result.pairs.append(TokenizedPair(prompt, chosen, rejected, ex.index, truncated))

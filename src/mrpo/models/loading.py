@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -16,9 +17,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mrpo.errors import OptionError
 from mrpo.logprobs import split_lm_head
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.lora import ALL_LINEAR, LoraConfig
+from mrpo.models.quantization import check_runs, quantization_method
 from mrpo.models.sources import (
     ModelSource,
     ModelSourceError,
@@ -154,6 +157,21 @@ def _apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
     return get_peft_model(model, config)
 
 
+def _quantized_kwargs(
+    quantization: str | None, dtype: str, device: str | torch.device | None
+) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load quantized weights straight onto ``device``."""
+    if quantization is None:
+        return {}
+    method = quantization_method(quantization)
+    compute = DTYPES[dtype]
+    compute_dtype = compute if isinstance(compute, torch.dtype) else torch.bfloat16
+    target = torch.device(device if device is not None else "cpu")
+    check_runs(quantization, target)
+    # Quantized weights are made on the device they run on; they are never moved or cast later.
+    return {"quantization_config": method.bnb_config(compute_dtype), "device_map": {"": target}}
+
+
 def load_model(
     source: str,
     *,
@@ -161,6 +179,8 @@ def load_model(
     cache_dir: str | Path | None = None,
     lora: LoraConfig | None = None,
     trainable: bool = True,
+    quantization: str | None = None,
+    device: str | torch.device | None = None,
 ) -> PreTrainedModel | PeftModel:
     """Load a causal LM from a model source, with dropout disabled.
 
@@ -170,38 +190,58 @@ def load_model(
     Args:
         source: a model source (see ``mrpo.models.sources``); GGUF sources are converted into
             ``cache_dir`` on first use.
-        dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto".
+        dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto"; with
+            ``quantization`` the dtype of the layers left unquantized and the compute dtype.
         cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
         lora: when given and ``enabled``, wrap the model in LoRA adapters (a peft
             ``PeftModel``); only the adapters are trainable.
         trainable: False gives a frozen model (eval mode, no parameter requires grad), e.g.
             for a reference.
+        quantization: a :data:`mrpo.models.quantization.QUANTIZATIONS` name (``nf4``, ...)
+            to load the linear layers quantized by bitsandbytes, or None. A trainable
+            quantized model is prepared for k-bit training (peft) and needs ``lora``.
+        device: where a quantized model is loaded (default CPU); unquantized models load on
+            the CPU and are moved by the caller.
 
     Raises:
         ValueError: an unknown dtype.
-        OptionError: unusable LoRA settings (naming the setting).
+        OptionError: unusable LoRA settings (naming the setting), an unknown quantization,
+            or one this machine cannot run (option ``quantization``), or a trainable
+            quantized model without LoRA (option ``lora``).
         ModelSourceError: the source cannot be found or loaded (the message names it).
     """
     if dtype not in DTYPES:
         raise ValueError(
             f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
         )
-    if lora is not None and lora.enabled:
+    use_lora = lora is not None and lora.enabled
+    if use_lora:
+        assert lora is not None
         lora.check()
+    if quantization is not None and trainable and not use_lora:
+        raise OptionError(
+            "lora", "a quantized model trains LoRA adapters only; enable LoRA (lora.enabled)"
+        )
+    quantized = _quantized_kwargs(quantization, dtype, device)
     resolved, location, hub_kwargs = _location(source, cache_dir)
     try:
         config = AutoConfig.from_pretrained(location, **hub_kwargs)
         _zero_config_dropout(config)
         model = AutoModelForCausalLM.from_pretrained(
-            location, config=config, dtype=DTYPES[dtype], **hub_kwargs
+            location, config=config, dtype=DTYPES[dtype], **quantized, **hub_kwargs
         )
     except (OSError, ValueError) as error:  # missing files, or files transformers cannot use
         if resolved.kind == "hub":
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
     disable_dropout(model)
+    if quantized and trainable:
+        # peft's recipe: norms and the head in float32, frozen quantized weights. Gradient
+        # checkpointing is left to enable_gradient_checkpointing (non-reentrant).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     result: PreTrainedModel | PeftModel = model
-    if lora is not None and lora.enabled:
+    if use_lora:
+        assert lora is not None
         result = _apply_lora(model, lora)
     if not trainable:
         result.requires_grad_(False)

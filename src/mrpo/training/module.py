@@ -22,6 +22,8 @@ from mrpo.training.metrics import preference_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 LiveReferenceFn = Callable[[PreferenceBatch], tuple[torch.Tensor, torch.Tensor]]
+Parallelize = Callable[[torch.nn.Module, Any], None]
+"""Shards the policy in place given the strategy's device mesh (:mod:`mrpo.models.parallel`)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +52,8 @@ class PreferenceModule(L.LightningModule):
             :class:`NonFiniteLossError` naming the step and the batch's rows (checkpoints
             already written stay the last good ones); ``"skip"`` skips the optimizer step and
             counts it in ``train/skipped_batches``.
+        parallelize: when set, called once with the policy and the device mesh from
+            :meth:`configure_model` (FSDP shards the policy there); None leaves it whole.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class PreferenceModule(L.LightningModule):
         head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         live_references: LiveReferenceFn | None = None,
         on_nonfinite: str = "stop",
+        parallelize: Parallelize | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -84,6 +89,14 @@ class PreferenceModule(L.LightningModule):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.skipped_batches = 0
+        self.parallelize = parallelize
+        self._parallelized = False
+
+    def configure_model(self) -> None:
+        # Lightning calls this hook once per fit/validate/test; the policy is sharded once.
+        if self.parallelize is not None and not self._parallelized:
+            self.parallelize(self.policy, self.device_mesh)
+            self._parallelized = True
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy log-probs of chosen and rejected responses, each (B,), in one forward."""
@@ -158,6 +171,10 @@ class PreferenceModule(L.LightningModule):
 
     def validation_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
+
+    def test_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
+        # The held-out test split: the same metrics as validation, under ``test/``.
+        return self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = [p for p in self.policy.parameters() if p.requires_grad]
