@@ -20,7 +20,6 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from peft import PeftModel
 
 from mrpo.atomic import write_json, write_text
 from mrpo.cli.steps import (
@@ -32,6 +31,7 @@ from mrpo.cli.steps import (
     live_references,
     load_policy,
     logger_labels,
+    model_cache_dir,
     prepare_data,
     prepare_references,
 )
@@ -40,6 +40,7 @@ from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError, InputError
+from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining
 from mrpo.tracking.record import CONFIG_FILE, SUMMARY_FILE, environment_record
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
@@ -214,7 +215,7 @@ def finish(
             fresh, _ = load_policy(cfg)
             fresh.load_state_dict(whole)
             run.module.policy = fresh
-        summary["model_dir"] = str(_save_policy(run.module, output_dir / "model"))
+        summary["model_dir"] = str(_save_policy(cfg, run.module, output_dir / "model"))
     write_json(output_dir / SUMMARY_FILE, summary)
     finish_wandb(run.loggers, summary)
     _print_summary(summary)
@@ -239,11 +240,18 @@ def _validate(run: TrainingRun) -> dict[str, float]:
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
-def _save_policy(module: PreferenceModule, target: Path) -> Path:
-    """Save the final policy as a transformers model directory (LoRA merged in)."""
-    policy: Any = module.policy  # a transformers model, or a peft wrapper of one
-    if isinstance(policy, PeftModel):
-        policy = policy.merge_and_unload()
+def _save_policy(cfg: TrainConfig, module: PreferenceModule, target: Path) -> Path:
+    """Save the final policy as a transformers model directory (LoRA merged in; a quantized
+    policy's adapters are merged into full-precision base weights)."""
+    m = cfg.model
+    policy: Any = merged_policy(  # a transformers model
+        module.policy,
+        source=m.source,
+        dtype=m.dtype,
+        lora=m.lora,
+        quantization=m.quantization,
+        cache_dir=model_cache_dir(cfg.paths.cache_dir),
+    )
     policy.save_pretrained(target)
     module.tokenizer.save_pretrained(target)
     return target

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch.strategies import Strategy
 
-from mrpo.errors import OptionError
+from mrpo.errors import OptionError, reject_unknown_options
 from mrpo.models.loading import DTYPES, enable_gradient_checkpointing
 
 NAME_KEY = "name"
@@ -117,13 +117,7 @@ class ShardedTraining:
     """Each option and its default; options are the other keys of ``trainer.strategy``."""
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            raise OptionError(
-                unknown[0],
-                f"strategy {self.name!r} takes no option(s) {unknown}; its options: "
-                f"{sorted(self.defaults)}",
-            )
+        reject_unknown_options(options, self.defaults, f"strategy {self.name!r}")
         self.options = {**self.defaults, **options}
 
     @property
