@@ -277,15 +277,14 @@ def test_two_fsdp_cpu_ranks_train_like_one_process_and_resume_from_shards(
 def test_fsdp_trains_lora_against_the_live_self_reference_like_one_process(
     tiny_model_dir: Path, hh_file: Path, tmp_path: Path
 ) -> None:
-    # The `self` reference is the sharded LoRA policy with its adapters off, scored live by
-    # both ranks together; only the adapters train.
+    # The `self` references (plain and prompted) are the sharded LoRA policy with its adapters
+    # off, scored live by both ranks together; only the adapters train.
     base = [
         *COMMON,
         f"model.source={tiny_model_dir}",
         f"data.source={hh_file}",
         f"paths.cache_dir={tmp_path / 'cache'}",
-        "references=self",
-        "references.mode=live",
+        "references.mode=live",  # the two prompted `self` references of COMMON, live
         "model.lora.enabled=true",
         "model.lora.r=4",
         "model.lora.alpha=8",
