@@ -30,14 +30,17 @@ Options of mrpo's training step, as more arms (``--arms`` picks them; not in the
 - ``mrpo_compile``: ``mrpo_cached`` with the policy compiled by ``torch.compile``
   (``model.compile=true``); its first steps include the compilation, reported apart.
 
-Equal settings: sigmoid DPO with β = 0.1, float32 on CPU, batch size ``--batch-size`` pairs,
+Equal settings: sigmoid DPO with β = 0.1, float32 on CPU (``--device cuda --precision bf16``:
+bf16 autocast on a GPU, peak GPU memory reported too), batch size ``--batch-size`` pairs,
 fused AdamW (lr 5e-6, no weight decay, constant schedule: TRL's default optimizer and mrpo's
-``optimizer=adamw``), gradient norm clipped at 1.0, gradient checkpointing off in every arm
-unless ``--gradient-checkpointing`` turns it on in every arm (TRL's ``DPOConfig`` defaults to
-on, mrpo's ``model.gradient_checkpointing`` to off: the flag sets both), one epoch
-over the same pairs, which are HH-RLHF harmless-base test pairs (``$MRPO_DATA_DIR``) short enough
-that neither framework truncates them. Timed: the training loop of the epoch (from train start
-to train end; model loading, tokenization and the reference precomputation are reported apart).
+``optimizer=adamw``; under bf16 mrpo's arms use the unfused AdamW, because Lightning cannot
+clip a fused optimizer's gradients under mixed precision), gradient norm clipped at 1.0,
+gradient checkpointing off in every arm unless ``--gradient-checkpointing`` turns it on in
+every arm (TRL's ``DPOConfig`` defaults to on, mrpo's ``model.gradient_checkpointing`` to off:
+the flag sets both), one epoch over the same pairs, which are HH-RLHF harmless-base test pairs
+(``$MRPO_DATA_DIR``) short enough that neither framework truncates them. Timed: the training
+loop of the epoch (from train start to train end; model loading, tokenization and the
+reference precomputation are reported apart).
 Tokens/s counts the work both frameworks are asked to do: prompt + chosen and prompt +
 rejected, from each framework's own tokenization (TRL's token count), so that a token a layout
 does not compute (a shared prompt) shows as speed; "computed" is the fraction of those tokens
@@ -201,8 +204,8 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
             save_strategy="no",
             report_to=[],
             disable_tqdm=True,
-            use_cpu=True,
-            bf16=False,
+            use_cpu=args.device == "cpu",
+            bf16=args.precision == "bf16",
             fp16=False,
             seed=0,
         )
@@ -259,6 +262,8 @@ def mrpo_parts(
     pairs = tokenize_pairs(examples, tokenizer, max_length=args.max_length).pairs
     policy = load_model(setup["source"], trainable=True)
     policy.train()
+    if args.device == "cuda":  # the bare loop's device; Lightning moves mrpo's arms itself
+        policy.to("cuda")
     if args.gradient_checkpointing:  # mrpo's arms and the bare loop
         enable_gradient_checkpointing(policy)
     largest = watch_batches(policy)
@@ -316,7 +321,9 @@ def run_mrpo(
         policy,
         parts["tokenizer"],
         get_objective("dpo", beta=BETA),
-        functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=True),
+        functools.partial(
+            torch.optim.AdamW, lr=LR, weight_decay=0.0, fused=args.precision == "fp32"
+        ),
         scheduler_name="constant",
         fused_head=option != "logits",
         live_references=parts["live"],
@@ -334,8 +341,9 @@ def run_mrpo(
     clock = step_clock()
     trainer = L.Trainer(
         max_epochs=1,
-        accelerator="cpu",
-        precision="32-true",
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if args.precision == "bf16" else "32-true",
         gradient_clip_val=MAX_GRAD_NORM,
         logger=False,
         enable_checkpointing=False,
@@ -420,12 +428,15 @@ def run_bare(setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=LR, weight_decay=0.0, fused=True)
     start = time.perf_counter()
     steps = computed = 0
+    autocast = torch.autocast(args.device, torch.bfloat16, enabled=args.precision == "bf16")
     for rows in sampler:
-        batch = collate([pairs[i] for i in rows])  # collation is loop work in every arm
+        # collation is loop work in every arm
+        batch = collate([pairs[i] for i in rows]).to(args.device)
         steps += 1
         computed += int(batch.attention_mask.sum())
         # mrpo_cached's rows and log-prob kernel (the LM head on the scored positions only).
-        logps = batch_sequence_logprobs(policy, batch).logps
+        with autocast:
+            logps = batch_sequence_logprobs(policy, batch).logps
         b = logps.shape[0] // 2
         margin = (logps[:b] - logps[b:]) - (batch.ref_chosen[0] - batch.ref_rejected[0])
         loss = -F.logsigmoid(BETA * margin).mean()
@@ -457,6 +468,8 @@ def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[s
         result = run_mrpo(setup, args, arm, cached=arm != "mrpo_live", option=option)
     result["tokens_per_s"] = result["tokens"] / result["loop_s"]
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.device == "cuda":
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
@@ -545,6 +558,8 @@ def main() -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="in every arm (TRL's default)"
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -558,7 +573,7 @@ def main() -> None:
         raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS + OPTION_ARMS}")
     args.passthrough = [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("model", "layers", "pairs", "batch_size", "max_length")
+        for k in ("model", "layers", "pairs", "batch_size", "max_length", "device", "precision")
     ] + ["--gradient-checkpointing"] * args.gradient_checkpointing
     import torch
     import transformers

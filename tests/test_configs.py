@@ -28,11 +28,28 @@ from mrpo.evals import EVAL_NAMES
 from mrpo.testing.configs import checked_train_config, compose_config
 
 PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
+CPU = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
+"""Run GPU configs on this machine's CPU when it has no GPU (the checks refuse them otherwise)."""
 
 # Values for the options whose config holds a required value (`???`), keyed by "group/option".
 REQUIRED_VALUES: dict[str, Sequence[str]] = {
     "weights/fixed": ["weights.fixed_weights=[1.0]"],  # default references: K=1
     "data/local_file": ["data.source={pairs_file}"],
+    "loss/mrpo_official": ["references=prompted", "references.num_refs=2"],  # needs K=2
+}
+
+# Options that ask for CUDA GPUs: on a machine without them the checks refuse them (naming
+# trainer.accelerator) before anything loads; on the CPU these overrides are what they need,
+# and, where a GPU is the only way (DeepSpeed), the key the refusal names.
+GPU_EXPERIMENTS = (
+    "mrpo_k2_llama_from_mistral", "mrpo_k2_mistral_from_llama", "wu_saferlhf", "wu_ultrafeedback"
+)  # fmt: skip
+ON_CPU: dict[str, tuple[Sequence[str], str | None]] = {
+    "trainer/gpu": (["trainer.accelerator=cpu", "optimizer.fused=false"], None),
+    "trainer/fsdp": (["trainer.accelerator=cpu"], None),
+    "trainer/deepspeed": (["trainer.accelerator=cpu"], "trainer.strategy.name"),
+    "trainer/deepspeed_zero3": (["trainer.accelerator=cpu"], "trainer.strategy.name"),
+    **{f"experiment/{name}": (["trainer.accelerator=cpu"], None) for name in GPU_EXPERIMENTS},
 }
 
 
@@ -94,14 +111,26 @@ def test_every_group_option_composes_and_passes_checks(
     group: str, option: str, pairs_file: Path, output_dir: Path
 ) -> None:
     extra = [v.format(pairs_file=pairs_file) for v in REQUIRED_VALUES.get(f"{group}/{option}", [])]
-    run_cfg = checked_train_config([f"{group}={option}", *extra], output_dir)
+    overrides = [f"{group}={option}", *extra]
+    if f"{group}/{option}" in ON_CPU and not torch.cuda.is_available():
+        with pytest.raises(ConfigError) as info:
+            checked_train_config(overrides, output_dir)
+        assert info.value.key == "trainer.accelerator"
+        cpu, refused = ON_CPU[f"{group}/{option}"]
+        if refused is not None:
+            with pytest.raises(ConfigError) as info:
+                checked_train_config([*overrides, *cpu], output_dir)
+            assert info.value.key == refused
+            return
+        overrides += cpu
+    run_cfg = checked_train_config(overrides, output_dir)
     assert run_cfg.paths.output_dir == str(output_dir)
 
 
 def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:
     run_cfg = checked_train_config(
         ["loss=multi_dpo", "weights=vaw", "references=prompted", "data=local_file",
-         f"data.source={pairs_file}", "optimizer=sgd", "trainer=gpu"],
+         f"data.source={pairs_file}", "optimizer=sgd", "trainer=gpu", *CPU],
         output_dir,
     )  # fmt: skip
     assert run_cfg.loss.name == "multi_dpo"
@@ -133,8 +162,62 @@ def test_experiments_compose(output_dir: Path) -> None:
     experiments = [option for group, option in group_options() if group == "experiment"]
     assert "quickstart" in experiments
     for name in experiments:
-        run_cfg = checked_train_config([f"experiment={name}"], output_dir)
+        run_cfg = checked_train_config([f"experiment={name}", *CPU], output_dir)
         assert run_cfg.task_name == name
+
+
+def test_gpu_experiments_as_written_need_a_cuda_gpu(output_dir: Path) -> None:
+    for name in ("mrpo_k2_llama_from_mistral", "wu_saferlhf"):
+        if torch.cuda.is_available():
+            assert checked_train_config([f"experiment={name}"], output_dir).task_name == name
+            continue
+        with pytest.raises(ConfigError) as info:
+            checked_train_config([f"experiment={name}"], output_dir)
+        assert info.value.key == "trainer.accelerator"
+
+
+def test_references_select_picks_pool_entries_by_name_in_order(output_dir: Path) -> None:
+    from mrpo.config.build import num_references, reference_specs
+
+    cfg = checked_train_config(
+        ["references=prompted", "references.select=[concise,self]", "loss=multi_dpo"], output_dir
+    )
+    assert [s.name for s in reference_specs(cfg)] == ["concise", "self"]
+    assert num_references(cfg) == 2
+    cfg = checked_train_config(["references=prompted", "references.select=[harmless]"], output_dir)
+    assert [s.name for s in reference_specs(cfg)] == ["harmless"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["references.select=[nope]"], "references.select"),
+        (["references.select=[self,self]"], "references.select"),
+        (["references.select=[self,concise]", "references.num_refs=3"], "references.num_refs"),
+        (["references.select=[self]", "references.pool.0.dtype=f8"], "references.pool.0.dtype"),
+        (["references.select=[concise]", "references.pool.2.dtype=f8"], "references.pool.2.dtype"),
+    ],
+)
+def test_an_unusable_selection_is_refused_naming_the_key(
+    overrides: list[str], key: str, output_dir: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        checked_train_config(["references=prompted", *overrides], output_dir)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data.test_size=-1"], "data.test_size"),
+        (["data.train_size=0"], "data.train_size"),
+        (["data.length_filter.min_percentile=100"], "data.length_filter.min_percentile"),
+    ],
+)
+def test_unusable_split_and_filter_settings_are_refused(
+    overrides: list[str], key: str, output_dir: Path
+) -> None:
+    assert expect_config_error(overrides, output_dir).startswith(f"{key}: ")
 
 
 def test_quickstart_experiment_values(output_dir: Path) -> None:

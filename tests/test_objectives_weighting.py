@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mrpo.errors import OptionError
 from mrpo.objectives import (
     ThompsonSampling,
     arwc_weights,
@@ -16,6 +17,7 @@ from mrpo.objectives import (
     vdw_weights,
 )
 from mrpo.objectives.weighting.bandit import sample_beta
+from mrpo.objectives.weighting.formulas import one_hot_argmax
 
 F64 = torch.float64
 
@@ -131,6 +133,43 @@ def test_sliding_window_sequence(window: int, expected: list[list[float]]) -> No
         assert got == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        # argmax of the windowed weights above; batch 1's uniform weights tie: the primary.
+        (1, [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]),
+        (2, [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]),
+    ],
+)
+def test_one_hot_sliding_window_takes_the_argmax_of_the_window(
+    window: int, expected: list[list[float]]
+) -> None:
+    objective = get_objective("multi_dpo", weighting="sliding_window", window=window, one_hot=True)
+    policy = torch.zeros(2, dtype=F64)
+    used = []
+    for chosen, rejected in SLIDING_BATCHES:
+        used.append(objective(policy, policy, chosen, rejected, update_state=True).weights[0])
+    used.append(objective.weighting.current(2))
+    assert [u.tolist() for u in used] == expected
+    # One-hot weights make multi-DPO a single-reference DPO step against the argmax reference.
+    chosen, rejected = SLIDING_BATCHES[0]
+    one_hot = objective(policy, policy, chosen, rejected)  # uses the last window: reference 0
+    dpo = get_objective("dpo")(policy, policy, chosen[:1], rejected[:1])
+    torch.testing.assert_close(one_hot.losses, dpo.losses)
+
+
+def test_one_hot_argmax_hand_values() -> None:
+    weights = torch.tensor([[0.2, 0.5, 0.3], [0.4, 0.4, 0.2], [0.0, 0.0, 1.0]], dtype=F64)
+    assert one_hot_argmax(weights).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert one_hot_argmax(torch.tensor([0.1, 0.6, 0.3])).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_one_hot_must_be_a_boolean() -> None:
+    with pytest.raises(OptionError) as info:
+        make_weighting("sliding_window", one_hot="yes")
+    assert info.value.option == "one_hot"
+
+
 def test_sliding_window_state_round_trip() -> None:
     first = make_weighting("sliding_window", window=2)
     for chosen, rejected in SLIDING_BATCHES[:2]:
@@ -217,11 +256,13 @@ def strategy_instances(num_refs: int):
     vaw.fit(val[2], val[3], tokens, tokens)
     sliding = make_weighting("sliding_window")
     sliding.observe(val[0], val[1])
+    one_hot = make_weighting("sliding_window", window=2, one_hot=True)
+    one_hot.observe(val[2], val[3])
     thompson = ThompsonSampling(num_refs=num_refs)
     thompson.select()
     fixed = make_weighting("fixed", fixed_weights=[0.0] * (num_refs - 1) + [2.0])
     others = [make_weighting(n) for n in ("uniform", "arwc", "primary")]
-    return [vdw, vaw, sliding, thompson, fixed, *others]
+    return [vdw, vaw, sliding, one_hot, thompson, fixed, *others]
 
 
 logp = st.floats(min_value=-1e4, max_value=0.0, allow_nan=False)

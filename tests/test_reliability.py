@@ -5,7 +5,6 @@ non-finite references, and the run directory names."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

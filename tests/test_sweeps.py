@@ -41,6 +41,8 @@ from mrpo.testing.configs import checked_train_config, compose_config
 
 SWEEPS_DIR = CONFIG_DIR / "sweeps"
 HYDRA_SWEEPS = ("num_refs", "objectives", "weighting", "ctro", "beta_lr_optuna")
+# The published studies' sweeps; their jobs are planned and run in test_reproductions.py.
+REPRODUCTION_SWEEPS = ("mrpo_k2", "wu_single_reference", "wu_multi_reference")
 GRID_SWEEPS = ("num_refs", "objectives", "weighting", "ctro")  # Hydra's basic sweeper
 WANDB_SWEEP = SWEEPS_DIR / "wandb_sweep.yaml"
 
@@ -152,14 +154,15 @@ def planned(output_dir: Path) -> Callable[[str], Plan]:
 
 def test_sweeps_folder_holds_the_documented_files() -> None:
     names = {p.name for p in SWEEPS_DIR.iterdir()}
-    expected = {f"{name}.yaml" for name in HYDRA_SWEEPS} | {WANDB_SWEEP.name, "README.md"}
+    expected = {f"{name}.yaml" for name in HYDRA_SWEEPS + REPRODUCTION_SWEEPS}
+    expected |= {WANDB_SWEEP.name, "README.md"}
     assert names == expected
     readme = (SWEEPS_DIR / "README.md").read_text()
     for name in expected - {"README.md"}:
         assert name in readme
 
 
-@pytest.mark.parametrize("name", HYDRA_SWEEPS)
+@pytest.mark.parametrize("name", HYDRA_SWEEPS + REPRODUCTION_SWEEPS)
 def test_header_says_question_command_and_cost(name: str) -> None:
     path = SWEEPS_DIR / f"{name}.yaml"
     assert path.read_text().startswith("# @package _global_\n")  # overrides the whole config

@@ -8,6 +8,8 @@ key, file, row or source) without a traceback and exit with status 2.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class InputError(ValueError):
     """Unusable input: the message says what, where, and how to fix it."""
@@ -46,3 +48,17 @@ class OptionError(ValueError):
     def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
+
+
+def reject_unknown_options(given: Iterable[str], accepted: Iterable[str], owner: str) -> None:
+    """Raise :class:`OptionError` naming the first of ``given`` that ``owner`` does not take.
+
+    ``owner`` says what takes the options, as messages name it (``weighting 'arwc'``).
+    """
+    allowed = list(accepted)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise OptionError(
+            unknown[0],
+            f"option(s) {unknown} do not apply to {owner} (it takes: {allowed or 'no options'})",
+        )

@@ -31,7 +31,7 @@ from mrpo.cli.steps import model_cache_dir
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_eval_run_config
-from mrpo.errors import ConfigError, InputError
+from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import (
     EvalOutput,
     append_samples,
@@ -134,13 +134,18 @@ def evaluated_source(cfg: EvalRunConfig) -> str:
 def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
     """The model to score (frozen, eval mode) and its tokenizer.
 
-    The tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
+    The model runs on the current CUDA device when there is one, else on the CPU (a
+    ``model.quantization`` loads it quantized there). The
+    tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
     directory, else from ``model.source``. The model comes first: a checkpoint that does not
     fit fails before anything else is loaded. A source that cannot be loaded (a hub id missing
     from the local cache while offline, weights that do not fit) is a :class:`ConfigError`
     naming the config key.
     """
     m, cache_dir = cfg.model, model_cache_dir(cfg.paths.cache_dir)
+    device = torch.device(
+        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    )
     kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
     source = evaluated_source(cfg)
     key = "checkpoint" if kind == "model_dir" else "model.source"
@@ -156,19 +161,30 @@ def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
                 lora=m.lora,
             )
         else:
-            model = load_model(source, dtype=m.dtype, cache_dir=cache_dir, trainable=False)
+            model = load_model(
+                source,
+                dtype=m.dtype,
+                cache_dir=cache_dir,
+                trainable=False,
+                quantization=m.quantization,
+                device=device,
+            )
     except CheckpointError as err:
         assert cfg.checkpoint is not None  # a CheckpointError comes from a checkpoint
         raise ConfigError("checkpoint", f"{err}.{checkpoint_hint(cfg.checkpoint)}") from None
     except ModelSourceError as err:
         raise ConfigError(key, str(err)) from None
+    except OptionError as err:  # a quantization this machine cannot run
+        raise ConfigError(f"model.{err.option}", str(err)) from None
     try:
         tokenizer = load_tokenizer(
             m.tokenizer or source, chat_template=m.chat_template, cache_dir=cache_dir
         )
     except ModelSourceError as err:
         raise ConfigError("model.tokenizer" if m.tokenizer else key, str(err)) from None
-    log.info("evaluating %s", cfg.checkpoint or m.source)
+    if m.quantization is None:  # score on this process's GPU when there is one
+        model = torch.nn.Module.to(model, device)
+    log.info("evaluating %s on %s", cfg.checkpoint or m.source, next(model.parameters()).device)
     return model, tokenizer
 
 

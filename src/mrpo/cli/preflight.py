@@ -45,7 +45,13 @@ from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.integrity import check_weight_files
 from mrpo.models.loading import missing_lora_targets, model_config, module_names
 from mrpo.references.spec import SELF
-from mrpo.training.checkpointing import best_checkpoints, best_model_path, last_checkpoints
+from mrpo.training.checkpointing import (
+    SHARDED_META,
+    best_checkpoints,
+    best_model_path,
+    is_sharded_checkpoint,
+    last_checkpoints,
+)
 from mrpo.training.metrics import logged_metric_names
 from mrpo.training.module import RUN_IDENTITY_KEY
 
@@ -88,7 +94,7 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
     check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg)
-    check_trainer(cfg.trainer)
+    check_trainer(_buildable_trainer_kwargs(cfg))
     check_callbacks(cfg)
     if cfg.eval.tasks:
         found.eval_data = _load_eval_data(cfg)
@@ -146,6 +152,19 @@ def check_scheduler(cfg: TrainConfig) -> None:
         get_scheduler(cfg.scheduler.name, optimizer, num_warmup_steps=0, num_training_steps=10)
     except Exception as err:
         raise ConfigError("scheduler.name", str(err)) from None
+
+
+def _buildable_trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.trainer`` with a sharded strategy's mapping (``trainer=fsdp``, ``deepspeed``)
+    turned into the strategy object the run will use, as :func:`mrpo.cli.train.build_run`
+    does."""
+    from mrpo.cli.steps import build_sharding
+
+    kwargs = dict(cfg.trainer)
+    sharding = build_sharding(cfg)
+    if sharding is not None:
+        kwargs["strategy"] = sharding.strategy(cfg.trainer)
+    return kwargs
 
 
 def check_trainer(kwargs: Mapping[str, Any]) -> None:
@@ -272,26 +291,29 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         chosen = Path(recorded) if recorded and Path(recorded).is_file() else bests[0]
         return str(chosen)
     path = Path(ckpt_path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         raise ConfigError(
             "ckpt_path",
             f"{path} is a folder; pass its .ckpt file, or ckpt_path=last with "
             "hydra.run.dir=<the run's directory>",
         )
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError("ckpt_path", f"{path} does not exist")
     return str(path)
 
 
 def _load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's contents, memory-mapped (tensors are not read) and without running code."""
+    """A checkpoint's contents, memory-mapped (tensors are not read) and without running code;
+    of a sharded checkpoint folder, everything but its tensors (which stay in the shards)."""
+    sharded = is_sharded_checkpoint(path)
     try:
-        loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        file = Path(path) / SHARDED_META if sharded else path
+        loaded = torch.load(file, map_location="cpu", mmap=not sharded, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
         raise ConfigError(
             "ckpt_path", f"{path} cannot be read as a checkpoint (truncated or damaged?): {err}"
         ) from None
-    if not isinstance(loaded, dict) or "state_dict" not in loaded:
+    if not isinstance(loaded, dict) or ("state_dict" not in loaded and not sharded):
         raise ConfigError("ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)")
     return loaded
 

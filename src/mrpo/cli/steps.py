@@ -19,16 +19,21 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
-from mrpo.config.build import num_references, reference_specs
+from mrpo.config.build import num_references, option_prefix, reference_specs
 from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
+from mrpo.data.filters import FilterReport, filter_by_length
 from mrpo.data.layout import PairLayout
-from mrpo.data.preference import load_preference_data, train_val_split
+from mrpo.data.preference import load_preference_data
 from mrpo.data.prepare import prepare_pairs
+from mrpo.data.splits import split_counts, split_rows
+from mrpo.data.tokenize import pair_token_lengths
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
+from mrpo.data.validation import DataValidationError
 from mrpo.errors import ConfigError
 from mrpo.evals.runner import EvalData
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
+from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.objectives import Objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, RefTable
 from mrpo.references.scoring import data_fingerprint
@@ -40,13 +45,23 @@ log = logging.getLogger("mrpo.train")
 
 @dataclass
 class PreparedData:
-    """Validated, split and tokenized preference data (policy tokenizer)."""
+    """Validated, filtered, split and tokenized preference data (policy tokenizer).
+
+    The test split (empty unless ``data.test_size`` is set) is scored after training only.
+    """
 
     train_examples: list[PreferenceExample]
     val_examples: list[PreferenceExample]
     train_pairs: Sequence[TokenizedPair]
     val_pairs: Sequence[TokenizedPair]
     report: dict[str, Any] = field(default_factory=dict)
+    test_examples: list[PreferenceExample] = field(default_factory=list)
+    test_pairs: Sequence[TokenizedPair] = field(default_factory=list)
+
+    @property
+    def all_examples(self) -> list[PreferenceExample]:
+        """Every row the references must score: train, validation and test."""
+        return self.train_examples + self.val_examples + self.test_examples
 
 
 @dataclass
@@ -69,7 +84,7 @@ def tokenized_cache_dir(cache_dir: str | Path) -> Path:
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Load, validate, split and tokenize the preference data (no model is loaded)."""
+    """Load, validate, filter, split and tokenize the preference data (no model is loaded)."""
     d = cfg.data
     loaded = load_preference_data(
         d.source,
@@ -79,21 +94,22 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         drop_invalid=d.drop_invalid,
         limit=d.max_samples,
         format=d.format,
+        columns=d.columns or None,
     )
     if loaded.dropped.num_dropped:
         log.warning("%s", loaded.dropped.summary())
-    # val_size below 1 is a fraction of the pairs, from 1 up a number of pairs.
-    split = {"val_fraction": d.val_size} if d.val_size < 1 else {"val_size": int(d.val_size)}
-    try:
-        train_ex, val_ex = train_val_split(loaded.examples, seed=d.split_seed, **split)
-    except ValueError as err:  # a validation split that leaves no training pair
-        raise ConfigError("data.val_size", f"{err} from {loaded.source}") from None
     tokenizer = load_tokenizer(
         cfg.model.tokenizer or cfg.model.source,
         chat_template=cfg.model.chat_template,
         cache_dir=model_cache_dir(cfg.paths.cache_dir),
     )
-    train_tok, val_tok = (
+    examples, filtered = filter_lengths(cfg, loaded.examples, tokenizer)
+    with option_prefix("data"):
+        counts = split_counts(
+            len(examples), val_size=d.val_size, test_size=d.test_size, train_size=d.train_size
+        )
+    train_ex, val_ex, test_ex = split_rows(examples, counts, seed=d.split_seed)
+    train_tok, val_tok, test_tok = (
         prepare_pairs(
             ex,
             tokenizer,
@@ -102,7 +118,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
             cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
             num_proc=d.num_proc,
         )
-        for ex in (train_ex, val_ex)
+        for ex in (train_ex, val_ex, test_ex)
     )
     report = {
         "source": loaded.source,
@@ -110,13 +126,26 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         "dropped": loaded.dropped.num_dropped,
         "train_pairs": len(train_tok.pairs),
         "val_pairs": len(val_tok.pairs),
-        "truncated": train_tok.num_truncated + val_tok.num_truncated,
+        "test_pairs": len(test_tok.pairs),
+        "truncated": train_tok.num_truncated + val_tok.num_truncated + test_tok.num_truncated,
         # What the policy saw, exactly (token ids): equal fingerprints, equal data.
         "train_fingerprint": data_fingerprint(train_tok.pairs),
         "val_fingerprint": data_fingerprint(val_tok.pairs),
     }
+    if test_tok.pairs:
+        report["test_fingerprint"] = data_fingerprint(test_tok.pairs)
+    if filtered is not None:
+        report["length_filter"] = asdict(filtered)
     log.info("data: %s", report)
-    return PreparedData(train_ex, val_ex, train_tok.pairs, val_tok.pairs, report)
+    return PreparedData(
+        train_ex,
+        val_ex,
+        train_tok.pairs,
+        val_tok.pairs,
+        report,
+        test_examples=test_ex,
+        test_pairs=test_tok.pairs,
+    )
 
 
 def pair_layout(data: DataConfig) -> PairLayout:
@@ -124,6 +153,35 @@ def pair_layout(data: DataConfig) -> PairLayout:
     return PairLayout(
         share_prefix=data.prefix_sharing, pack=data.packing, row_tokens=data.pack_row_tokens
     )
+
+
+def filter_lengths(
+    cfg: TrainConfig, examples: list[PreferenceExample], tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[PreferenceExample], FilterReport | None]:
+    """Apply ``data.length_filter`` to the loaded pairs (before the split).
+
+    Lengths come from the policy's tokenizer and, for ``fit_all_references``, from every
+    reference's own tokenizer and chat template (tokenizers only; no model is loaded).
+
+    Raises:
+        DataValidationError: the filters leave no pair.
+    """
+    settings = cfg.data.length_filter
+    if not settings.enabled:
+        return examples, None
+    lengths = [pair_token_lengths(examples, tokenizer)]
+    if settings.fit_all_references:
+        ensemble = build_ensemble(cfg)
+        memo: dict[Any, list[tuple[int, int, int]]] = {}
+        lengths += [ensemble.token_lengths(k, examples, memo) for k in range(len(ensemble))]
+    table = torch.tensor(lengths, dtype=torch.int64).view(len(lengths), len(examples), 3)
+    kept, report = filter_by_length(examples, table, settings, max_length=cfg.data.max_length)
+    log.info("length filter: kept %d of %d pairs (%s)", report.kept, report.rows, report)
+    if not kept:
+        raise DataValidationError(
+            f"data.length_filter keeps no pair of {report.rows}: {report}", source=cfg.data.source
+        )
+    return kept, report
 
 
 def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
@@ -156,7 +214,7 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
     references score training batches as they come.
     """
     ensemble = build_ensemble(cfg)
-    rows = data.train_examples + data.val_examples
+    rows = data.all_examples
     if cfg.references.mode == "live":
         pre = ensemble.precompute(data.val_examples)
         return PreparedReferences(ensemble, None, asdict(pre.stats))
@@ -170,9 +228,7 @@ def live_references(
     """A per-batch reference scorer in live mode (None in cached mode)."""
     if refs.table is not None:
         return None
-    return LiveReferences(
-        refs.ensemble, policy=policy, examples=data.train_examples + data.val_examples
-    )
+    return LiveReferences(refs.ensemble, policy=policy, examples=data.all_examples)
 
 
 def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: PreparedData) -> None:
@@ -192,6 +248,25 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     log.info("fitted %s weights: %s", strategy.name, getattr(strategy, "fitted", None))
 
 
+def policy_device(cfg: TrainConfig) -> torch.device:
+    """Where this process's policy runs: its CUDA device when the Trainer uses CUDA, else CPU.
+
+    Only a quantized policy is loaded there directly; the Trainer moves any other policy.
+    """
+    if not wants_cuda(cfg.trainer):
+        return torch.device("cpu")
+    return torch.device(f"cuda:{detect_ranks().local_rank}")
+
+
+def build_sharding(cfg: TrainConfig) -> ShardedTraining | None:
+    """The sharded strategy of a ``trainer.strategy`` mapping, None for a strategy name."""
+    spec = cfg.trainer.get("strategy")
+    if not isinstance(spec, Mapping):
+        return None
+    with option_prefix("trainer.strategy"):
+        return make_strategy(spec)
+
+
 def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     """The trainable policy and its tokenizer."""
     m = cfg.model
@@ -206,6 +281,8 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
         lora=m.lora,
         trainable=True,
         attn_implementation=m.attn_implementation,
+        quantization=m.quantization,
+        device=policy_device(cfg),
     )
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(policy)

@@ -28,7 +28,6 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
-from peft import PeftModel
 
 from mrpo.atomic import write_text
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
@@ -37,10 +36,12 @@ from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
     build_callbacks,
+    build_sharding,
     fit_offline_weights,
     live_references,
     load_policy,
     logger_labels,
+    model_cache_dir,
     pair_layout,
     prepare_data,
     prepare_references,
@@ -51,6 +52,8 @@ from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
+from mrpo.models.merge import merged_policy
+from mrpo.models.parallel import ShardedTraining
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import AtomicCheckpointIO, last_checkpoints
@@ -67,6 +70,7 @@ class TrainingRun:
     datamodule: L.LightningDataModule
     trainer: L.Trainer
     loggers: list[Logger]
+    sharding: ShardedTraining | None = None
 
 
 @dataclass
@@ -109,8 +113,10 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     before, after = fit(run, found.ckpt_path)
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
     summary["warnings"] = found.warnings
+    # A sharded policy is gathered by every rank together before rank 0 saves it.
+    whole = gather_policy(run) if run_cfg.save_model else None
     if run.trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
-        finish(run_cfg, run, summary, output_dir)
+        finish(run_cfg, run, summary, output_dir, whole)
     return summary
 
 
@@ -127,6 +133,7 @@ def build_run(
     from mrpo.data.layout import layout_for
     from mrpo.data.module import PreferenceDataModule
 
+    sharding = build_sharding(cfg)
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
@@ -144,6 +151,7 @@ def build_run(
         live_references=live_references(refs, policy, data),
         on_nonfinite=cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
         run_identity=identity,
+        parallelize=None if sharding is None else sharding.parallelize,
     )
     datamodule = PreferenceDataModule(
         data.train_pairs,
@@ -157,6 +165,7 @@ def build_run(
         num_workers=cfg.data.num_workers,
         layout=layout_for(policy, pair_layout(cfg.data)),
         max_tokens_per_batch=cfg.data.max_tokens_per_batch,
+        test_pairs=data.test_pairs,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective, found.eval_data)
@@ -168,6 +177,8 @@ def build_run(
         # DeepSpeed writes its own sharded checkpoint folders; every other strategy's files go
         # through the atomic writer.
         trainer_kwargs["plugins"] = [AtomicCheckpointIO()]
+    if sharding is not None:  # built from the trainer.strategy mapping, knowing the policy
+        trainer_kwargs["strategy"] = sharding.strategy(cfg.trainer)
     trainer = L.Trainer(
         **trainer_kwargs,
         # The data module's samplers split batches across ranks themselves.
@@ -176,14 +187,19 @@ def build_run(
         logger=loggers,
         callbacks=callbacks,
     )
-    return TrainingRun(module, datamodule, trainer, loggers)
+    return TrainingRun(module, datamodule, trainer, loggers, sharding)
 
 
 def fit(run: TrainingRun, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Validate (unless resuming), train, validate; return the two validations' metrics."""
+    """Validate (unless resuming), train, validate, then score the test split if there is
+    one; return the metrics before and after training (``test/...`` among the latter)."""
     before = {} if ckpt_path else _validate(run)
     run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
-    return before, _validate(run)
+    after = _validate(run)
+    if getattr(run.datamodule, "test_pairs", None):
+        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
+        after.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    return before, after
 
 
 def summarize(
@@ -217,10 +233,32 @@ def summarize(
     }
 
 
-def finish(cfg: TrainConfig, run: TrainingRun, summary: dict[str, Any], output_dir: Path) -> None:
-    """Save the final model, write ``summary.json``, close the W&B run, print the scores."""
+def gather_policy(run: TrainingRun) -> dict[str, Any] | None:
+    """The whole trained policy's state dict on rank 0 when training sharded it (every rank
+    must call this together), None when the policy in memory is whole."""
+    if run.sharding is None:
+        return None
+    return run.sharding.full_state_dict(run.trainer.strategy, run.module.policy)
+
+
+def finish(
+    cfg: TrainConfig,
+    run: TrainingRun,
+    summary: dict[str, Any],
+    output_dir: Path,
+    whole: dict[str, Any] | None = None,
+) -> None:
+    """Save the final model, write ``summary.json``, close the W&B run, print the scores.
+
+    ``whole``: the gathered state dict of a sharded policy (:func:`gather_policy`); it is
+    loaded into a fresh copy of the policy, which is saved instead of the sharded one.
+    """
     if cfg.save_model:
-        summary["model_dir"] = str(_save_policy(run.module, output_dir / "model"))
+        if whole is not None:
+            fresh, _ = load_policy(cfg)
+            fresh.load_state_dict(whole)
+            run.module.policy = fresh
+        summary["model_dir"] = str(_save_policy(cfg, run.module, output_dir / "model"))
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     _print_summary(summary)
@@ -231,18 +269,27 @@ def _validate(run: TrainingRun) -> dict[str, float]:
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
-def _save_policy(module: PreferenceModule, target: Path) -> Path:
-    """Save the final policy as a transformers model directory (LoRA merged in)."""
-    policy: Any = module.policy  # a transformers model, or a peft wrapper of one
-    if isinstance(policy, PeftModel):
-        policy = policy.merge_and_unload()
+def _save_policy(cfg: TrainConfig, module: PreferenceModule, target: Path) -> Path:
+    """Save the final policy as a transformers model directory (LoRA merged in; a quantized
+    policy's adapters are merged into full-precision base weights)."""
+    m = cfg.model
+    policy: Any = merged_policy(  # a transformers model
+        module.policy,
+        source=m.source,
+        dtype=m.dtype,
+        lora=m.lora,
+        quantization=m.quantization,
+        cache_dir=model_cache_dir(cfg.paths.cache_dir),
+    )
     policy.save_pretrained(target)
     module.tokenizer.save_pretrained(target)
     return target
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    keys = ("val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy")
+    keys = ["val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy"]
+    if "final/test/policy_margin_accuracy" in summary:  # a run with a test split
+        keys += ["test/rewards/accuracy", "test/policy_margin_accuracy"]
     data, speed = summary.get("data", {}), summary.get("throughput", {})
     lines = [
         "",

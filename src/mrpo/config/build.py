@@ -48,20 +48,60 @@ def option_keys(keys: Mapping[str, str], default: str) -> Iterator[None]:
         raise ConfigError(keys.get(err.option, default), str(err)) from None
 
 
+def selected_references(cfg: TrainConfig) -> list[tuple[int, ReferenceSpec]]:
+    """(pool position, entry) of the references the run uses, primary first.
+
+    ``references.select`` names them in order; otherwise they are the first
+    ``references.num_refs`` entries of the pool (all when null).
+
+    Raises:
+        ConfigError: ``references.select`` names an entry twice or one the pool lacks, or
+            ``references.num_refs`` is set as well and disagrees with it.
+    """
+    refs = cfg.references
+    if refs.select is None:
+        count = len(refs.pool) if refs.num_refs is None else refs.num_refs
+        return list(enumerate(refs.pool[:count]))
+    names = [r.name for r in refs.pool]
+    unknown = [n for n in refs.select if n not in names]
+    if unknown or not refs.select:
+        raise ConfigError(
+            "references.select", f"names {unknown or 'nothing'}; the pool holds {names}"
+        )
+    if len(set(refs.select)) != len(refs.select):
+        raise ConfigError("references.select", f"names an entry twice: {list(refs.select)}")
+    if refs.num_refs is not None and refs.num_refs != len(refs.select):
+        raise ConfigError(
+            "references.num_refs",
+            f"is {refs.num_refs} but references.select names {len(refs.select)}; set one of them",
+        )
+    return [(names.index(n), refs.pool[names.index(n)]) for n in refs.select]
+
+
+@contextmanager
+def option_prefix(prefix: str) -> Iterator[None]:
+    """Turn an :class:`OptionError` into a :class:`ConfigError` for ``<prefix>.<option>``
+    (for groups whose config keys are the library's option names)."""
+    try:
+        yield
+    except OptionError as err:
+        raise ConfigError(f"{prefix}.{err.option}", str(err)) from None
+
+
 def num_references(cfg: TrainConfig) -> int:
-    """K, the number of references the run uses (the first ``num_refs`` of the pool)."""
-    pool = len(cfg.references.pool)
-    return pool if cfg.references.num_refs is None else cfg.references.num_refs
+    """K, the number of references the run uses (:func:`selected_references`)."""
+    return len(selected_references(cfg))
 
 
 def reference_specs(cfg: TrainConfig) -> list[ReferenceSpec]:
-    """The first K references of the pool; ``loss.length_normalize`` applies to all of them.
+    """The K references the run uses; ``loss.length_normalize`` applies to all of them.
 
     Raises:
-        ConfigError: naming ``references.pool.<i>.<field>`` for an unusable entry.
+        ConfigError: naming ``references.pool.<i>.<field>`` for an unusable entry, or the
+            selection (:func:`selected_references`).
     """
     specs = []
-    for i, ref in enumerate(cfg.references.pool[: num_references(cfg)]):
+    for i, ref in selected_references(cfg):
         spec = replace(ref, length_normalize=ref.length_normalize or cfg.loss.length_normalize)
         try:
             spec.check()

@@ -9,7 +9,8 @@ never sees OmegaConf objects.
 
 Where a library module has a settings dataclass of its own, the schema uses it rather than a
 copy: a reference is a :class:`mrpo.references.ReferenceSpec`, LoRA settings a
-:class:`mrpo.models.LoraConfig`, the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`.
+:class:`mrpo.models.LoraConfig`, the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`,
+the length filters a :class:`mrpo.data.filters.LengthFilter`.
 Groups whose keys depend on the choice (``weights``: the strategy's own parameters;
 ``optimizer``, ``trainer``, ``callbacks``: keyword arguments of the objects they build) are
 plain dicts, checked against what they configure by :mod:`mrpo.config.validation`.
@@ -26,6 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from mrpo.config.resolvers import register_resolvers
+from mrpo.data.filters import LengthFilter
 from mrpo.errors import ConfigError
 from mrpo.models.lora import LoraConfig
 from mrpo.references.spec import ReferenceSpec
@@ -59,6 +61,9 @@ class ModelConfig:
     # once); with bf16 logits this bounds the float32 copy, recomputed in backward.
     logprob_chunk_size: int | None = None
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Load the linear layers quantized by bitsandbytes (a mrpo.models.quantization name:
+    # nf4, fp4, int8) and train LoRA adapters on them (QLoRA); null: full precision.
+    quantization: str | None = None
 
 
 @dataclass
@@ -67,6 +72,8 @@ class ReferencesConfig:
 
     pool: list[ReferenceSpec] = MISSING
     num_refs: int | None = None
+    # Pool entries to use, by name and in this order, instead of the first num_refs.
+    select: list[str] | None = None
     mode: str = "cached"  # cached | live
     batch_size: int = 8
     # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
@@ -87,7 +94,15 @@ class DataConfig:
     data_dir: str | None = None
     drop_invalid: bool = False
     max_samples: int | None = None
+    # Source field -> the field a format reads, e.g. {instruction: prompt} (mrpo.data.formats).
+    columns: dict[str, str] = field(default_factory=dict)
+    # Filters on the loaded pairs before the split (mrpo.data.filters).
+    length_filter: LengthFilter = field(default_factory=LengthFilter)
+    # Split sizes: below 1 a fraction of the pairs, from 1 up a number of pairs. The test
+    # split (0: none) is scored after training only; train_size null takes the rest.
     val_size: float = 0.1
+    test_size: float = 0.0
+    train_size: float | None = None
     split_seed: int = 0
     max_length: int = 512
     max_prompt_length: int | None = 256

@@ -17,7 +17,8 @@ from typing import Any
 
 import lightning as L
 
-from mrpo.config.build import build_objective, reference_specs
+from mrpo.config.build import build_objective, option_prefix, reference_specs
+from mrpo.config.requirements import check_requirements
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.errors import ConfigError, OptionError
 from mrpo.evals.registry import EVAL_NAMES
@@ -50,6 +51,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_model(cfg.model)
     _check_trainer_kwargs(cfg.trainer)
     _check_callback_targets(cfg.callbacks)
+    check_requirements(cfg)  # the machine (bitsandbytes, CUDA, deepspeed) and combinations
 
 
 def check_eval_run_config(cfg: EvalRunConfig) -> None:
@@ -163,6 +165,14 @@ def _check_data(cfg: TrainConfig) -> None:
     )
     if data.max_samples is not None:
         require(data.max_samples >= 2, "data.max_samples", "must be >= 2 (train and val)")
+    require(data.test_size >= 0, "data.test_size", "must be >= 0 (0: no test split)")
+    require(
+        data.train_size is None or data.train_size > 0,
+        "data.train_size",
+        "must be > 0 (a fraction below 1 or a number of pairs) or null (the rest)",
+    )
+    with option_prefix("data.length_filter"):
+        data.length_filter.check()
     require(
         data.format is None or data.format in FORMATS,
         "data.format",

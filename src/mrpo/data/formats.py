@@ -32,29 +32,37 @@ list) and ``chosen``/``rejected`` (strings or message lists). A response message
 the prompt turns, as in ``HuggingFaceH4/ultrafeedback_binarized``; the response is its final
 message, which must be an assistant message. Texts of this format are kept verbatim.
 
+``ranked_answers`` -- field ``prompt`` and a list ``answers`` of ``{answer, rank}`` (rank 1 best),
+as in ``berkeley-nest/Nectar``: the best-ranked answer is chosen, the worst-ranked one rejected
+(:mod:`mrpo.data.ranked`).
+
+Sets whose rows are one of these formats under other field names are read with a column
+mapping (``data.columns``, applied before detection).
+
 For every format: the prompt ends with a non-empty user turn, both responses are non-empty, and
 chosen differs from rejected (ignoring surrounding whitespace).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from mrpo.data.messages import (
+    Pair,
+    as_messages,
+    as_prompt,
+    as_response,
+    parse_hh_transcript,
+    require_fields,
+)
+from mrpo.data.ranked import detect_ranked_answers, split_ranked_answers
 from mrpo.data.types import Message, PreferenceExample
 from mrpo.data.validation import DataValidationError, RowError
 
-ROLES = ("system", "user", "assistant")
-
-_MARKER = re.compile(r"\n\n(Human|Assistant):")
-_SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
-
-
-Pair = tuple[tuple[Message, ...], str, str]
-"""(prompt messages, chosen response text, rejected response text) of one row."""
+__all__ = ["FORMATS", "PreferenceFormat", "detect_format", "normalize_row", "parse_hh_transcript"]
 
 
 @dataclass(frozen=True)
@@ -109,84 +117,6 @@ def normalize_row(value: Any, fmt: str, index: int) -> PreferenceExample:
     return _checked_example(prompt, chosen, rejected, index)
 
 
-def parse_hh_transcript(text: str, name: str = "transcript") -> tuple[Message, ...]:
-    """Parse an HH-RLHF transcript into alternating user/assistant messages (module doc rules).
-
-    Raises:
-        RowError: ``malformed_transcript`` (text before the first turn, no turns, or a first
-            turn by the Assistant).
-    """
-    body = text.lstrip()
-    if body.startswith(("Human:", "Assistant:")):
-        body = "\n\n" + body
-    parts = _MARKER.split(body)
-    if parts[0].strip():
-        raise RowError(
-            "malformed_transcript",
-            f"{name} transcript has text before its first Human turn: {parts[0][:40]!r}",
-        )
-    if len(parts) == 1:
-        raise RowError("malformed_transcript", f"{name} transcript has no Human/Assistant turns")
-    turns: list[Message] = []
-    for speaker, raw in zip(parts[1::2], parts[2::2], strict=True):
-        role, content = _SPEAKER_ROLE[speaker], raw.strip()
-        if turns and turns[-1]["role"] == role:
-            merged = "\n\n".join(t for t in (turns[-1]["content"], content) if t)
-            turns[-1] = {"role": role, "content": merged}
-        else:
-            turns.append({"role": role, "content": content})
-    if turns[0]["role"] != "user":
-        raise RowError(
-            "malformed_transcript", f"{name} transcript starts with an Assistant turn, not Human"
-        )
-    return tuple(turns)
-
-
-def _fields(row: dict[str, Any], names: Sequence[str]) -> list[Any]:
-    missing = [n for n in names if row.get(n) is None]
-    if missing:
-        raise RowError("missing_field", "missing field(s) " + ", ".join(map(repr, missing)))
-    return [row[n] for n in names]
-
-
-def _as_messages(value: Any, name: str) -> tuple[Message, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise RowError("not_text", f"{name!r} is a {type(value).__name__}, not text or messages")
-    messages = []
-    for i, message in enumerate(value, start=1):
-        ok = (
-            isinstance(message, dict)
-            and message.get("role") in ROLES
-            and isinstance(message.get("content"), str)
-        )
-        if not ok:
-            raise RowError(
-                "not_text",
-                f"{name!r} message {i} is not a {{'role': {'|'.join(ROLES)}, 'content': text}} "
-                f"message: {str(message)[:60]}",
-            )
-        messages.append({"role": message["role"], "content": message["content"]})
-    return tuple(messages)
-
-
-def _as_prompt(value: Any) -> tuple[Message, ...]:
-    if isinstance(value, str):
-        return ({"role": "user", "content": value},)
-    return _as_messages(value, "prompt")
-
-
-def _as_response(value: Any, name: str) -> str:
-    if isinstance(value, str):
-        return value
-    messages = _as_messages(value, name)
-    if not messages or messages[-1]["role"] != "assistant":
-        last = messages[-1]["role"] if messages else "nothing"
-        raise RowError(
-            "response_not_assistant", f"{name!r} message list ends with {last}, not assistant"
-        )
-    return messages[-1]["content"]
-
-
 def _split_transcripts(chosen: Any, rejected: Any) -> tuple[tuple[Message, ...], str, str]:
     """(prompt, chosen response, rejected response) from two whole conversations."""
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -195,7 +125,7 @@ def _split_transcripts(chosen: Any, rejected: Any) -> tuple[tuple[Message, ...],
             parse_hh_transcript(rejected, "rejected"),
         )
     elif not isinstance(chosen, str) and not isinstance(rejected, str):
-        conversations = _as_messages(chosen, "chosen"), _as_messages(rejected, "rejected")
+        conversations = as_messages(chosen, "chosen"), as_messages(rejected, "rejected")
     else:
         raise RowError("not_text", "'chosen' and 'rejected' mix a transcript and a message list")
     for name, turns in zip(("chosen", "rejected"), conversations, strict=True):
@@ -236,8 +166,8 @@ def _checked_example(
 
 
 def _split_prompt_chosen_rejected(row: dict[str, Any]) -> Pair:
-    prompt, chosen, rejected = _fields(row, ("prompt", "chosen", "rejected"))
-    return _as_prompt(prompt), _as_response(chosen, "chosen"), _as_response(rejected, "rejected")
+    prompt, chosen, rejected = require_fields(row, ("prompt", "chosen", "rejected"))
+    return as_prompt(prompt), as_response(chosen, "chosen"), as_response(rejected, "rejected")
 
 
 def _has_response(keys: frozenset[str]) -> bool:
@@ -258,7 +188,13 @@ FORMATS: Mapping[str, PreferenceFormat] = MappingProxyType(
                 name="transcripts",
                 description="'chosen' and 'rejected' whole conversations (HH-RLHF transcripts)",
                 detect=_has_response,
-                split=lambda row: _split_transcripts(*_fields(row, ("chosen", "rejected"))),
+                split=lambda row: _split_transcripts(*require_fields(row, ("chosen", "rejected"))),
+            ),
+            PreferenceFormat(
+                name="ranked_answers",
+                description="'prompt' and a list of ranked 'answers' (best vs worst rank)",
+                detect=detect_ranked_answers,
+                split=split_ranked_answers,
             ),
         )
     }

@@ -34,6 +34,7 @@ class PreferenceDataModule(L.LightningDataModule):
         layout: how a batch's pairs become rows (:mod:`mrpo.data.layout`).
         max_tokens_per_batch: cut training batches by this token budget (in ``layout``'s
             tokens) instead of ``batch_size`` pairs; None keeps ``batch_size``.
+        test_pairs: tokenized pairs of the held-out test split (``trainer.test``), if any.
     """
 
     def __init__(
@@ -50,10 +51,12 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         layout: PairLayout = PADDED,
         max_tokens_per_batch: int | None = None,
+        test_pairs: Sequence[TokenizedPair] = (),
     ) -> None:
         super().__init__()
         self.train_pairs = train_pairs  # a PairTable stays columns (and memory-mapped)
         self.val_pairs = val_pairs
+        self.test_pairs = test_pairs
         self.collator = PreferenceCollator(pad_token_id, ref_lookup=ref_lookup, layout=layout)
         self.max_tokens_per_batch = max_tokens_per_batch
         self.batch_size = batch_size
@@ -62,6 +65,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self._resume_skip = 0
+        self._train_sampler: LengthGroupedBatchSampler | None = None
 
     def train_dataloader(self) -> DataLoader:
         sampler = LengthGroupedBatchSampler(
@@ -81,6 +85,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if 0 < self._resume_skip < len(sampler):
             sampler.skip_next(self._resume_skip)
         self._resume_skip = 0
+        self._train_sampler = sampler
         return self._loader(self.train_pairs, sampler)
 
     def _current_epoch(self) -> int:
@@ -100,13 +105,24 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_skip = int(state_dict.get("batches_done", 0))
+        if self._train_sampler is not None:
+            # Strategies that restore after setup (FSDP's ModelParallelStrategy) have built
+            # the training loader already, to count the steps: its sampler skips instead.
+            self._train_sampler.skip_next(self._resume_skip)
+            self._resume_skip = 0
 
     def val_dataloader(self) -> DataLoader:
-        # Sorted by length, not shuffled: validation order does not matter, padding does.
+        return self._eval_loader(self.val_pairs)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_pairs)
+
+    def _eval_loader(self, pairs: Sequence[TokenizedPair]) -> DataLoader:
+        # Sorted by length, not shuffled: evaluation order does not matter, padding does.
         sampler = LengthGroupedBatchSampler(
-            pair_lengths(self.val_pairs), self.eval_batch_size, shuffle=False, **self._replicas()
+            pair_lengths(pairs), self.eval_batch_size, shuffle=False, **self._replicas()
         )
-        return self._loader(self.val_pairs, sampler)
+        return self._loader(pairs, sampler)
 
     def _replicas(self) -> dict[str, Any]:
         """Data parallel position: rank r of n takes every n-th batch of the global order.

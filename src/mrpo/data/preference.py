@@ -14,12 +14,12 @@ otherwise. `PreferenceExample.index` is the 0-based position of the row among th
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from mrpo.data.formats import FORMATS, detect_format, normalize_row
-from mrpo.data.sources import read_rows, resolve_source
+from mrpo.data.sources import RawRows, read_rows, resolve_source
+from mrpo.data.splits import split_counts, split_rows
 from mrpo.data.types import PreferenceExample
 from mrpo.data.validation import DataValidationError, DropReport, InvalidRow, RowError
 
@@ -58,6 +58,7 @@ def load_preference_data(
     drop_invalid: bool = False,
     limit: int | None = None,
     format: str | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> PreferenceLoadResult:
     """Load and normalize preference pairs.
 
@@ -74,6 +75,9 @@ def load_preference_data(
         drop_invalid: drop rows that cannot be normalized (and report them) instead of raising.
         limit: read at most this many rows of the source (before validation).
         format: a `mrpo.data.formats.FORMATS` name; None detects it from the fields.
+        columns: source field -> the field name a format reads (``{"instruction": "prompt",
+            "chosen_response": "chosen"}``), applied to every row before the format is
+            detected, for sets whose rows are a known format under other field names.
 
     Returns:
         The examples, the report of dropped rows, the source description and the format.
@@ -88,6 +92,8 @@ def load_preference_data(
         raise ValueError(f"unknown preference format {format!r}; expected one of {list(FORMATS)}")
     resolved = resolve_source(source, split=split, subset=subset, data_dir=data_dir)
     raw = read_rows(resolved, split=split, subset=subset, limit=limit)
+    if columns:
+        raw = rename_fields(raw, columns)
     has_objects = any(isinstance(value, dict) for _, value in raw.records)
     # Without a single JSON object every row is already invalid (not JSON, not an object), and
     # any format reports such rows the same way.
@@ -116,6 +122,25 @@ def load_preference_data(
     return PreferenceLoadResult(examples=examples, dropped=report, source=raw.source, format=fmt)
 
 
+def rename_fields(raw: RawRows, columns: Mapping[str, str]) -> RawRows:
+    """``raw`` with each row's fields renamed by ``columns`` (source name -> new name).
+
+    Fields not named keep their names; a row that is not a JSON object is left as it is (the
+    format reports it).
+    """
+
+    def rename(value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        return {columns.get(key, key): field for key, field in value.items()}
+
+    return replace(
+        raw,
+        records=[(row, rename(value)) for row, value in raw.records],
+        fields=[columns.get(name, name) for name in raw.fields],
+    )
+
+
 def train_val_split(
     examples: Sequence[PreferenceExample],
     *,
@@ -127,25 +152,18 @@ def train_val_split(
 
     Exactly one of ``val_fraction`` (in [0, 1); the validation size is
     ``round(val_fraction * n)``) and ``val_size`` is given. The validation rows are drawn with
-    ``random.Random(seed)``, which does not depend on the Python hash seed; both parts keep
-    the input order.
+    ``random.Random(seed)`` (:func:`mrpo.data.splits.split_rows`, which also makes test
+    splits), which does not depend on the Python hash seed; both parts keep the input order.
 
     Raises:
         ValueError: both or neither size given, a size out of range, or no training row left.
     """
     if (val_fraction is None) == (val_size is None):
         raise ValueError("give exactly one of val_fraction and val_size")
-    n = len(examples)
-    if val_fraction is not None:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        val_size = round(val_fraction * n)
-    assert val_size is not None
-    if not 0 <= val_size < n:
-        raise ValueError(
-            f"val_size must leave at least one training example: got {val_size} of {n} examples"
-        )
-    val_positions = set(random.Random(seed).sample(range(n), val_size))
-    train = [ex for i, ex in enumerate(examples) if i not in val_positions]
-    val = [ex for i, ex in enumerate(examples) if i in val_positions]
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    size = val_fraction if val_fraction is not None else val_size
+    assert size is not None
+    counts = split_counts(len(examples), val_size=size)  # OptionError is a ValueError
+    train, val, _ = split_rows(examples, counts, seed=seed)
     return train, val

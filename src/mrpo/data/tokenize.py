@@ -282,6 +282,32 @@ _CHUNK_PAIRS = 2048
 """Pairs tokenized per call: bounds the Python lists of ids alive at once."""
 
 
+def pair_token_lengths(
+    examples: Sequence[PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    system_prompt: str | None = None,
+    chat_template: str | None = None,
+) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of each pair, untruncated (for length filters).
+
+    Rendering as in the module doc; encoded in batch calls of :data:`_CHUNK_PAIRS` pairs, so
+    only the counts of the whole data set are held.
+    """
+    lengths: list[tuple[int, int, int]] = []
+    for start in range(0, len(examples), _CHUNK_PAIRS):
+        rendered = render_pairs(
+            examples[start : start + _CHUNK_PAIRS],
+            tokenizer,
+            system_prompt=system_prompt,
+            chat_template=chat_template,
+        )
+        texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
+        counts = [len(ids) for ids in encode_texts(tokenizer, texts)]
+        lengths += zip(counts[0::3], counts[1::3], counts[2::3], strict=True)
+    return lengths
+
+
 def tokenize_pairs(
     examples: Sequence[PreferenceExample],
     tokenizer: PreTrainedTokenizerBase,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -17,9 +18,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mrpo.errors import OptionError
 from mrpo.logprobs import split_lm_head
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.lora import ALL_LINEAR, LoraConfig
+from mrpo.models.quantization import check_runs, quantization_method
 from mrpo.models.sources import (
     ModelSource,
     ModelSourceError,
@@ -168,6 +171,21 @@ ATTENTION_IMPLEMENTATIONS = (
 (``model.attn_implementation``)."""
 
 
+def _quantized_kwargs(
+    quantization: str | None, dtype: str, device: str | torch.device | None
+) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load quantized weights straight onto ``device``."""
+    if quantization is None:
+        return {}
+    method = quantization_method(quantization)
+    compute = DTYPES[dtype]
+    compute_dtype = compute if isinstance(compute, torch.dtype) else torch.bfloat16
+    target = torch.device(device if device is not None else "cpu")
+    check_runs(quantization, target)
+    # Quantized weights are made on the device they run on; they are never moved or cast later.
+    return {"quantization_config": method.bnb_config(compute_dtype), "device_map": {"": target}}
+
+
 def load_model(
     source: str,
     *,
@@ -176,6 +194,8 @@ def load_model(
     lora: LoraConfig | None = None,
     trainable: bool = True,
     attn_implementation: str | None = None,
+    quantization: str | None = None,
+    device: str | torch.device | None = None,
 ) -> PreTrainedModel | PeftModel:
     """Load a causal LM from a model source, with dropout disabled.
 
@@ -185,7 +205,8 @@ def load_model(
     Args:
         source: a model source (see ``mrpo.models.sources``); GGUF sources are converted into
             ``cache_dir`` on first use.
-        dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto".
+        dtype: one of ``DTYPES``: "float32", "bfloat16", "float16" or "auto"; with
+            ``quantization`` the dtype of the layers left unquantized and the compute dtype.
         cache_dir: directory of converted GGUF models (default ``default_model_cache_dir()``).
         lora: when given and ``enabled``, wrap the model in LoRA adapters (a peft
             ``PeftModel``); only the adapters are trainable.
@@ -194,18 +215,32 @@ def load_model(
         attn_implementation: one of :data:`ATTENTION_IMPLEMENTATIONS` (None: transformers'
             default, ``sdpa``); ``flex_attention`` makes packed rows skip their masked tiles
             on GPUs (:mod:`mrpo.logprobs.attention`).
+        quantization: a :data:`mrpo.models.quantization.QUANTIZATIONS` name (``nf4``, ...)
+            to load the linear layers quantized by bitsandbytes, or None. A trainable
+            quantized model is prepared for k-bit training (peft) and needs ``lora``.
+        device: where a quantized model is loaded (default CPU); unquantized models load on
+            the CPU and are moved by the caller.
 
     Raises:
         ValueError: an unknown dtype.
-        OptionError: unusable LoRA settings (naming the setting).
+        OptionError: unusable LoRA settings (naming the setting), an unknown quantization,
+            or one this machine cannot run (option ``quantization``), or a trainable
+            quantized model without LoRA (option ``lora``).
         ModelSourceError: the source cannot be found or loaded (the message names it).
     """
     if dtype not in DTYPES:
         raise ValueError(
             f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
         )
-    if lora is not None and lora.enabled:
+    use_lora = lora is not None and lora.enabled
+    if use_lora:
+        assert lora is not None
         lora.check()
+    if quantization is not None and trainable and not use_lora:
+        raise OptionError(
+            "lora", "a quantized model trains LoRA adapters only; enable LoRA (lora.enabled)"
+        )
+    quantized = _quantized_kwargs(quantization, dtype, device)
     resolved, location, hub_kwargs = _location(source, cache_dir)
     log.info("loading model %s (%s)", source, dtype)
     try:
@@ -215,15 +250,20 @@ def load_model(
             {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         )
         model = AutoModelForCausalLM.from_pretrained(
-            location, config=config, dtype=DTYPES[dtype], **attention, **hub_kwargs
+            location, config=config, dtype=DTYPES[dtype], **attention, **quantized, **hub_kwargs
         )
     except (OSError, ValueError) as error:  # missing files, or files transformers cannot use
         if resolved.kind == "hub":
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
     disable_dropout(model)
+    if quantized and trainable:
+        # peft's recipe: norms and the head in float32, frozen quantized weights. Gradient
+        # checkpointing is left to enable_gradient_checkpointing (non-reentrant).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     result: PreTrainedModel | PeftModel = model
-    if lora is not None and lora.enabled:
+    if use_lora:
+        assert lora is not None
         result = _apply_lora(model, lora)
     if not trainable:
         result.requires_grad_(False)

@@ -18,10 +18,11 @@ from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.layout import PADDED, PairLayout
 from mrpo.data.prepare import prepare_pairs, tokenizer_fingerprint
-from mrpo.data.tokenize import TokenizedPairs
+from mrpo.data.tokenize import TokenizedPairs, pair_token_lengths
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.errors import InputError
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
+from mrpo.models.quantization import precision_label
 from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import data_fingerprint, num_forward_passes, score_pairs
@@ -271,6 +272,24 @@ class ReferenceEnsemble:
             memo[group] = pairs
         return pairs
 
+    def token_lengths(
+        self,
+        k: int,
+        examples: Sequence[PreferenceExample],
+        memo: dict[Any, list[tuple[int, int, int]]] | None = None,
+    ) -> list[tuple[int, int, int]]:
+        """(prompt, chosen, rejected) token counts of ``examples`` as reference ``k`` sees
+        them, before truncation (for length filters); ``memo`` as in :meth:`tokenize`."""
+        group = self.resolved[k].text_group
+        if memo is not None and group in memo:
+            return memo[group]
+        lengths = pair_token_lengths(
+            examples, self.tokenizer(k), system_prompt=self.specs[k].system_prompt
+        )
+        if memo is not None:
+            memo[group] = lengths
+        return lengths
+
     def _identity(self, k: int, part: str) -> str:
         """Weights (``part="model"``) or tokenizer identity of reference ``k``, computed once."""
         ref = self.resolved[k]
@@ -296,7 +315,8 @@ class ReferenceEnsemble:
             max_length=self.max_length,
             max_prompt_length=self.max_prompt_length,
             truncation=TRUNCATION,
-            dtype=self.specs[k].dtype,
+            # A quantized reference computes other numbers than its full-precision weights.
+            dtype=precision_label(self.specs[k].dtype, self.specs[k].quantization),
         )
 
     def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
@@ -309,12 +329,21 @@ class ReferenceEnsemble:
     def load_model(self, k: int) -> torch.nn.Module:
         """Load reference ``k``'s weights: frozen, in eval mode, on :attr:`device`."""
         ref = self.resolved[k]
-        log.info("loading reference model %s (%s) on %s", ref.weights, ref.spec.dtype, self.device)
+        spec = ref.spec
+        precision = precision_label(spec.dtype, spec.quantization)
+        log.info("loading reference model %s (%s) on %s", ref.weights, precision, self.device)
         with self._naming_reference(k):
             model = load_model(
-                ref.weights, dtype=ref.spec.dtype, cache_dir=self.model_cache_dir, trainable=False
+                ref.weights,
+                dtype=spec.dtype,
+                cache_dir=self.model_cache_dir,
+                trainable=False,
+                quantization=spec.quantization,
+                device=self.device,
             )
         self.stats.model_loads += 1
+        if spec.quantization is not None:  # loaded onto the device; quantized weights stay put
+            return model
         return model.to(self.device)  # type: ignore[arg-type]  # nn.Module.to, not the hub's
 
     def score(

@@ -12,6 +12,7 @@ from peft import PeftModel
 from mrpo.data.tokenize import TokenizedPairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.models import DTYPES
+from mrpo.models.quantization import quantized_as
 from mrpo.references.ensemble import ReferenceEnsemble
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import adapters_disabled, model_device
@@ -50,6 +51,9 @@ class LiveReferences:
     def _can_use_policy(self, k: int) -> bool:
         ref = self.ensemble.resolved[k]
         if not ref.is_self or not isinstance(self.policy, PeftModel):
+            return False
+        # A 4-bit policy's base is the 4-bit model: it stands in only for the same quantization.
+        if quantized_as(self.policy) != ref.spec.quantization:
             return False
         want = DTYPES[ref.spec.dtype]
         return want == "auto" or next(self.policy.parameters()).dtype == want

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mrpo.errors import OptionError
 from mrpo.models import DTYPES
+from mrpo.models.quantization import QUANTIZATIONS, precision_label
 
 SELF = "self"
 """Reference source meaning the policy's initial weights (and the policy's tokenizer)."""
@@ -25,8 +26,11 @@ class ReferenceSpec:
         system_prompt: system message inserted into (or replacing the first one of) every
             prompt; None keeps the prompts as they are. The same weights with another system
             prompt make a *prompted reference*.
-        dtype: dtype the reference runs in (a ``mrpo.models.DTYPES`` name).
+        dtype: dtype the reference runs in (a ``mrpo.models.DTYPES`` name); with
+            ``quantization``, the dtype of its unquantized layers and its compute dtype.
         length_normalize: use the mean log-prob per response token instead of the sum.
+        quantization: load the reference's linear layers quantized by bitsandbytes (a
+            ``mrpo.models.quantization.QUANTIZATIONS`` name such as ``nf4``), or None.
     """
 
     name: str  # no default: required in the configs too (``???``)
@@ -36,6 +40,7 @@ class ReferenceSpec:
     system_prompt: str | None = None
     dtype: str = "float32"
     length_normalize: bool = False
+    quantization: str | None = None
 
     def check(self) -> None:
         """Raise :class:`~mrpo.errors.OptionError` naming the first unusable field.
@@ -61,6 +66,12 @@ class ReferenceSpec:
             raise OptionError(
                 "chat_template", f"reference {self.name!r}: chat_template is empty; use None"
             )
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise OptionError(
+                "quantization",
+                f"reference {self.name!r}: unknown quantization {self.quantization!r}; "
+                f"one of {list(QUANTIZATIONS)} or null",
+            )
 
 
 @dataclass(frozen=True)
@@ -83,8 +94,9 @@ class ResolvedReference:
 
     @property
     def model_group(self) -> tuple[str, str]:
-        """References with equal groups share one loaded model (weights source, dtype)."""
-        return (self.weights, self.spec.dtype)
+        """References with equal groups share one loaded model (weights source, and dtype
+        with quantization)."""
+        return (self.weights, precision_label(self.spec.dtype, self.spec.quantization))
 
     @property
     def tokenizer_group(self) -> tuple[str, str | None]:

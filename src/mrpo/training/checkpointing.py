@@ -33,6 +33,18 @@ BEST_FILENAME = BEST_PREFIX + "{step}"
 """``ModelCheckpoint(filename=..., auto_insert_metric_name=False)`` of the best checkpoints."""
 SUFFIX = ".ckpt"
 CHECKPOINT_DIR = "checkpoints"
+SHARDED_META = "meta.pt"
+"""The file of a sharded checkpoint folder that holds everything but the tensors (Lightning's
+``ModelParallelStrategy`` writes the shards beside it, through torch.distributed.checkpoint)."""
+
+
+def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a sharded checkpoint folder (FSDP's ``state_dict_type: sharded``)."""
+    return (Path(path) / SHARDED_META).is_file()
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_file() or is_sharded_checkpoint(path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -84,21 +96,22 @@ class LastCheckpoint(Checkpoint):
 
 
 def last_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """A run directory's ``last*.ckpt`` files, newest first."""
+    """A run directory's ``last*.ckpt`` files (or sharded folders), newest first."""
     folder = Path(output_dir) / CHECKPOINT_DIR
-    files = [p for p in folder.glob(f"{LAST_NAME}*{SUFFIX}") if p.is_file()]
+    files = [p for p in folder.glob(f"{LAST_NAME}*{SUFFIX}") if _is_checkpoint(p)]
     return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def best_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """A run directory's ``best-step_<n>.ckpt`` files, highest step first."""
+    """A run directory's ``best-step_<n>.ckpt`` files (or sharded folders), highest step first."""
     folder = Path(output_dir) / CHECKPOINT_DIR
 
     def step(path: Path) -> int:
         tail = path.stem.removeprefix(BEST_PREFIX)
         return int(tail) if tail.isdigit() else -1
 
-    return sorted(folder.glob(f"{BEST_PREFIX}*{SUFFIX}"), key=step, reverse=True)
+    found = [p for p in folder.glob(f"{BEST_PREFIX}*{SUFFIX}") if _is_checkpoint(p)]
+    return sorted(found, key=step, reverse=True)
 
 
 def best_model_path(checkpoint: dict[str, Any]) -> str | None:

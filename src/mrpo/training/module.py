@@ -24,6 +24,8 @@ from mrpo.training.metrics import preference_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 LiveReferenceFn = Callable[[PreferenceBatch], tuple[torch.Tensor, torch.Tensor]]
+Parallelize = Callable[[torch.nn.Module, Any], None]
+"""Shards the policy in place given the strategy's device mesh (:mod:`mrpo.models.parallel`)."""
 
 
 RUN_IDENTITY_KEY = "mrpo_run_identity"
@@ -61,6 +63,9 @@ class PreferenceModule(L.LightningModule):
             optimizer step the batch is part of.
         run_identity: what the run's checkpoints record about its settings and data (see
             :func:`mrpo.cli.rundir.run_identity`), checked when a run resumes from them.
+            counts it in ``train/skipped_batches``.
+        parallelize: when set, called once with the policy and the device mesh from
+            :meth:`configure_model` (FSDP shards the policy there); None leaves it whole.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class PreferenceModule(L.LightningModule):
         live_references: LiveReferenceFn | None = None,
         on_nonfinite: str = "stop",
         run_identity: Mapping[str, Any] | None = None,
+        parallelize: Parallelize | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -98,6 +104,14 @@ class PreferenceModule(L.LightningModule):
         self.skipped_batches = 0
         self._drop_gradients = False
         self.run_identity = dict(run_identity or {})
+        self.parallelize = parallelize
+        self._parallelized = False
+
+    def configure_model(self) -> None:
+        # Lightning calls this hook once per fit/validate/test; the policy is sharded once.
+        if self.parallelize is not None and not self._parallelized:
+            self.parallelize(self.policy, self.device_mesh)
+            self._parallelized = True
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy log-probs of chosen and rejected responses, each (B,), in one forward (the
@@ -215,6 +229,10 @@ class PreferenceModule(L.LightningModule):
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
         if not by_norm:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def test_step(self, batch: PreferenceBatch, batch_idx: int) -> torch.Tensor:
+        # The held-out test split: the same metrics as validation, under ``test/``.
+        return self._shared_step(batch, "test")
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self._trainable())

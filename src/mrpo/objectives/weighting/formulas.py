@@ -57,6 +57,20 @@ def arwc_weights(
     return torch.cat([primary, abs_margins[:, 1:] / denominator], dim=1)
 
 
+def one_hot_argmax(weights: torch.Tensor) -> torch.Tensor:
+    """All weight on the largest entry of each weight row (ties: the lowest index).
+
+    Args:
+        weights: (K,) or (B, K) weights.
+
+    Returns:
+        Weights of the same shape and dtype with a single 1 per row, at its argmax.
+    """
+    # torch.argmax returns the first maximal index, so ties go to the lowest reference index.
+    index = weights.argmax(dim=-1, keepdim=True)
+    return torch.zeros_like(weights).scatter_(-1, index, 1.0)
+
+
 def mean_token_margins(
     val_chosen: torch.Tensor,
     val_rejected: torch.Tensor,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from mrpo.errors import OptionError
+from mrpo.errors import OptionError, reject_unknown_options
 from mrpo.objectives.weighting.bandit import ThompsonSampling
 from mrpo.objectives.weighting.strategies import (
     ARWCWeights,
@@ -82,11 +82,5 @@ def make_weighting(weighting: str | WeightStrategy, **params: Any) -> WeightStra
             )
         return weighting
     cls = weighting_class(weighting)
-    unused = sorted(set(params) - set(cls.params))
-    if unused:
-        raise OptionError(
-            unused[0],
-            f"option(s) {unused} do not apply to weighting {weighting!r} "
-            f"(it takes: {list(cls.params) or 'no options'})",
-        )
+    reject_unknown_options(params, cls.params, f"weighting {weighting!r}")
     return cls(**params)

@@ -35,6 +35,7 @@ from mrpo.errors import OptionError
 from mrpo.objectives.weighting.formulas import (
     arwc_weights,
     check_fixed_weights,
+    one_hot_argmax,
     vaw_weights,
     vdw_weights,
 )
@@ -232,16 +233,24 @@ class SlidingWindowARWC(WeightStrategy):
     and batch t uses batch t−1's mean ARWC weights. A batch's own ARWC weights never weight its own
     loss, which removes ARWC's per-example label leakage. Only :meth:`observe` changes the state
     (the objective calls it with ``update_state=True``); validation batches must not.
+
+    ``one_hot=True`` is the one-hot variant: all weight on the reference with the largest
+    windowed weight (:func:`~mrpo.objectives.weighting.formulas.one_hot_argmax`, ties to the
+    lowest index), so each batch is a single-reference step; before any batch the windowed
+    weights are uniform, so batch 1 uses the primary reference.
     """
 
     name = "sliding_window"
-    params = ("window",)
+    params = ("window", "one_hot")
     stateful = True
 
-    def __init__(self, window: int = 1) -> None:
+    def __init__(self, window: int = 1, one_hot: bool = False) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise OptionError("window", f"option 'window' must be an int >= 1, got {window!r}")
+        if not isinstance(one_hot, bool):
+            raise OptionError("one_hot", f"option 'one_hot' must be true or false, got {one_hot!r}")
         self.window = window
+        self.one_hot = one_hot
         self.history: deque[tuple[float, ...]] = deque(maxlen=window)
 
     def set_num_refs(self, num_refs: int) -> None:
@@ -255,8 +264,10 @@ class SlidingWindowARWC(WeightStrategy):
         """(K,) float64 weights the next batch will use."""
         self.set_num_refs(num_refs)
         if not self.history:
-            return torch.full((num_refs,), 1.0 / num_refs, dtype=torch.float64)
-        return torch.tensor(list(self.history), dtype=torch.float64).mean(dim=0)
+            windowed = torch.full((num_refs,), 1.0 / num_refs, dtype=torch.float64)
+        else:
+            windowed = torch.tensor(list(self.history), dtype=torch.float64).mean(dim=0)
+        return one_hot_argmax(windowed) if self.one_hot else windowed
 
     def weights(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
         return broadcast_weights(ref_chosen, self.current(ref_chosen.shape[0]))
@@ -280,4 +291,4 @@ class SlidingWindowARWC(WeightStrategy):
         )
 
     def __repr__(self) -> str:
-        return f"SlidingWindowARWC(window={self.window})"
+        return f"SlidingWindowARWC(window={self.window}, one_hot={self.one_hot})"

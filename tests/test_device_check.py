@@ -1,0 +1,82 @@
+"""The device check's plumbing on the CPU: its dry run, and how stages fail or run out of time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import device_check  # noqa: E402  (a script in benchmarks/, not a package module)
+
+STAGES = [
+    "environment", "train_vs_trl", "fused_head", "fsdp_1gpu", "qlora_4bit", "eval_gsm8k_50",
+    "eval_truthfulqa_all", "reference_cache",
+]  # fmt: skip
+
+needs_mirror = pytest.mark.skipif(
+    not os.environ.get("MRPO_DATA_DIR"), reason="needs the data mirror ($MRPO_DATA_DIR)"
+)
+
+
+@needs_mirror
+def test_the_dry_run_plans_every_stage_and_checks_its_configs(tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    code = device_check.main(["--dry-run", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0, report
+    assert [k for k in report if k in STAGES] == STAGES
+    assert report["dry_run"] is True and report["failed_stages"] == []
+    assert report["environment"]["status"] == "ok"
+    assert report["environment"]["packaged_model"].endswith(".gguf")
+    for stage in STAGES[1:]:
+        assert report[stage]["status"] == "planned", stage
+    for stage in ("fsdp_1gpu", "qlora_4bit", "reference_cache", "eval_gsm8k_50"):
+        assert report[stage]["checks"] == "passed"
+    assert "'name': 'fsdp'" in report["fsdp_1gpu"]["strategy"]
+    assert report["eval_truthfulqa_all"]["tasks"] == ["truthfulqa"]
+    assert report["reference_cache"]["rows"] > 200
+    assert report["train_vs_trl"]["settings"]["precision"] == "bf16"
+
+
+def test_a_failing_stage_is_reported_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def broken(ctx: device_check.Context) -> dict:
+        raise RuntimeError("no GPU here")
+
+    stages = [
+        device_check.Stage("first", 1, broken, broken),
+        device_check.Stage("second", 1, lambda ctx: {"status": "ok", "x": 1}, broken),
+        device_check.Stage("late", 100, lambda ctx: {"status": "ok"}, broken),
+    ]
+    monkeypatch.setattr(device_check, "stages", lambda: stages)
+    ctx = device_check.Context(dry_run=False, work=tmp_path, deadline=time.monotonic() + 20)
+    report = device_check.run_stages(ctx)
+    assert report["first"]["status"] == "error"
+    assert report["first"]["error"] == "RuntimeError: no GPU here"
+    assert report["second"]["status"] == "ok" and report["second"]["x"] == 1
+    # Less than half its budget left: skipped, not started.
+    assert report["late"] == {"status": "skipped", "reason": "the time budget ran out"}
+
+
+@pytest.mark.slow
+@needs_mirror
+def test_the_shell_script_dry_run_prints_one_json(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(BENCH / "device_check.sh"), "--dry-run", "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["failed_stages"] == [] and set(STAGES) <= set(report)
