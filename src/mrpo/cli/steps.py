@@ -209,6 +209,7 @@ def build_callbacks(
                 log_samples=ev.log_samples,
                 data_dir=cfg.paths.data_dir,
                 output_dir=output_dir,
+                harness=ev.harness,
             )
         )
     strategy = objective.weighting
