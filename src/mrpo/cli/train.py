@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
 from mrpo.atomic import write_json, write_text
+from mrpo.callbacks import EvalCallback
 from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
@@ -156,6 +157,11 @@ def summarize(
     """The run's summary: what it was, how long it took, and its scores before and after."""
     trainer = run.trainer
     evals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+    # The validation after fit resets callback_metrics: the final evaluation's scores are kept
+    # by the callback itself.
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EvalCallback):
+            evals.update(callback.final_metrics)
     return {
         "run_dir": cfg.paths.output_dir,
         "wandb_dir": wandb_run_dir(run.loggers),

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.evals.loglik import model_max_length
-from mrpo.evals.slots import COMPACT_COLUMNS, SlotCache
+from mrpo.evals.slots import COMPACT_COLUMNS, SlotCache, cached_keys_values
 from mrpo.logprobs import accepts_logits_to_keep, cache_argument
 
 
@@ -221,8 +221,7 @@ class _Decoder:
             **{self.cache_arg: prompt_cache},
             **self.keep_last,
         )
-        layers = [(layer.keys, layer.values) for layer in prompt_cache.layers]
-        return int(out.logits[0, -1].argmax()), layers  # type: ignore[misc]
+        return int(out.logits[0, -1].argmax()), cached_keys_values(prompt_cache)
 
     def _new_cache(self, keys: torch.Tensor, prompt_tokens: int) -> SlotCache:
         config = self.model.config

@@ -31,8 +31,22 @@ KVPair = tuple[torch.Tensor, torch.Tensor]
 COMPACT_COLUMNS = 128
 
 
+def cached_keys_values(cache: Cache) -> list[KVPair]:
+    """Every layer's (batch, kv_heads, tokens, head_dim) keys and values of a filled cache."""
+    found = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(f"cache layer {layer!r} holds no keys and values")
+        found.append((keys, values))
+    return found
+
+
 class _SlotLayer(DynamicLayer):
     """One layer's slot buffers; :class:`SlotCache` owns the shared ``active`` and ``length``."""
+
+    keys: torch.Tensor  # always allocated (the base class allows None before first use)
+    values: torch.Tensor
 
     def __init__(self, owner: SlotCache, keys: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
