@@ -189,6 +189,16 @@ def test_generation_stops_at_stop_strings_and_eos(model, tokenizer) -> None:
     assert ended.num_tokens == first + 1
 
 
+def test_generation_refuses_sliding_window_models() -> None:
+    from transformers import MistralConfig, Qwen2Config
+
+    from mrpo.evals.slots import check_full_attention
+
+    check_full_attention(Qwen2Config(use_sliding_window=False))  # full attention everywhere
+    with pytest.raises(ValueError, match="mistral has sliding-window"):
+        check_full_attention(MistralConfig(sliding_window=64))
+
+
 def test_generation_rejects_bad_arguments(model, tokenizer) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         generate_until(model, tokenizer, ["a"], stop=[], batch_size=0)

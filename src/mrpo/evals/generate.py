@@ -31,7 +31,12 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.evals.loglik import model_max_length
-from mrpo.evals.slots import COMPACT_COLUMNS, SlotCache, cached_keys_values
+from mrpo.evals.slots import (
+    COMPACT_COLUMNS,
+    SlotCache,
+    cached_keys_values,
+    check_full_attention,
+)
 from mrpo.logprobs import accepts_logits_to_keep, cache_argument
 
 
@@ -137,6 +142,7 @@ def generate_until(
         raise ValueError("every prompt must encode to at least one token")
     # Longest first: a prompt then never outgrows the columns the slots already share.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    check_full_attention(model.config)
     decoder = _Decoder(model, tokenizer, stops, max_new_tokens, batch_size)
     results: list[Generation | None] = [None] * len(encoded)
     with tqdm(total=len(order), desc=progress, unit="prompt", disable=progress is None) as bar:

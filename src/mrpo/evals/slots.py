@@ -31,6 +31,23 @@ KVPair = tuple[torch.Tensor, torch.Tensor]
 COMPACT_COLUMNS = 128
 
 
+def check_full_attention(config: Any) -> None:
+    """Raise ValueError unless every layer of the model attends to the whole sequence.
+
+    The slots' masks know no sliding window and their buffers hold keys and values only, so
+    sliding-window, hybrid and linear-attention (state-space) layers are refused.
+    """
+    layer_types = getattr(config, "layer_types", None) or []
+    window = getattr(config, "sliding_window", None)
+    windowed = isinstance(window, int) and getattr(config, "use_sliding_window", True) is not False
+    if windowed or any(t != "full_attention" for t in layer_types):
+        kind = getattr(config, "model_type", "this model")
+        raise ValueError(
+            f"batched generation supports models whose layers all attend to the whole sequence; "
+            f"{kind} has sliding-window or other attention layers (run lm-eval's task instead)"
+        )
+
+
 def cached_keys_values(cache: Cache) -> list[KVPair]:
     """Every layer's (batch, kv_heads, tokens, head_dim) keys and values of a filled cache."""
     found = []
