@@ -40,13 +40,16 @@ quickstart: setup
 	$(VENV)/bin/mrpo-train experiment=quickstart
 
 # Speed figures (printed, never asserted): objectives, training step, evaluation throughput,
-# and mrpo against TRL's DPOTrainer and a bare PyTorch loop (installs the `bench` extra).
+# mrpo's GSM8K/TruthfulQA against lm-evaluation-harness's (a quick size; the recorded figures use
+# --gsm8k 50 --truthfulqa 100), and mrpo against TRL's DPOTrainer and a bare PyTorch loop
+# (installs the `bench` extra).
 bench: setup
 	$(PIP) -e '.[bench]' 2>&1 | $(QUIET)
 	$(PY) benchmarks/bench_objectives.py
 	$(PY) benchmarks/bench_logprobs.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py --questions 16 --batch-size 16 --tqa-questions 16
+	$(PY) benchmarks/bench_vs_lm_eval.py --gsm8k 5 --truthfulqa 20
 	$(PY) benchmarks/bench_trl.py
 	$(PY) benchmarks/bench_trl.py --gradient-checkpointing
 	$(PY) benchmarks/bench_trl.py --arms mrpo_cached,mrpo_nogroup,mrpo_logits,mrpo_fulllogits,mrpo_compile

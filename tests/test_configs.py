@@ -91,8 +91,9 @@ def expect_config_error(overrides: Sequence[str], output_dir: Path) -> str:
 
 def _train_group_options() -> Iterator[tuple[str, str]]:
     for group, option in group_options():
-        # Hydra's own groups: tested below; the sweep files (multirun): in test_sweeps.py.
-        if group.split("/")[0] not in ("hydra", SWEEPS_GROUP):
+        # Hydra's own groups: tested below; the sweep files (multirun): in test_sweeps.py;
+        # the leaderboard needs hub data sets, refused offline: its own test below.
+        if group.split("/")[0] not in ("hydra", SWEEPS_GROUP) and option != "leaderboard":
             yield group, option
 
 
@@ -239,8 +240,9 @@ def test_eval_primary_config_composes(output_dir: Path) -> None:
     cfg = compose_config([f"paths.output_dir={output_dir}"], config_name="eval")
     eval_cfg = OmegaConf.to_object(cfg)
     assert isinstance(eval_cfg, EvalRunConfig)
-    assert eval_cfg.eval.tasks  # scores something by default, with names the runner knows
+    assert eval_cfg.eval.tasks  # scores something by default: the built-in tasks
     assert set(eval_cfg.eval.tasks) <= set(EVAL_NAMES)
+    assert eval_cfg.eval.harness.include_defaults  # lm-eval's own task configs
     assert eval_cfg.logger.job_type == "eval"
 
 
@@ -423,11 +425,45 @@ def test_unknown_trainer_argument_is_rejected(output_dir: Path) -> None:
     assert "lightning.Trainer" in message
 
 
-def test_unknown_eval_task_is_rejected(output_dir: Path) -> None:
+def test_unknown_eval_task_is_rejected(output_dir: Path, tmp_path: Path) -> None:
     checked_train_config(["eval=quick"], output_dir)
-    message = expect_config_error(["eval=quick", "eval.tasks=[gsm8k,mmlu]"], output_dir)
-    assert message.startswith("eval.tasks:")
-    assert "'mmlu'" in message
+    # Not built in, so an lm-eval name: checked against lm-eval's index (here only its
+    # shipped GSM8K/TruthfulQA overrides and an empty folder, to skip indexing lm-eval's tasks).
+    only = [f"eval.harness.include_path=[{tmp_path}]", "eval.harness.include_defaults=false"]
+    message = expect_config_error(["eval=quick", "eval.tasks=[gsm8k,gsm9k]", *only], output_dir)
+    assert message.startswith("eval.tasks: unknown task 'gsm9k'")
+    message = expect_config_error(
+        ["eval=quick", "+eval.harness.num_fewshot.gsm8k=3", *only], output_dir
+    )
+    assert message.startswith("eval.harness.num_fewshot.gsm8k: names no lm-eval task")
+
+
+def test_leaderboard_set_and_its_offline_refusal(
+    output_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets.config
+    from huggingface_hub import constants
+
+    cfg = compose_config([f"paths.output_dir={output_dir}", "eval=leaderboard"])
+    ev = OmegaConf.to_object(cfg).eval  # type: ignore[union-attr]
+    assert ev.tasks == ["arc_challenge", "hellaswag", "mmlu", "winogrande", "truthfulqa", "gsm8k"]
+    assert ev.harness.num_fewshot == {
+        "arc_challenge": 25,
+        "hellaswag": 10,
+        "mmlu": 5,
+        "winogrande": 5,
+    }
+    eval_cfg = compose_config(
+        [f"paths.output_dir={output_dir}", "eval=leaderboard"], config_name="eval"
+    )
+    assert OmegaConf.to_object(eval_cfg).eval.tasks == ev.tasks  # type: ignore[union-attr]
+    # No hub and an empty cache: refused before anything loads, naming the task and data set.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    message = expect_config_error(["eval=leaderboard"], output_dir)
+    assert message.startswith("eval.tasks: lm-eval task 'arc_challenge' cannot get its data")
+    assert "allenai/ai2_arc (ARC-Challenge)" in message
 
 
 # --- instantiation ---------------------------------------------------------------------

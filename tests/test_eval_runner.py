@@ -12,8 +12,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from mrpo.callbacks import EvalCallback
+from mrpo.errors import OptionError
 from mrpo.evals import run_eval_suite, run_evals, write_eval_results
+from mrpo.evals.harness import HarnessOptions
 from mrpo.testing.evaldata import write_eval_data
+from mrpo.testing.harness import write_tiny_harness_tasks
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
@@ -60,12 +63,19 @@ def test_run_evals_metrics_and_batch_independence(data_dir: Path, tokenizer) -> 
             assert single.metrics[key] == pytest.approx(value, abs=1e-5), key
 
 
-def test_run_evals_rejects_bad_arguments_before_work(tmp_path: Path, tokenizer) -> None:
+def test_run_evals_rejects_bad_arguments_before_work(
+    tmp_path: Path, data_dir: Path, tokenizer
+) -> None:
     model = tiny_model(tokenizer)
-    with pytest.raises(ValueError, match="unknown evaluation"):
-        run_evals(model, tokenizer, ["gsm8k", "mmlu"], data_dir=tmp_path / "missing")
+    # Not built in, so lm-eval's; its index here holds only the (absent) include folder.
+    harness = HarnessOptions(include_path=[str(tmp_path)], include_defaults=False)
+    with pytest.raises(OptionError, match="unknown task 'gsm9k'") as info:
+        run_evals(model, tokenizer, ["gsm8k", "gsm9k"], data_dir=data_dir, harness=harness)
+    assert info.value.option == "tasks"
     with pytest.raises(ValueError, match="limit"):
         run_evals(model, tokenizer, ["gsm8k"], limit=0, data_dir=tmp_path / "missing")
+    with pytest.raises(ValueError, match="non-empty strings"):
+        run_evals(model, tokenizer, ["gsm8k", ""], data_dir=tmp_path / "missing")
 
 
 def test_write_eval_results_round_trip(tmp_path: Path) -> None:
@@ -155,12 +165,50 @@ def test_eval_callback_in_a_tiny_fit(data_dir: Path, tokenizer, tmp_path: Path) 
 
 
 def test_eval_callback_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown evaluation"):
-        EvalCallback(["gsm9k"])
+    with pytest.raises(ValueError, match="non-empty strings"):
+        EvalCallback([""])
     with pytest.raises(ValueError, match="every_n_steps"):
         EvalCallback(["gsm8k"], every_n_steps=-1)
     with pytest.raises(ValueError, match="limit"):
         EvalCallback(["gsm8k"], limit=0)
+
+
+def test_eval_callback_with_an_lm_eval_task(data_dir: Path, tokenizer, tmp_path: Path) -> None:
+    """An lm-eval task beside a native one; a task that cannot load stops fit before step 1."""
+    tasks = write_tiny_harness_tasks(tmp_path / "tasks")
+    harness = HarnessOptions(include_path=[str(tasks)], include_defaults=False)
+
+    def fit(evals: list[str]) -> tuple[TinyLM, EvalCallback]:
+        module = TinyLM(tokenizer)
+        callback = EvalCallback(
+            evals, every_n_steps=2, limit=1, final_limit=2, batch_size=2, max_new_tokens=4,
+            data_dir=data_dir, harness=harness,
+        )  # fmt: skip
+        trainer = L.Trainer(
+            max_steps=2, accelerator="cpu", logger=False, callbacks=[callback],
+            default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(module)
+        return module, callback
+
+    module, callback = fit(["truthfulqa", "tiny_mc"])
+    assert module.modes == [True, True]
+    assert callback.final_metrics["eval/tiny_mc/num_samples"] == 2
+    assert "eval/tiny_mc/acc" in callback.final_metrics
+    final = json.loads((tmp_path / "eval" / "final_results.json").read_text())
+    assert final["tasks"]["tiny_mc"]["backend"] == "lm-eval"
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert {(r["step"], r["eval"]) for r in rows} == {(2, "truthfulqa"), (2, "tiny_mc")}
+    assert all("resps" in r for r in rows if r["eval"] == "tiny_mc")  # lm-eval's records
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    text = (tasks / "tiny_mc.yaml").read_text()
+    (broken / "tiny_mc.yaml").write_text(text.replace("tiny.jsonl", "gone.jsonl"))
+    harness = HarnessOptions(include_path=[str(broken)], include_defaults=False)
+    with pytest.raises(OptionError, match=r"'tiny_mc'.*could not be loaded"):
+        fit(["tiny_mc"])
 
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data"

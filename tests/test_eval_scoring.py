@@ -189,8 +189,93 @@ def test_generation_stops_at_stop_strings_and_eos(model, tokenizer) -> None:
     assert ended.num_tokens == first + 1
 
 
+def test_generation_refuses_sliding_window_models() -> None:
+    from transformers import MistralConfig, Qwen2Config
+
+    from mrpo.evals.slots import check_full_attention
+
+    check_full_attention(Qwen2Config(use_sliding_window=False))  # full attention everywhere
+    with pytest.raises(ValueError, match="mistral has sliding-window"):
+        check_full_attention(MistralConfig(sliding_window=64))
+
+
 def test_generation_rejects_bad_arguments(model, tokenizer) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         generate_until(model, tokenizer, ["a"], stop=[], batch_size=0)
     with pytest.raises(ValueError, match="leaves no room"):
         generate_until(model, tokenizer, ["a"], stop=[], max_new_tokens=600)
+
+
+def greedy_reference(model, tokenizer, prompt: str, stops: list[str], max_new_tokens: int):
+    """transformers' own greedy ``generate`` on the prompt alone (the harness at batch size 1),
+    cut at the first eos token and then at the earliest stop string: (text, tokens kept)."""
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0
+    )
+    new = out[0, len(ids) :].tolist()
+    eos = set(eos_token_ids(model, tokenizer))
+    end = next((i for i, t in enumerate(new) if t in eos), len(new))
+    return cut_at_stops(tokenizer.decode(new[:end], skip_special_tokens=True), stops)
+
+
+def test_continuous_batching_equals_transformers_greedy(
+    model, tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More prompts than slots (finished rows are refilled), rows that end at different steps
+    (an eos token that the free runs emit at different places), columns dropped from the left
+    and buffers grown: every text is still transformers' greedy text of the prompt alone."""
+    import mrpo.evals.slots as slots
+
+    prompts = [*CONTEXTS, *CONTINUATIONS, "Plants use sunlight, water and", "Thank you"]
+    free = generate_until(model, tokenizer, prompts, stop=[], max_new_tokens=14, batch_size=4)
+    counts: dict[int, int] = {}
+    for text in (g.text for g in free):
+        for token in set(tokenizer.encode(text, add_special_tokens=False)):
+            counts[token] = counts.get(token, 0) + 1
+    eos = next(t for t, c in sorted(counts.items()) if 2 <= c <= len(prompts) - 2)
+    model.generation_config.eos_token_id = eos
+    monkeypatch.setattr(slots, "COMPACT_COLUMNS", 3)  # compact often, start with small buffers
+    try:
+        stops = ["Question:"]
+        out = generate_until(model, tokenizer, prompts, stop=stops, max_new_tokens=14, batch_size=3)
+        expected = [
+            greedy_reference(model, tokenizer, p, [*stops, "<|im_end|>"], 14) for p in prompts
+        ]
+    finally:
+        model.generation_config.eos_token_id = None
+    assert [g.text for g in out] == expected
+    lengths = {g.num_tokens for g in out}
+    assert len(lengths) > 2 and max(lengths) == 14  # rows did end at different steps
+
+
+def test_slot_cache_layout() -> None:
+    from mrpo.evals.slots import SlotCache
+
+    cache = SlotCache(
+        num_layers=1, kv_heads=1, head_dim=2, slots=3, capacity=4, dtype=torch.float32,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+
+    def prompt(n: int, value: float):
+        kv = torch.full((1, 1, n, 2), value)
+        return [(kv, kv.clone())]
+
+    assert cache.insert(prompt(3, 1.0)) == 0
+    assert cache.insert(prompt(5, 2.0)) == 1  # longer: the first row moves right
+    assert cache.length == 5 and cache.start[:2].tolist() == [2, 0]
+    assert cache.positions().flatten().tolist() == [3, 5]
+    keys = cache.layers[0].keys
+    assert keys[0, 0, 2:5, 0].tolist() == [1.0, 1.0, 1.0]
+    assert cache.valid[0, :5].tolist() == [False, False, True, True, True]  # the rest: masked
+    cache.reserve()  # 6 columns needed, 4 allocated: the buffers grow
+    mask = cache.step_mask()
+    assert mask.shape == (2, 1, 1, 6)
+    assert mask[:, 0, 0].tolist() == [[False, False, True, True, True, True], [True] * 6]
+    k, v = cache.layers[0].update(torch.full((2, 1, 1, 2), 9.0), torch.zeros(2, 1, 1, 2))
+    assert v.shape == k.shape
+    assert k.shape == (2, 1, 6, 2) and k[:, 0, 5, 0].tolist() == [9.0, 9.0]
+    cache.advance()
+    cache.remove(0)  # the last row takes row 0's place
+    assert cache.active == 1 and cache.start[0] == 0
+    assert cache.layers[0].keys[0, 0, :6, 0].tolist() == [2.0] * 5 + [9.0]

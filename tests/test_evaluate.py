@@ -94,6 +94,57 @@ def test_a_quantized_model_is_scored_in_4_bit(compose_eval, tiny_model_dir: Path
     assert 0.0 <= metrics["eval/truthfulqa/mc2"] <= 1.0
 
 
+def test_native_and_lm_eval_tasks_offline(
+    compose_eval, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``mrpo-eval eval.tasks=[gsm8k, truthfulqa, tiny_mc]`` with a local lm-eval task YAML:
+    scores under eval/<task>/..., lm-eval's records in samples.jsonl, its task info kept."""
+    from mrpo.testing.harness import write_tiny_harness_tasks
+
+    tasks = write_tiny_harness_tasks(tmp_path / "tasks")
+    overrides = [
+        f"model.source={tiny_model_dir}",
+        "eval.limit=2",
+        "eval.tasks=[gsm8k,truthfulqa,tiny_mc]",
+        f"eval.harness.include_path=[{tasks}]",
+        "eval.harness.include_defaults=false",
+    ]
+    results = evaluate(compose_eval(overrides))
+    metrics = results["metrics"]
+    assert {"eval/gsm8k/strict_match", "eval/truthfulqa/mc1", "eval/tiny_mc/acc"} <= set(metrics)
+    assert metrics["eval/tiny_mc/num_samples"] == 2
+    assert results["task_info"]["tiny_mc"]["backend"] == "lm-eval"
+    run_dir = tmp_path / "eval"
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    lm = [s for s in samples if s["eval"] == "tiny_mc"]
+    assert [s["doc_id"] for s in lm] == [0, 1] and all("resps" in s for s in lm)
+    on_disk = json.loads((run_dir / "eval_results.json").read_text())
+    assert on_disk["metrics"]["eval/tiny_mc/acc"] == metrics["eval/tiny_mc/acc"]
+
+
+def test_lm_eval_task_without_data_is_refused_before_loading(
+    compose_eval, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hub_task.yaml").write_text(
+        "task: hub_task\ndataset_path: nobody/absent-set\noutput_type: multiple_choice\n"
+    )
+    cfg = compose_eval(
+        [
+            "model.source=/nonexistent/model",  # never reached: the task is refused first
+            "eval.tasks=[hub_task]",
+            f"eval.harness.include_path=[{tmp_path}]",
+            "eval.harness.include_defaults=false",
+        ]
+    )
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError) as info:
+        evaluate(cfg)
+    assert str(info.value).startswith("eval.tasks: lm-eval task 'hub_task' cannot get its data")
+    assert "nobody/absent-set" in str(info.value)
+
+
 def test_ckpt_and_saved_model_dir_give_the_same_scores(
     compose_train, compose_eval, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

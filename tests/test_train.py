@@ -179,3 +179,33 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(compose_train, tmp_path
     resumed = read_metric(resumed_dir, "train/loss")
     for step in range(6):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+
+
+def test_train_evaluates_native_and_lm_eval_tasks_offline(compose_train, tmp_path: Path) -> None:
+    """``eval.tasks=[gsm8k, truthfulqa, tiny_mc]``: the built-in tasks on a local mirror and a
+    local lm-eval task YAML, with nothing reachable but the files."""
+    from mrpo.testing.evaldata import write_eval_data
+    from mrpo.testing.harness import write_tiny_harness_tasks
+
+    data = write_eval_data(tmp_path / "evaldata")
+    tasks = write_tiny_harness_tasks(tmp_path / "tasks")
+    run_dir = tmp_path / "run"
+    summary = train(
+        compose_train(
+            [
+                f"paths.data_dir={data}",
+                "eval.tasks=[gsm8k,truthfulqa,tiny_mc]",
+                "eval.final_limit=2",
+                "eval.max_new_tokens=4",
+                f"eval.harness.include_path=[{tasks}]",
+                "eval.harness.include_defaults=false",
+            ],
+            output_dir=run_dir,
+        )
+    )
+    for key in ("eval/gsm8k/strict_match", "eval/truthfulqa/mc2", "eval/tiny_mc/acc"):
+        assert 0.0 <= summary[f"final/{key}"] <= 1.0, key
+    assert summary["final/eval/tiny_mc/num_samples"] == 2
+    final = json.loads((run_dir / "eval" / "final_results.json").read_text())
+    assert final["tasks"]["tiny_mc"]["versions"] == {"tiny_mc": 1.0}
+    assert summary["environment"]["packages"]["lm_eval"]

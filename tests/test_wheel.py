@@ -80,6 +80,10 @@ def test_the_wheel_holds_the_config_tree_and_the_sweeps(wheel: Path) -> None:
     assert "mrpo/conf/train.yaml" in expected and "mrpo/conf/sweeps/num_refs.yaml" in expected
     assert expected <= names
     assert "mrpo/py.typed" in names
+    local_tasks = REPO / "src" / "mrpo" / "evals" / "harness" / "local_tasks"
+    overrides = {f"mrpo/evals/harness/local_tasks/{p.name}" for p in local_tasks.glob("*.yaml")}
+    assert "mrpo/evals/harness/local_tasks/gsm8k.yaml" in overrides
+    assert overrides <= names  # lm-eval's tasks on the local data mirror
     assert not any(n.startswith("hydra_plugins/") for n in names)  # no search-path plugin
 
 

@@ -1,17 +1,21 @@
-"""``EvalCallback``: benchmark the policy while it trains (GSM8K, TruthfulQA; see mrpo.evals).
+"""``EvalCallback``: benchmark the policy while it trains (GSM8K, TruthfulQA, any lm-eval task;
+see mrpo.evals).
 
 Every ``every_n_steps`` optimizer steps the callback evaluates ``pl_module.policy`` with
 ``pl_module.tokenizer`` on a fixed subset (the first ``limit`` questions of each set, in data set
 order, so that points of the curve are comparable), and once more when training ends with
-``final_limit`` questions (``None``: the full sets; ``0``: skip the final evaluation).
+``final_limit`` questions (``None``: the full sets; ``0``: skip the final evaluation). The
+evaluation data is loaded when fitting starts, so a task that cannot load its data stops the
+run before its first step.
 
 Logging: metrics go to every logger of the trainer with ``log_metrics`` at the current global
 step (``LightningModule.log`` from a batch hook is flushed only every ``log_every_n_steps``, which
 would drop evaluation steps), and into ``trainer.callback_metrics`` so checkpoints can monitor
 them. Samples of every evaluation are appended to ``<root>/eval/samples.jsonl`` (``root`` is the
 trainer's ``default_root_dir`` unless ``output_dir`` is given) and, with a W&B logger, GSM8K
-samples are logged as a table ``eval/<name>/samples``. The final metrics are also written to
-``<root>/eval/final_results.json`` and kept in ``final_metrics``.
+samples are logged as a table ``eval/<name>/samples``. The final metrics (and what each task
+ran, e.g. an lm-eval task's versions and configs) are also written to
+``<root>/eval/final_results.json``; the metrics are kept in ``final_metrics``.
 
 The policy is evaluated without gradients, in eval mode, and put back in its previous mode.
 Evaluation runs on global rank 0 only (other ranks wait at a barrier); the model must be whole
@@ -32,6 +36,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
+from mrpo.evals.harness.options import HarnessOptions
 from mrpo.evals.runner import (
     EvalData,
     EvalOutput,
@@ -42,7 +47,6 @@ from mrpo.evals.runner import (
     split_scores,
     write_eval_results,
 )
-from mrpo.evals.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class EvalCallback(L.Callback):
         output_dir: where ``eval/`` files go; default the trainer's ``default_root_dir``.
         data: the tasks' data already loaded (:func:`mrpo.evals.runner.load_eval_data`, as the
             pre-flight of ``mrpo-train`` does); None loads it at the first evaluation.
+        harness: how lm-eval tasks (names that are not built-in tasks) are found and run.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class EvalCallback(L.Callback):
         data_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         data: EvalData | None = None,
+        harness: HarnessOptions | None = None,
     ) -> None:
         super().__init__()
         self.evals = check_eval_names(evals)
@@ -100,9 +106,20 @@ class EvalCallback(L.Callback):
         self.log_samples = log_samples
         self.data_dir = data_dir
         self.output_dir = output_dir
+        self.harness = harness
         self.final_metrics: dict[str, float] = {}
         self._data: EvalData | None = data
         self._last_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Load before the first step: a task whose data is missing fails now, not mid-run.
+        if stage == "fit" and trainer.is_global_zero and self.evals:
+            self._load_data()
+
+    def _load_data(self) -> EvalData:
+        if self._data is None:
+            self._data = load_eval_data(self.evals, data_dir=self.data_dir, harness=self.harness)
+        return self._data
 
     def on_train_batch_end(
         self,
@@ -133,8 +150,7 @@ class EvalCallback(L.Callback):
         trainer.strategy.barrier("mrpo_eval")
 
     def _run(self, pl_module: L.LightningModule, limit: int | None) -> EvalOutput:
-        if self._data is None:
-            self._data = load_eval_data(self.evals, data_dir=self.data_dir)
+        data = self._load_data()
         tokenizer = self._resolve_tokenizer(pl_module)
         with torch.no_grad():
             return run_eval_suite(
@@ -142,10 +158,11 @@ class EvalCallback(L.Callback):
                 tokenizer,
                 self.evals,
                 limit=limit,
-                data=self._data,
+                data=data,
                 batch_size=self.batch_size,
                 max_new_tokens=self.max_new_tokens,
                 progress=True,  # only rank 0 evaluates
+                harness=self.harness,
             )
 
     def _resolve_tokenizer(self, pl_module: L.LightningModule) -> PreTrainedTokenizerBase:
@@ -170,7 +187,8 @@ class EvalCallback(L.Callback):
         append_samples(root / "samples.jsonl", rows)
         if final:
             self.final_metrics = dict(metrics)
-            write_eval_results(root / "final_results.json", {"step": step, "metrics": metrics})
+            final_results = {"step": step, "metrics": metrics, "tasks": output.info}
+            write_eval_results(root / "final_results.json", final_results)
         if self.log_samples:
             log_sample_tables(trainer.loggers, output, step)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in split_scores(metrics)[0].items())
@@ -182,13 +200,14 @@ def log_sample_tables(loggers: Sequence[Logger], output: EvalOutput, step: int) 
     first, then the task's ``sample_columns``).
 
     Loggers other than ``WandbLogger`` are skipped; tasks without ``sample_columns`` (such as
-    TruthfulQA, whose samples are log-likelihood lists) stay in the jsonl file only.
+    TruthfulQA, whose samples are log-likelihood lists, and lm-eval tasks, whose records
+    differ by task) stay in the jsonl file only.
     """
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
     if not wandb_loggers:
         return
     for name, samples in output.samples.items():
-        columns = get_task(name).sample_columns
+        columns = output.sample_columns.get(name, ())
         if not columns:
             continue
         data = [[step] + [s[col] for col in columns] for s in samples]

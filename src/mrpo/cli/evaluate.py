@@ -1,4 +1,5 @@
-"""``mrpo-eval``: score a model or a training checkpoint on GSM8K and TruthfulQA (Hydra entry).
+"""``mrpo-eval``: score a model or a training checkpoint on GSM8K, TruthfulQA and any
+lm-evaluation-harness task (Hydra entry).
 
 What is scored:
 
@@ -67,7 +68,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     ev = run_cfg.eval
     try:
-        data = load_eval_data(ev.tasks, data_dir=run_cfg.paths.data_dir)
+        data = load_eval_data(ev.tasks, data_dir=run_cfg.paths.data_dir, harness=ev.harness)
+    except OptionError as err:  # an lm-eval task that cannot load (named in the message)
+        raise ConfigError(f"eval.{err.option}", str(err)) from None
     except ValueError as err:  # a missing or malformed data file
         raise ConfigError("paths.data_dir", str(err)) from None
     model, tokenizer = load_evaluated_model(run_cfg)
@@ -81,6 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         batch_size=ev.batch_size,
         max_new_tokens=ev.max_new_tokens,
         progress=True,
+        harness=ev.harness,
     )
     results: dict[str, Any] = {
         "run_dir": str(output_dir),
@@ -93,6 +97,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "setup_seconds": setup_seconds,
         "seconds": time.perf_counter() - started,
         "metrics": output.metrics,
+        "task_info": output.info,
         "environment": environment_record(),
     }
     _record(cfg, run_cfg, output, results)

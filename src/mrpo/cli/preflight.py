@@ -39,7 +39,7 @@ from mrpo.cli.rundir import identity_differences
 from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import TrainConfig
 from mrpo.config.validation import import_target
-from mrpo.errors import ConfigError, InputError
+from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.integrity import check_weight_files
@@ -250,9 +250,11 @@ def check_callbacks(cfg: TrainConfig) -> None:
 
 def _load_eval_data(cfg: TrainConfig) -> EvalData:
     try:
-        return load_eval_data(cfg.eval.tasks, data_dir=cfg.paths.data_dir)
+        return load_eval_data(cfg.eval.tasks, data_dir=cfg.paths.data_dir, harness=cfg.eval.harness)
     except InputError:
         raise
+    except OptionError as err:  # an lm-eval task that cannot load (named in the message)
+        raise ConfigError(f"eval.{err.option}", str(err)) from None
     except Exception as err:  # a missing or malformed file, or the hub out of reach
         raise ConfigError(
             "eval.tasks",

@@ -323,6 +323,7 @@ def build_callbacks(
                 data_dir=cfg.paths.data_dir,
                 output_dir=output_dir,
                 data=eval_data,
+                harness=ev.harness,
             )
         )
     strategy = objective.weighting

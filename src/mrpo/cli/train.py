@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
+from mrpo.callbacks import EvalCallback
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
@@ -214,6 +215,11 @@ def summarize(
     """The run's summary: what it was, how long it took, and its scores before and after."""
     trainer = run.trainer
     evals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
+    # The validation after fit resets callback_metrics: the final evaluation's scores are kept
+    # by the callback itself.
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EvalCallback):
+            evals.update(callback.final_metrics)
     return {
         "run_dir": cfg.paths.output_dir,
         "wandb_dir": wandb_run_dir(run.loggers),

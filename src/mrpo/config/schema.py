@@ -10,7 +10,8 @@ never sees OmegaConf objects.
 Where a library module has a settings dataclass of its own, the schema uses it rather than a
 copy: a reference is a :class:`mrpo.references.ReferenceSpec`, LoRA settings a
 :class:`mrpo.models.LoraConfig`, the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`,
-the length filters a :class:`mrpo.data.filters.LengthFilter`.
+the length filters a :class:`mrpo.data.filters.LengthFilter`, the lm-eval settings a
+:class:`mrpo.evals.harness.HarnessOptions`.
 Groups whose keys depend on the choice (``weights``: the strategy's own parameters;
 ``optimizer``, ``trainer``, ``callbacks``: keyword arguments of the objects they build) are
 plain dicts, checked against what they configure by :mod:`mrpo.config.validation`.
@@ -29,6 +30,7 @@ from omegaconf.errors import MissingMandatoryValue
 from mrpo.config.resolvers import register_resolvers
 from mrpo.data.filters import LengthFilter
 from mrpo.errors import ConfigError
+from mrpo.evals.harness.options import HarnessOptions
 from mrpo.models.lora import LoraConfig
 from mrpo.references.spec import ReferenceSpec
 from mrpo.tracking.wandb import LoggerConfig
@@ -151,8 +153,9 @@ class SchedulerConfig:
 @dataclass
 class EvalConfig:
     """Benchmarks: run by the evaluation callback during training, and by ``mrpo-eval``
-    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens`` and ``log_samples``;
-    ``every_n_steps`` and ``final_limit`` concern training only)."""
+    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens``, ``log_samples`` and
+    ``harness``; ``every_n_steps`` and ``final_limit`` concern training only). A task name
+    that is not built in is an lm-evaluation-harness task, run with ``harness``'s settings."""
 
     tasks: list[str] = field(default_factory=list)
     every_n_steps: int = 0
@@ -161,6 +164,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 256
     log_samples: bool = True
+    harness: HarnessOptions = field(default_factory=HarnessOptions)
 
 
 @dataclass

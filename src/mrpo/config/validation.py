@@ -21,6 +21,7 @@ from mrpo.config.build import build_objective, option_prefix, reference_specs
 from mrpo.config.requirements import check_requirements
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.errors import ConfigError, OptionError
+from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES
 from mrpo.models import ATTENTION_IMPLEMENTATIONS, DTYPES, ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
@@ -46,7 +47,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_references(cfg)
     build_objective(cfg)
     _check_data(cfg)
-    _check_eval(cfg.eval)
+    _check_eval(cfg.eval, cfg.paths.data_dir)
     require(cfg.logger.mode in WANDB_MODES, "logger.mode", f"must be one of {WANDB_MODES}")
     _check_model(cfg.model)
     _check_trainer_kwargs(cfg.trainer)
@@ -58,8 +59,10 @@ def check_eval_run_config(cfg: EvalRunConfig) -> None:
     """Raise :class:`ConfigError` naming the first unusable value of an ``mrpo-eval`` config:
     its options, the checkpoint's kind and the model sources it loads (file system only)."""
     ev = cfg.eval
-    require(bool(ev.tasks), "eval.tasks", f"is empty; name at least one of {EVAL_NAMES}")
-    _check_eval(ev)
+    require(
+        bool(ev.tasks), "eval.tasks", f"is empty; name {', '.join(EVAL_NAMES)} or lm-eval tasks"
+    )
+    _check_eval(ev, cfg.paths.data_dir)
     require(
         cfg.logger.mode in WANDB_MODES,
         "logger.mode",
@@ -102,9 +105,8 @@ def _check_model(model: ModelConfig) -> None:
             raise ConfigError(f"model.lora.{err.option}", str(err)) from None
 
 
-def _check_eval(ev: EvalConfig) -> None:
-    unknown = [t for t in ev.tasks if t not in EVAL_NAMES]
-    require(not unknown, "eval.tasks", f"unknown task(s) {unknown}; known: {EVAL_NAMES}")
+def _check_eval(ev: EvalConfig, data_dir: str | None) -> None:
+    """Sizes, and every task name: built in, or an lm-eval task whose data is at hand."""
     require(
         ev.limit is None or ev.limit >= 1,
         "eval.limit",
@@ -118,6 +120,16 @@ def _check_eval(ev: EvalConfig) -> None:
     require(ev.every_n_steps >= 0, "eval.every_n_steps", f"must be >= 0, got {ev.every_n_steps}")
     for key in ("batch_size", "max_new_tokens"):
         require(getattr(ev, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(ev, key)}")
+    # Names the registry does not know are lm-eval's: checked against its index and for data.
+    harness_tasks = [t for t in ev.tasks if t not in EVAL_NAMES]
+    for name, shots in ev.harness.num_fewshot.items():
+        key = f"eval.harness.num_fewshot.{name}"
+        require(name in harness_tasks, key, "names no lm-eval task of eval.tasks")
+        require(shots >= 0, key, f"must be >= 0, got {shots}")
+    try:
+        check_harness_tasks(harness_tasks, ev.harness, data_dir=data_dir)
+    except OptionError as err:
+        raise ConfigError(f"eval.{err.option}", str(err)) from None
 
 
 def _check_references(cfg: TrainConfig) -> None:

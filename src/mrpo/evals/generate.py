@@ -1,32 +1,43 @@
 """Batched greedy generation cut at stop strings, as lm-evaluation-harness ``generate_until``.
 
-Prompts are encoded without special tokens (a chat-template prompt already holds its own),
-left-truncated to ``max_length - max_new_tokens`` tokens, sorted by length (longest first, to
-cut padding), left-padded and decoded greedily (argmax, as the harness's ``do_sample=False``)
-with the KV cache. A row is finished at its first end-of-sequence token or once one of its stop
-strings appears in its recent tokens; finished rows leave the batch (their cache rows are
-dropped), so a batch costs only what its unfinished rows cost, and it ends when every row has
-finished or ``max_new_tokens`` is reached.
+Prompts are encoded without special tokens (a chat-template prompt already holds its own) and
+left-truncated to ``max_length - max_new_tokens`` tokens. Decoding is greedy (argmax, as the
+harness's ``do_sample=False``) with continuous batching over ``batch_size`` slots:
+
+- each prompt is read on its own, longest first, without padding (so causal attention takes
+  the kernel's ``is_causal`` path, and the prompt's numbers are those of a batch of one, as in
+  the harness), and its keys and values join the slots' cache
+  (:class:`~mrpo.evals.slots.SlotCache`);
+- every decoding step runs one token of every active sequence, its new keys and values
+  written in place (the default cache copies itself at every step);
+- a sequence is finished at its first end-of-sequence token, once one of its stop strings
+  appears in its recent tokens, or after ``max_new_tokens`` tokens; its slot is taken at once
+  by the next prompt, so steps run with full slots instead of dwindling to a batch's last row.
 
 Each row's text is then its new tokens up to the first end-of-sequence token, decoded with
 special tokens skipped, and cut before the earliest stop string (the harness splits on each
 ``until`` string in turn, which is the same cut). As in the harness, the tokenizer's eos text is
-also a stop string. Greedy decoding with masked padding and position ids that follow the mask
-makes every row's text independent of the batch it shares (up to float rounding).
+also a stop string. A sequence's tokens do not depend on which others share its steps (masked
+attention, each sequence's own positions), up to float rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.evals.loglik import left_pad, model_max_length, pad_token_id
-from mrpo.logprobs import accepts_logits_to_keep, position_ids_from_mask
+from mrpo.evals.loglik import model_max_length
+from mrpo.evals.slots import (
+    COMPACT_COLUMNS,
+    SlotCache,
+    cached_keys_values,
+    check_full_attention,
+)
+from mrpo.logprobs import accepts_logits_to_keep, cache_argument
 
 
 @dataclass(frozen=True)
@@ -102,15 +113,15 @@ def generate_until(
     """Greedy continuations of ``prompts``, each cut at its first stop string; in prompt order.
 
     Args:
-        model: a causal LM supporting ``generate``.
+        model: a causal LM (transformers), in eval mode.
         tokenizer: its tokenizer (prompts are encoded without adding special tokens).
         prompts: the full prompt texts.
         stop: stop strings (the tokenizer's eos text is added).
         max_new_tokens: generation budget per prompt.
-        batch_size: prompts per ``generate`` call.
+        batch_size: sequences decoded together (the slots).
         max_length: model context size (default: from the model config); prompts are
             left-truncated to ``max_length - max_new_tokens`` tokens.
-        progress: label of a progress bar over batches (stderr); None: no bar.
+        progress: label of a progress bar over prompts (stderr); None: no bar.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(
@@ -129,82 +140,130 @@ def generate_until(
     encoded = [ids[-budget:] if budget is not None else ids for ids in encoded]
     if any(not ids for ids in encoded):
         raise ValueError("every prompt must encode to at least one token")
+    # Longest first: a prompt then never outgrows the columns the slots already share.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    check_full_attention(model.config)
+    decoder = _Decoder(model, tokenizer, stops, max_new_tokens, batch_size)
     results: list[Generation | None] = [None] * len(encoded)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
-        rows = order[start : start + batch_size]
-        outputs = _generate_batch(
-            model, tokenizer, [encoded[i] for i in rows], stops, max_new_tokens
-        )
-        for i, generation in zip(rows, outputs, strict=True):
-            results[i] = generation
+    with tqdm(total=len(order), desc=progress, unit="prompt", disable=progress is None) as bar:
+        for position, generation in decoder.run([encoded[i] for i in order]):
+            results[order[position]] = generation
+            bar.update()
     return [r for r in results if r is not None]
 
 
-@torch.no_grad()
-def _generate_batch(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    batch: Sequence[Sequence[int]],
-    stops: Sequence[str],
-    max_new_tokens: int,
-) -> list[Generation]:
-    """Greedy decoding of one left-padded batch with the KV cache, dropping finished rows.
+@dataclass
+class _Sequence:
+    """A prompt being decoded: its place in the queue, prompt length and new tokens."""
 
-    A row is finished at its first end-of-sequence token or stop string. Its cache entries and
-    mask row are removed before the next step, so the batch costs what its unfinished rows
-    cost (``model.generate`` keeps computing finished rows until the last one stops).
-    """
-    device = next(model.parameters()).device
-    eos_ids = set(eos_token_ids(model, tokenizer))
-    is_stop = StopOnStrings(tokenizer, stops)
-    input_ids, attention_mask = left_pad(batch, pad_token_id(tokenizer))
-    attention_mask = attention_mask.to(device)
-    positions = position_ids_from_mask(attention_mask)  # (B, T): real tokens count from 0
-    kwargs: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    out = model(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=True,
-        **kwargs,
-    )
-    cache = out.past_key_values
-    positions = positions[:, -1:]  # (A, 1): the last position of each active row
-    active = list(range(len(batch)))  # batch row of each row still decoding
-    new_tokens: list[list[int]] = [[] for _ in batch]
-    for step in range(max_new_tokens):
-        next_tokens = out.logits[:, -1, :].argmax(-1)  # (A,)
-        keep = []
-        for a, token in enumerate(next_tokens.tolist()):
-            row = new_tokens[active[a]]
-            row.append(token)
-            if token not in eos_ids and not is_stop(row):
-                keep.append(a)
-        if not keep or step == max_new_tokens - 1:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            next_tokens, attention_mask, positions = (
-                next_tokens[index],
-                attention_mask[index],
-                positions[index],
-            )
-            active = [active[a] for a in keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], 1)
-        positions = positions + 1
-        out = model(
-            input_ids=next_tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=cache,
+    index: int
+    prompt_tokens: int
+    tokens: list[int]
+
+
+class _Decoder:
+    """Continuous greedy decoding of a queue of prompts over ``slots`` (see the module doc)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        stops: Sequence[str],
+        max_new_tokens: int,
+        slots: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.max_new_tokens = max_new_tokens
+        self.slots = slots
+        self.eos_ids = set(eos_token_ids(model, tokenizer))
+        self.is_stop = StopOnStrings(tokenizer, stops)
+        self.device = next(model.parameters()).device
+        self.cache_arg = cache_argument(model)
+        self.keep_last = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+
+    @torch.no_grad()
+    def run(self, prompts: Sequence[Sequence[int]]) -> Iterator[tuple[int, Generation]]:
+        """Yield ``(position in prompts, generation)`` as each sequence finishes."""
+        queue = list(enumerate(prompts))[::-1]  # popped from the end: first prompt first
+        cache: SlotCache | None = None
+        active: list[_Sequence] = []  # active[r] is decoded in row r of the cache
+        while queue or active:
+            while queue and len(active) < self.slots:
+                index, ids = queue.pop()
+                first, prompt_cache = self._read_prompt(ids)
+                sequence = _Sequence(index, len(ids), [first])
+                if self._finished(sequence):
+                    yield index, self._generation(sequence)
+                    continue
+                if cache is None:
+                    cache = self._new_cache(prompt_cache[0][0], len(ids))
+                cache.insert(prompt_cache)
+                active.append(sequence)
+            if not active:
+                continue
+            assert cache is not None  # a sequence became active, so the cache exists
+            next_tokens = self._step(cache, [s.tokens[-1] for s in active])
+            done = []
+            for row, (sequence, token) in enumerate(zip(active, next_tokens, strict=True)):
+                sequence.tokens.append(token)
+                if self._finished(sequence):
+                    done.append(row)
+            for row in reversed(done):  # the last row moves into a freed one: go backwards
+                yield active[row].index, self._generation(active[row])
+                cache.remove(row)
+                active[row] = active[-1]
+                active.pop()
+
+    def _read_prompt(
+        self, ids: Sequence[int]
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The prompt's greedy next token and its per-layer (1, heads, n, dim) keys and values."""
+        prompt_cache = DynamicCache()
+        out = self.model(
+            input_ids=torch.tensor([list(ids)], device=self.device),
             use_cache=True,
+            **{self.cache_arg: prompt_cache},
+            **self.keep_last,
         )
-    generations = []
-    for ids, new in zip(batch, new_tokens, strict=True):
-        end = next((t for t, token in enumerate(new) if token in eos_ids), len(new))
-        text = str(tokenizer.decode(new[:end], skip_special_tokens=True))
-        generations.append(Generation(cut_at_stops(text, stops), len(new), len(ids)))
-    return generations
+        return int(out.logits[0, -1].argmax()), cached_keys_values(prompt_cache)
+
+    def _new_cache(self, keys: torch.Tensor, prompt_tokens: int) -> SlotCache:
+        config = self.model.config
+        return SlotCache(
+            num_layers=int(config.num_hidden_layers),
+            kv_heads=int(keys.shape[1]),
+            head_dim=int(keys.shape[-1]),
+            slots=self.slots,
+            capacity=prompt_tokens + self.max_new_tokens + COMPACT_COLUMNS,
+            dtype=keys.dtype,
+            device=keys.device,
+        )
+
+    def _step(self, cache: SlotCache, tokens: Sequence[int]) -> list[int]:
+        """One decoding step of every active sequence; their greedy next tokens."""
+        cache.reserve()
+        out = self.model(
+            input_ids=torch.tensor(tokens, device=self.device)[:, None],
+            attention_mask=cache.step_mask(),
+            position_ids=cache.positions(),
+            use_cache=True,
+            **{self.cache_arg: cache},
+        )
+        cache.advance()
+        return [int(t) for t in out.logits[:, -1, :].argmax(-1).tolist()]
+
+    def _finished(self, sequence: _Sequence) -> bool:
+        token = sequence.tokens[-1]
+        return (
+            token in self.eos_ids
+            or len(sequence.tokens) >= self.max_new_tokens
+            or self.is_stop(sequence.tokens)
+        )
+
+    def _generation(self, sequence: _Sequence) -> Generation:
+        new = sequence.tokens
+        end = next((t for t, token in enumerate(new) if token in self.eos_ids), len(new))
+        text = str(self.tokenizer.decode(new[:end], skip_special_tokens=True))
+        return Generation(cut_at_stops(text, self.stops), len(new), sequence.prompt_tokens)

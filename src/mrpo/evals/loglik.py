@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.logprobs import accepts_logits_to_keep, position_ids_from_mask
+from mrpo.logprobs import accepts_logits_to_keep, cache_argument, position_ids_from_mask
 
 TokenPair = tuple[Sequence[int], Sequence[int]]
 # Shorter shared prefixes are not worth a separate forward pass.
@@ -228,11 +228,15 @@ def left_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Te
 def prefix_cache(model: PreTrainedModel, prefix: Sequence[int], batch_size: int) -> Any:
     """KV cache of ``prefix`` (run once), repeated for ``batch_size`` rows; None if unsupported."""
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"input_ids": torch.tensor([list(prefix)], device=device)}
+    cache = DynamicCache()
+    kwargs: dict[str, Any] = {
+        "input_ids": torch.tensor([list(prefix)], device=device),
+        cache_argument(model): cache,
+    }
     if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1  # only the cache is needed
-    cache = model(**kwargs, use_cache=True).past_key_values
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+    model(**kwargs, use_cache=True)
+    if cache.get_seq_length() != len(prefix):  # the model kept no cache (not a causal LM's)
         return None
     cache.batch_repeat_interleave(batch_size)
     return cache
@@ -256,7 +260,7 @@ def forward_logits(
         "position_ids": position_ids_from_mask(attention_mask)[:, -input_ids.shape[1] :],
     }
     if past_key_values is not None:
-        kwargs["past_key_values"] = past_key_values
+        kwargs[cache_argument(model)] = past_key_values
     if accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits

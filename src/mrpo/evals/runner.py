@@ -1,10 +1,12 @@
 """Run a named set of evaluation tasks on a model and tokenizer; write their results.
 
 Tasks come from the registry (:mod:`mrpo.evals.tasks`; the built-in ones and their metrics are
-listed in :mod:`mrpo.evals.registry`). Each task reports ``eval/<name>/<metric>`` scores plus
-``eval/<name>/num_samples`` and ``eval/<name>/seconds`` (and ``generated_tokens`` or
-``num_requests``). ``limit=n`` evaluates the first n questions of each set, in data set order,
-so that limited runs are comparable with each other and with the harness's ``--limit n``.
+listed in :mod:`mrpo.evals.registry`); any other name is an lm-evaluation-harness task, run by
+lm-eval with ``harness``'s settings (:mod:`mrpo.evals.harness`). Each task reports
+``eval/<name>/<metric>`` scores plus ``eval/<name>/num_samples`` and ``eval/<name>/seconds``
+(and ``generated_tokens`` or ``num_requests``). ``limit=n`` evaluates the first n questions of
+each set, in data set order, so that limited runs are comparable with each other and with the
+harness's ``--limit n``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
-from mrpo.evals.registry import EVAL_NAMES
-from mrpo.evals.tasks import COUNT_NAMES, EvalSettings, TaskData, get_task
+from mrpo.evals.harness.options import HarnessOptions
+from mrpo.evals.registry import EVAL_NAMES, resolve_task
+from mrpo.evals.tasks import COUNT_NAMES, EvalSettings, TaskData
 
 __all__ = [
     "EVAL_NAMES",
@@ -43,10 +46,13 @@ EvalData = dict[str, TaskData]
 
 @dataclass
 class EvalOutput:
-    """Flat metrics (``eval/...`` -> number) and per-task sample lists."""
+    """Flat metrics (``eval/...`` -> number), and by task: samples, the sample fields of its
+    W&B table (:attr:`EvalTask.sample_columns`) and what it ran (:attr:`TaskResult.info`)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sample_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def split_scores(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -59,18 +65,32 @@ def split_scores(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[s
 
 
 def check_eval_names(evals: Sequence[str]) -> list[str]:
-    """Return ``evals`` without duplicates, or raise ValueError naming an unknown one."""
-    unknown = [name for name in evals if name not in EVAL_NAMES]
-    if unknown:
-        raise ValueError(f"unknown evaluation(s) {unknown}; known: {', '.join(EVAL_NAMES)}")
+    """Return ``evals`` without duplicates, or raise ValueError for a name that is no string.
+
+    Names that are not built-in tasks are lm-eval's; they are checked when their data loads.
+    """
+    bad = [name for name in evals if not isinstance(name, str) or not name]
+    if bad:
+        raise ValueError(f"evaluation task names must be non-empty strings, got {bad}")
     return list(dict.fromkeys(evals))
 
 
 def load_eval_data(
-    evals: Sequence[str], *, data_dir: str | os.PathLike[str] | None = None
+    evals: Sequence[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    harness: HarnessOptions | None = None,
 ) -> EvalData:
-    """Load the data each task of ``evals`` needs (local files or the hub; see the tasks)."""
-    return {name: get_task(name).load_data(data_dir) for name in check_eval_names(evals)}
+    """Load the data each task of ``evals`` needs (local files or the hub; see the tasks).
+
+    Raises:
+        OptionError: (option ``tasks``) an lm-eval task that is unknown or cannot load its
+            data, or lm-eval missing.
+        ValueError: a built-in task's data file is missing or malformed (file and row named).
+    """
+    return {
+        name: resolve_task(name, harness).load_data(data_dir) for name in check_eval_names(evals)
+    }
 
 
 def run_eval_suite(
@@ -85,18 +105,20 @@ def run_eval_suite(
     max_new_tokens: int = MAX_NEW_TOKENS,
     max_length: int | None = None,
     progress: bool = False,
+    harness: HarnessOptions | None = None,
 ) -> EvalOutput:
     """Run the tasks ``evals`` and return their metrics and samples.
 
     The model is put in eval mode for the run and its previous mode restored afterwards.
-    ``data`` skips loading (pass the result of :func:`load_eval_data`); otherwise the sets are
-    loaded from ``data_dir``, ``MRPO_DATA_DIR`` or the hub. ``progress`` shows a progress bar
-    per task (stderr).
+    ``data`` skips loading (pass the result of :func:`load_eval_data`, with the same
+    ``harness``); otherwise the sets are loaded from ``data_dir``, ``MRPO_DATA_DIR`` or the
+    hub. ``progress`` shows a progress bar per task (stderr). ``harness`` sets how lm-eval
+    tasks (names that are not built-in tasks) are found and run.
     """
     evals = check_eval_names(evals)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of questions or None, got {limit}")
-    data = data if data is not None else load_eval_data(evals, data_dir=data_dir)
+    data = data if data is not None else load_eval_data(evals, data_dir=data_dir, harness=harness)
     output = EvalOutput()
     was_training = model.training
     model.eval()
@@ -111,12 +133,16 @@ def run_eval_suite(
                 max_length=max_length,
                 progress=name if progress else None,
             )
+            task = resolve_task(name, harness)
             start = time.perf_counter()
-            result = get_task(name).evaluate(model, tokenizer, data[name], settings)
+            result = task.evaluate(model, tokenizer, data[name], settings)
             counts = {**result.counts, "seconds": time.perf_counter() - start}
             for key, value in {**result.metrics, **counts}.items():
                 output.metrics[f"eval/{name}/{key}"] = float(value)
             output.samples[name] = result.samples
+            output.sample_columns[name] = task.sample_columns
+            if result.info:
+                output.info[name] = result.info
     finally:
         model.train(was_training)
     return output
@@ -132,6 +158,7 @@ def run_evals(
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
     max_length: int | None = None,
+    harness: HarnessOptions | None = None,
 ) -> dict[str, float]:
     """Run ``evals`` and return the flat metrics dict (see the module doc for the names)."""
     return run_eval_suite(
@@ -143,6 +170,7 @@ def run_evals(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         max_length=max_length,
+        harness=harness,
     ).metrics
 
 

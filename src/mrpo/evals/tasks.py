@@ -8,7 +8,8 @@ outside a task's own module tests task names.
 Adding a task: a module that builds an :class:`EvalTask` (prompting, scoring and its data
 loader) and calls :func:`register_task`, its import in :mod:`mrpo.evals.registry`, and a
 ``conf/eval/<name>.yaml`` that lists it in ``tasks``. Its metrics are logged as
-``eval/<name>/<metric>``.
+``eval/<name>/<metric>``. A name that is not registered is an lm-evaluation-harness task
+(:func:`mrpo.evals.registry.resolve_task`), run by lm-eval itself.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ class TaskResult:
         samples: one dict per item (the fields the task documents).
         counts: counts of the run (``num_samples``, ``generated_tokens``, ...); the runner
             adds ``seconds``.
+        info: what the task ran, as plain JSON (an lm-eval task's versions, shots and
+            configs); recorded next to the scores, never logged as metrics.
     """
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
     counts: Mapping[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 TaskData = Any

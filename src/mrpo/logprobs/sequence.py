@@ -303,3 +303,13 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (logits of the last positions only)."""
     # A peft wrapper forwards extra keyword arguments to the model it wraps.
     return "logits_to_keep" in inspect.signature(unwrapped(model).forward).parameters
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name under which the model's forward takes a KV cache: ``cache`` (transformers 5,
+    where ``past_key_values`` is deprecated) or ``past_key_values`` (earlier versions)."""
+    return (
+        "cache"
+        if "cache" in inspect.signature(unwrapped(model).forward).parameters
+        else ("past_key_values")
+    )

@@ -44,6 +44,7 @@ _VERSIONED_PACKAGES = (
     "peft",
     "hydra-core",
     "wandb",
+    "lm_eval",  # the optional evaluation backend (None when not installed)
 )
 
 
