@@ -8,7 +8,7 @@ import torch
 from mrpo.cli.steps import load_policy
 from mrpo.cli.train import train
 from mrpo.config import TrainConfig, to_dataclass
-from mrpo.logprobs import model_sequence_logprobs
+from mrpo.logprobs import batch_sequence_logprobs, model_sequence_logprobs
 
 
 def logps_and_grads(compose_train, overrides: list[str]) -> tuple[torch.Tensor, dict, object]:
@@ -70,9 +70,9 @@ def test_log_prob_paths_train_exactly_alike(compose_train, tmp_path, monkeypatch
 
     def spy(*args, **kwargs):
         seen.append((kwargs["fused_head"], kwargs["head_chunk_tokens"], kwargs["chunk_size"]))
-        return model_sequence_logprobs(*args, **kwargs)
+        return batch_sequence_logprobs(*args, **kwargs)
 
-    monkeypatch.setattr(mrpo.training.module, "model_sequence_logprobs", spy)
+    monkeypatch.setattr(mrpo.training.module, "batch_sequence_logprobs", spy)
     variants = {
         "fused": [],
         "fused_tiles": ["model.lm_head_chunk_tokens=3"],

@@ -77,13 +77,20 @@ def test_a_checkpoint_from_an_epoch_end_resumes_with_the_next_epoch_whole() -> N
     from mrpo.data.types import TokenizedPair
 
     pairs = [TokenizedPair((1, 2), (3,), (4,), i) for i in range(10)]
-    module = PreferenceDataModule(
-        pairs, pairs[:2], pad_token_id=0, ref_lookup=None, batch_size=2, eval_batch_size=2
-    )
-    module.load_state_dict({"epoch": 0, "batches_done": 5})  # every batch of the epoch done
-    assert len(list(module.train_dataloader())) == 5
-    module.load_state_dict({"epoch": 0, "batches_done": 2})  # mid-epoch: skip what is done
-    assert len(list(module.train_dataloader())) == 3
+
+    def batches_after(done: int, loader_first: bool) -> int:
+        module = PreferenceDataModule(
+            pairs, pairs[:2], pad_token_id=0, ref_lookup=None, batch_size=2, eval_batch_size=2
+        )
+        # loader_first: strategies that restore after setup (FSDP) build the loader first.
+        loader = module.train_dataloader() if loader_first else None
+        module.load_state_dict({"epoch": 0, "batches_done": done})
+        return len(list(loader if loader is not None else module.train_dataloader()))
+
+    for loader_first in (False, True):
+        assert batches_after(5, loader_first) == 5  # every batch of the epoch done: a new one
+        assert batches_after(2, loader_first) == 3  # mid-epoch: skip what is done
+        assert batches_after(0, loader_first) == 5
 
 
 # --- run directories and identities --------------------------------------------------------

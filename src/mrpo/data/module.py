@@ -78,12 +78,7 @@ class PreferenceDataModule(L.LightningDataModule):
             costs=pair_costs(self.train_pairs, self.collator.layout),
             **self._replicas(),
         )
-        # A run resumed from a mid-epoch checkpoint skips the batches of the epoch it already
-        # trained on: the order depends only on (seed, epoch), so it continues exactly where
-        # the interrupted run stopped. A checkpoint from the end of an epoch (every batch
-        # done) resumes with the next epoch, whole.
-        if 0 < self._resume_skip < len(sampler):
-            sampler.skip_next(self._resume_skip)
+        _skip_done(sampler, self._resume_skip)
         self._resume_skip = 0
         self._train_sampler = sampler
         return self._loader(self.train_pairs, sampler)
@@ -104,12 +99,13 @@ class PreferenceDataModule(L.LightningDataModule):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_skip = int(state_dict.get("batches_done", 0))
+        done = int(state_dict.get("batches_done", 0))
         if self._train_sampler is not None:
             # Strategies that restore after setup (FSDP's ModelParallelStrategy) have built
             # the training loader already, to count the steps: its sampler skips instead.
-            self._train_sampler.skip_next(self._resume_skip)
-            self._resume_skip = 0
+            _skip_done(self._train_sampler, done)
+        else:
+            self._resume_skip = done
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_pairs)
@@ -144,3 +140,14 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers
         )
+
+
+def _skip_done(sampler: LengthGroupedBatchSampler, batches_done: int) -> None:
+    """Make a resumed run's sampler skip the batches its epoch already trained on.
+
+    The order depends only on (seed, epoch), so skipping them continues exactly where the
+    interrupted run stopped. A checkpoint from the end of an epoch (every batch done) resumes
+    with the next epoch, whole.
+    """
+    if 0 < batches_done < len(sampler):
+        sampler.skip_next(batches_done)
