@@ -150,6 +150,22 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them(
     assert bests and all("=" not in p.name for p in bests)
 
 
+def test_a_run_stopped_by_max_steps_mid_epoch_resumes_the_rest_of_that_epoch(
+    args: list[str], tmp_path: Path
+) -> None:
+    # Stopped at step 7 (epoch 2 of 3, 2 batches done): the epoch's end hook runs too, and a
+    # checkpoint written there would resume with epoch 3, losing 3 batches of epoch 2. A
+    # constant learning rate: the schedule's length is max_steps, which the two runs differ in.
+    args = [*args, "scheduler=constant", "scheduler.warmup_ratio=0"]
+    reference_dir = tmp_path / "reference"
+    run_ok(args, reference_dir)
+    stopped_dir = tmp_path / "stopped"
+    first = run_ok([*args, "trainer.max_steps=7"], stopped_dir)
+    assert first["global_step"] == 7
+    run_ok([*args, "ckpt_path=last"], stopped_dir)
+    assert_same_run(stopped_dir, reference_dir)
+
+
 def test_a_rerun_in_a_used_directory_is_refused_and_changes_nothing(uninterrupted, args) -> None:
     run_dir, _ = uninterrupted
     # Hydra itself records every launch (.hydra/, and appends to the job's log, train.log).

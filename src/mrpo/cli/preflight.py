@@ -28,7 +28,7 @@ import inspect
 import logging
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
     check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     check_optimizer(cfg.optimizer)
     check_scheduler(cfg)
-    check_trainer(_buildable_trainer_kwargs(cfg))
+    check_trainer(cfg.trainer, strategy=_sharded_strategy_factory(cfg))
     check_callbacks(cfg)
     if cfg.eval.tasks:
         found.eval_data = _load_eval_data(cfg)
@@ -154,22 +154,23 @@ def check_scheduler(cfg: TrainConfig) -> None:
         raise ConfigError("scheduler.name", str(err)) from None
 
 
-def _buildable_trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """``cfg.trainer`` with a sharded strategy's mapping (``trainer=fsdp``, ``deepspeed``)
-    turned into the strategy object the run will use, as :func:`mrpo.cli.train.build_run`
-    does."""
+def _sharded_strategy_factory(cfg: TrainConfig) -> Callable[[], Any] | None:
+    """Builds the strategy object of a sharded strategy's mapping (``trainer=fsdp``,
+    ``deepspeed``) as :func:`mrpo.cli.train.build_run` does; None for a strategy name."""
     from mrpo.cli.steps import build_sharding
 
-    kwargs = dict(cfg.trainer)
     sharding = build_sharding(cfg)
-    if sharding is not None:
-        kwargs["strategy"] = sharding.strategy(cfg.trainer)
-    return kwargs
+    if sharding is None:
+        return None
+    return lambda: sharding.strategy(cfg.trainer)
 
 
-def check_trainer(kwargs: Mapping[str, Any]) -> None:
+def check_trainer(kwargs: Mapping[str, Any], strategy: Callable[[], Any] | None = None) -> None:
     """Build Trainers on this machine from the arguments, one concern at a time, so that a
-    refusal names its key: accelerator and devices, then precision, then all arguments."""
+    refusal names its key: accelerator and devices, then precision, then all arguments.
+
+    ``strategy`` builds the strategy object that replaces ``kwargs["strategy"]`` (a fresh one
+    for every Trainer: Lightning binds a strategy object to the Trainer that takes it)."""
     import lightning as L
 
     quiet = {
@@ -189,6 +190,8 @@ def check_trainer(kwargs: Mapping[str, Any]) -> None:
         if key == "trainer.accelerator" and not subset:
             continue
         try:
+            if strategy is not None and "strategy" in subset:
+                subset = {**subset, "strategy": strategy()}
             with tempfile.TemporaryDirectory() as root:
                 L.Trainer(**{**subset, **quiet, "default_root_dir": root})
         except Exception as err:  # Lightning's MisconfigurationException, ValueError, ...

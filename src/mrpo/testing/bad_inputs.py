@@ -194,7 +194,7 @@ CASES: Sequence[BadInput] = (
     BadInput(
         "val_size_no_training_pair",
         ("data.val_size=40",),
-        r"config error: data.val_size: val_size must leave at least one training example",
+        r"config error: data.val_size: validation \(40\) and test \(0\) rows leave no training row",
     ),
     BadInput(
         "val_size_zero_pairs_for_vdw",
@@ -428,7 +428,7 @@ if _no_gpu():  # on a GPU machine this input is a good one
         BadInput(
             "trainer_accelerator",
             ("trainer.accelerator=gpu",),
-            r"config error: trainer.accelerator.*: this machine cannot run it",
+            r"config error: trainer.accelerator: is 'gpu' but this machine has no CUDA GPU",
         ),
     )
 

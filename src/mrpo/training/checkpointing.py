@@ -62,8 +62,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(Checkpoint):
-    """Write ``<dirpath>/last.ckpt``: every ``every_n_train_steps`` optimizer steps (when set)
-    and at the end of every training epoch (after its validation), on global rank 0.
+    """Write ``<dirpath>/last.ckpt``: every ``every_n_train_steps`` optimizer steps (when set),
+    at the step that reaches ``max_steps``, and at the end of every training epoch that ran
+    all its batches (after its validation), on global rank 0.
 
     It is a :class:`~lightning.pytorch.callbacks.Checkpoint`, so Lightning runs it after the
     other callbacks of a hook: the state it saves includes theirs.
@@ -81,11 +82,21 @@ class LastCheckpoint(Checkpoint):
     ) -> None:
         every = self.every_n_train_steps
         step = trainer.global_step
+        due = bool(every) and step % every == 0
+        # The step that reaches trainer.max_steps ends the run, usually mid-epoch: saved here,
+        # the checkpoint resumes the rest of that epoch (see on_train_epoch_end).
+        last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= step
         # With gradient accumulation this hook runs on every micro-batch: save once per step.
-        if every and step > 0 and step % every == 0 and step != self._saved_at:
+        if (due or last_step) and step > 0 and step != self._saved_at:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A checkpoint written here resumes with the *next* epoch. When the epoch was cut short
+        # (max_steps, max_time, a stop request) the batches it did not reach would be lost:
+        # last.ckpt stays the latest one written after a batch, which resumes mid-epoch.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done < trainer.num_training_batches:
+            return
         self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
