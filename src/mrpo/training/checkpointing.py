@@ -82,7 +82,7 @@ class LastCheckpoint(Checkpoint):
     ) -> None:
         every = self.every_n_train_steps
         step = trainer.global_step
-        due = bool(every) and step % every == 0
+        due = every is not None and step % every == 0
         # The step that reaches trainer.max_steps ends the run, usually mid-epoch: saved here,
         # the checkpoint resumes the rest of that epoch (see on_train_epoch_end).
         last_step = trainer.max_steps is not None and 0 < trainer.max_steps <= step
@@ -94,7 +94,7 @@ class LastCheckpoint(Checkpoint):
         # A checkpoint written here resumes with the *next* epoch. When the epoch was cut short
         # (max_steps, max_time, a stop request) the batches it did not reach would be lost:
         # last.ckpt stays the latest one written after a batch, which resumes mid-epoch.
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         if done < trainer.num_training_batches:
             return
         self._save(trainer)
