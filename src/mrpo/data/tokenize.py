@@ -27,7 +27,7 @@ A pair cut in either step has ``truncated=True``; `tokenize_pairs` counts them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -282,6 +282,25 @@ _CHUNK_PAIRS = 2048
 """Pairs tokenized per call: bounds the Python lists of ids alive at once."""
 
 
+def _encoded_chunks(
+    examples: Sequence[PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str | None,
+    chat_template: str | None,
+) -> Iterator[tuple[Sequence[PreferenceExample], list[list[int]]]]:
+    """Each chunk of :data:`_CHUNK_PAIRS` pairs with its token ids, untruncated: prompt, chosen
+    and rejected of each pair in turn (3 lists a pair), rendered as in the module doc and
+    encoded in one batch call, so that only one chunk's Python lists are alive at once. No
+    pairs give one empty chunk."""
+    for start in range(0, max(len(examples), 1), _CHUNK_PAIRS):
+        chunk = examples[start : start + _CHUNK_PAIRS]
+        rendered = render_pairs(
+            chunk, tokenizer, system_prompt=system_prompt, chat_template=chat_template
+        )
+        texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
+        yield chunk, encode_texts(tokenizer, texts)
+
+
 def pair_token_lengths(
     examples: Sequence[PreferenceExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -295,15 +314,8 @@ def pair_token_lengths(
     only the counts of the whole data set are held.
     """
     lengths: list[tuple[int, int, int]] = []
-    for start in range(0, len(examples), _CHUNK_PAIRS):
-        rendered = render_pairs(
-            examples[start : start + _CHUNK_PAIRS],
-            tokenizer,
-            system_prompt=system_prompt,
-            chat_template=chat_template,
-        )
-        texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
-        counts = [len(ids) for ids in encode_texts(tokenizer, texts)]
+    for _, ids in _encoded_chunks(examples, tokenizer, system_prompt, chat_template):
+        counts = [len(i) for i in ids]
         lengths += zip(counts[0::3], counts[1::3], counts[2::3], strict=True)
     return lengths
 
@@ -324,13 +336,7 @@ def tokenize_pairs(
     """
     _check_lengths(max_length, max_prompt_length)
     tables, prompt_cut, responses_cut = [], [], []
-    for start in range(0, max(len(examples), 1), _CHUNK_PAIRS):
-        chunk = examples[start : start + _CHUNK_PAIRS]
-        rendered = render_pairs(
-            chunk, tokenizer, system_prompt=system_prompt, chat_template=chat_template
-        )
-        texts = [text for r in rendered for text in (r.prompt, r.chosen, r.rejected)]
-        ids = encode_texts(tokenizer, texts)
+    for chunk, ids in _encoded_chunks(examples, tokenizer, system_prompt, chat_template):
         columns = {name: column_from_lists(ids[i::3]) for i, name in enumerate(ID_COLUMNS)}
         del ids
         cut, p_cut, r_cut = truncate_columns(

@@ -5,8 +5,9 @@
   (Lightning's own writer buffers the whole checkpoint in memory and moves a temporary file
   from ``$TMPDIR``, which on another file system, such as a tmpfs or a cluster's scratch disk,
   is a copy that a kill can cut short.)
-- :class:`LastCheckpoint` writes ``last.ckpt`` every ``every_n_train_steps`` steps and at the end
-  of every training epoch, whatever the metrics (Lightning's ``ModelCheckpoint(save_top_k=0,
+- :class:`LastCheckpoint` writes ``last.ckpt`` every ``every_n_train_steps`` steps, at the step
+  that reaches ``max_steps``, and at the end of every training epoch that ran all its batches,
+  whatever the metrics (Lightning's ``ModelCheckpoint(save_top_k=0,
   save_last=True)`` writes ``last`` only together with a top-k save, so a run that keeps no
   best checkpoint would have no ``last.ckpt`` at an epoch boundary).
 - Best checkpoints are named ``best-step_<n>.ckpt`` (no ``=``, so a path can be passed on the
