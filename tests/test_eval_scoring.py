@@ -219,14 +219,11 @@ def greedy_reference(model, tokenizer, prompt: str, stops: list[str], max_new_to
     return cut_at_stops(tokenizer.decode(new[:end], skip_special_tokens=True), stops)
 
 
-def test_continuous_batching_equals_transformers_greedy(
-    model, tokenizer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("draft_tokens", [0, 8])
+def test_continuous_batching_equals_transformers_greedy(model, tokenizer, draft_tokens) -> None:
     """More prompts than slots (finished rows are refilled), rows that end at different steps
-    (an eos token that the free runs emit at different places), columns dropped from the left
-    and buffers grown: every text is still transformers' greedy text of the prompt alone."""
-    import mrpo.evals.slots as slots
-
+    (an eos token that the free runs emit at different places), with and without guessed
+    tokens: every text is still transformers' greedy text of the prompt alone."""
     prompts = [*CONTEXTS, *CONTINUATIONS, "Plants use sunlight, water and", "Thank you"]
     free = generate_until(model, tokenizer, prompts, stop=[], max_new_tokens=14, batch_size=4)
     counts: dict[int, int] = {}
@@ -235,10 +232,12 @@ def test_continuous_batching_equals_transformers_greedy(
             counts[token] = counts.get(token, 0) + 1
     eos = next(t for t, c in sorted(counts.items()) if 2 <= c <= len(prompts) - 2)
     model.generation_config.eos_token_id = eos
-    monkeypatch.setattr(slots, "COMPACT_COLUMNS", 3)  # compact often, start with small buffers
     try:
         stops = ["Question:"]
-        out = generate_until(model, tokenizer, prompts, stop=stops, max_new_tokens=14, batch_size=3)
+        out = generate_until(
+            model, tokenizer, prompts, stop=stops, max_new_tokens=14, batch_size=3,
+            draft_tokens=draft_tokens,
+        )  # fmt: skip
         expected = [
             greedy_reference(model, tokenizer, p, [*stops, "<|im_end|>"], 14) for p in prompts
         ]
@@ -247,6 +246,80 @@ def test_continuous_batching_equals_transformers_greedy(
     assert [g.text for g in out] == expected
     lengths = {g.num_tokens for g in out}
     assert len(lengths) > 2 and max(lengths) == 14  # rows did end at different steps
+
+
+def test_guessed_tokens_cut_decoding_steps_not_the_text(model, tokenizer) -> None:
+    """The tiny model repeats phrases of its own text: guesses looked up there hold, so steps
+    keep several tokens; texts and token counts equal one token per step (and transformers')."""
+    prompts = [*CONTEXTS, "Plants use sunlight, water and"]
+    calls: list[int] = []
+    hook = model.base_model.register_forward_hook(lambda *_: calls.append(1))
+
+    def steps(prompt: str, draft_tokens: int):
+        calls.clear()
+        out = generate_until(
+            model, tokenizer, [prompt], stop=[], max_new_tokens=40, draft_tokens=draft_tokens
+        )[0]
+        return out, len(calls) - 1  # the prompt's read is one call
+
+    try:
+        one = [steps(p, 0) for p in prompts]
+        guessed = [steps(p, 8) for p in prompts]
+    finally:
+        hook.remove()
+    assert [g for g, _ in guessed] == [g for g, _ in one]
+    assert [g.text for g, _ in one] == [
+        greedy_reference(model, tokenizer, p, [], 40) for p in prompts
+    ]
+    assert {n for _, n in one} == {39}  # one token per step: the first came with the prompt
+    assert all(n <= 39 for _, n in guessed) and sum(n for _, n in guessed) < 39 * len(prompts)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_guessed_tokens_keep_greedy_text_across_families(tokenizer, family) -> None:
+    """Rotary and learned positions, grouped key-value heads (qwen2: their queries stacked in
+    one attention call), rows near the context's end (positions of padding clamped)."""
+    from mrpo.testing.models import make_tiny_family_model
+
+    model = make_tiny_family_model(family, len(tokenizer), seed=3)
+    prompts = [*CONTEXTS, *CONTINUATIONS]
+    out = generate_until(
+        model, tokenizer, prompts, stop=[], max_new_tokens=30, batch_size=3, max_length=64
+    )
+    assert [g.text for g in out] == [greedy_reference(model, tokenizer, p, [], 30) for p in prompts]
+    assert model.config._attn_implementation == "sdpa"  # restored after generation
+
+
+def test_grouped_query_attention_equals_sdpa_with_repeated_heads() -> None:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from mrpo.evals.slots import grouped_query_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3
+    query, key, value = torch.randn(2, 6, 4, 8), torch.randn(2, 2, 10, 8), torch.randn(2, 2, 10, 8)
+    mask = torch.rand(2, 1, 4, 10) > 0.3
+    mask[..., 0] = True  # every query sees a column
+    got, _ = grouped_query_attention(module, query, key, value, mask, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == want.shape == (2, 4, 6, 8)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_ngram_drafter_guesses_what_followed_the_latest_occurrence() -> None:
+    from mrpo.evals.drafts import NgramDrafter
+
+    drafter = NgramDrafter([1, 2, 3, 9, 1, 2, 3, 7, 5, 2, 3])
+    assert drafter.draft(2) == [7, 5]  # "2 3" last occurred before 7 5 (not before 9)
+    drafter.append(4)
+    assert drafter.draft(3) == []  # 4 never occurred before
+    assert NgramDrafter([5, 6, 5, 6, 5]).draft(5) == [6, 5, 6, 5, 6]  # a loop goes on
+    longest = NgramDrafter([8, 1, 2, 0, 2, 5, 1, 2])
+    assert longest.draft(1) == [0]  # "1 2" (before 0) wins over the later "2" (before 5)
+    assert NgramDrafter([3, 3], max_ngram=2).draft(0) == []
+    with pytest.raises(ValueError, match="min_ngram"):
+        NgramDrafter([], max_ngram=1, min_ngram=2)
 
 
 def test_slot_cache_layout() -> None:
@@ -262,20 +335,35 @@ def test_slot_cache_layout() -> None:
         return [(kv, kv.clone())]
 
     assert cache.insert(prompt(3, 1.0)) == 0
-    assert cache.insert(prompt(5, 2.0)) == 1  # longer: the first row moves right
-    assert cache.length == 5 and cache.start[:2].tolist() == [2, 0]
-    assert cache.positions().flatten().tolist() == [3, 5]
+    assert cache.insert(prompt(5, 2.0)) == 1  # longer than the buffers: they grow
+    assert cache.ends == [3, 5] and cache.capacity >= 5
     keys = cache.layers[0].keys
-    assert keys[0, 0, 2:5, 0].tolist() == [1.0, 1.0, 1.0]
-    assert cache.valid[0, :5].tolist() == [False, False, True, True, True]  # the rest: masked
-    cache.reserve()  # 6 columns needed, 4 allocated: the buffers grow
-    mask = cache.step_mask()
-    assert mask.shape == (2, 1, 1, 6)
-    assert mask[:, 0, 0].tolist() == [[False, False, True, True, True, True], [True] * 6]
-    k, v = cache.layers[0].update(torch.full((2, 1, 1, 2), 9.0), torch.zeros(2, 1, 1, 2))
-    assert v.shape == k.shape
-    assert k.shape == (2, 1, 6, 2) and k[:, 0, 5, 0].tolist() == [9.0, 9.0]
-    cache.advance()
+    assert keys[0, 0, :3, 0].tolist() == [1.0] * 3 and keys[1, 0, :5, 0].tolist() == [2.0] * 5
+    positions, mask = cache.begin_step(2)  # two tokens per row: 7 columns read
+    assert positions.tolist() == [[3, 4], [5, 6]]
+    assert mask.shape == (2, 1, 2, 7)
+    assert mask[0, 0].tolist() == [[True] * 4 + [False] * 3, [True] * 5 + [False] * 2]
+    assert mask[1, 0].tolist() == [[True] * 6 + [False], [True] * 7]
+    new = torch.tensor([[9.0, 8.0], [7.0, 6.0]]).reshape(2, 1, 2, 1).expand(2, 1, 2, 2)
+    k, v = cache.layers[0].update(new, torch.zeros(2, 1, 2, 2))
+    assert k.shape == v.shape == (2, 1, 7, 2)
+    assert k[0, 0, :, 0].tolist()[:5] == [1.0, 1.0, 1.0, 9.0, 8.0]
+    assert k[1, 0, 5:, 0].tolist() == [7.0, 6.0]
+    cache.advance([1, 2])  # row 0 keeps one of its two tokens (8.0 will be overwritten)
+    assert cache.ends == [4, 7]
     cache.remove(0)  # the last row takes row 0's place
-    assert cache.active == 1 and cache.start[0] == 0
-    assert cache.layers[0].keys[0, 0, :6, 0].tolist() == [2.0] * 5 + [9.0]
+    assert cache.ends == [7]
+    assert cache.layers[0].keys[0, 0, :7, 0].tolist() == [2.0] * 5 + [7.0, 6.0]
+    with pytest.raises(ValueError, match="2 counts for 1 active rows"):
+        cache.advance([1, 1])
+
+
+def test_generation_through_the_logits_when_the_head_cannot_be_split(
+    model, tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mrpo.evals.generate as generate
+
+    monkeypatch.setattr(generate, "split_lm_head", lambda _: None)
+    prompts = [*CONTEXTS, "Plants use sunlight, water and"]
+    out = generate_until(model, tokenizer, prompts, stop=[], max_new_tokens=20, batch_size=2)
+    assert [g.text for g in out] == [greedy_reference(model, tokenizer, p, [], 20) for p in prompts]

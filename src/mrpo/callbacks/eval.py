@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from transformers import PreTrainedTokenizerBase
 
+from mrpo.evals.generate import DRAFT_TOKENS
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
 from mrpo.evals.runner import (
@@ -65,6 +66,7 @@ class EvalCallback(L.Callback):
             ``pl_module.tokenizer``.
         batch_size: prompts or scored continuations per forward pass.
         max_new_tokens: generation budget per GSM8K answer.
+        draft_tokens: tokens guessed per GSM8K decoding step (0: off; the same text).
         log_samples: log GSM8K samples as a W&B table when a WandbLogger is attached (samples
             are written to the jsonl file in any case).
         data_dir: local data folder (default ``MRPO_DATA_DIR``, then the hub).
@@ -84,6 +86,7 @@ class EvalCallback(L.Callback):
         tokenizer: TokenizerSource = None,
         batch_size: int = 16,
         max_new_tokens: int = MAX_NEW_TOKENS,
+        draft_tokens: int = DRAFT_TOKENS,
         log_samples: bool = True,
         data_dir: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
@@ -103,6 +106,7 @@ class EvalCallback(L.Callback):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.draft_tokens = draft_tokens
         self.log_samples = log_samples
         self.data_dir = data_dir
         self.output_dir = output_dir
@@ -161,6 +165,7 @@ class EvalCallback(L.Callback):
                 data=data,
                 batch_size=self.batch_size,
                 max_new_tokens=self.max_new_tokens,
+                draft_tokens=self.draft_tokens,
                 progress=True,  # only rank 0 evaluates
                 harness=self.harness,
             )

@@ -83,6 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data=data,
         batch_size=ev.batch_size,
         max_new_tokens=ev.max_new_tokens,
+        draft_tokens=ev.draft_tokens,
         progress=True,
         harness=ev.harness,
     )
@@ -94,6 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "limit": ev.limit,
         "batch_size": ev.batch_size,
         "max_new_tokens": ev.max_new_tokens,
+        "draft_tokens": ev.draft_tokens,
         "setup_seconds": setup_seconds,
         "seconds": time.perf_counter() - started,
         "metrics": output.metrics,

@@ -319,6 +319,7 @@ def build_callbacks(
                 final_limit=ev.final_limit,
                 batch_size=ev.batch_size,
                 max_new_tokens=ev.max_new_tokens,
+                draft_tokens=ev.draft_tokens,
                 log_samples=ev.log_samples,
                 data_dir=cfg.paths.data_dir,
                 output_dir=output_dir,

@@ -153,9 +153,10 @@ class SchedulerConfig:
 @dataclass
 class EvalConfig:
     """Benchmarks: run by the evaluation callback during training, and by ``mrpo-eval``
-    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens``, ``log_samples`` and
-    ``harness``; ``every_n_steps`` and ``final_limit`` concern training only). A task name
-    that is not built in is an lm-evaluation-harness task, run with ``harness``'s settings."""
+    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens``, ``draft_tokens``,
+    ``log_samples`` and ``harness``; ``every_n_steps`` and ``final_limit`` concern training
+    only). A task name that is not built in is an lm-evaluation-harness task, run with
+    ``harness``'s settings."""
 
     tasks: list[str] = field(default_factory=list)
     every_n_steps: int = 0
@@ -163,6 +164,7 @@ class EvalConfig:
     final_limit: int | None = None
     batch_size: int = 16
     max_new_tokens: int = 256
+    draft_tokens: int = 8
     log_samples: bool = True
     harness: HarnessOptions = field(default_factory=HarnessOptions)
 

@@ -120,6 +120,7 @@ def _check_eval(ev: EvalConfig, data_dir: str | None) -> None:
     require(ev.every_n_steps >= 0, "eval.every_n_steps", f"must be >= 0, got {ev.every_n_steps}")
     for key in ("batch_size", "max_new_tokens"):
         require(getattr(ev, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(ev, key)}")
+    require(ev.draft_tokens >= 0, "eval.draft_tokens", f"must be >= 0, got {ev.draft_tokens}")
     # Names the registry does not know are lm-eval's: checked against its index and for data.
     harness_tasks = [t for t in ev.tasks if t not in EVAL_NAMES]
     for name, shots in ev.harness.num_fewshot.items():

@@ -36,7 +36,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.data.evalsets import GSM8KRecord, load_gsm8k
-from mrpo.evals.generate import generate_until
+from mrpo.evals.generate import DRAFT_TOKENS, generate_until
 from mrpo.evals.metrics import load_metric
 from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult
 
@@ -182,12 +182,15 @@ def evaluate_gsm8k(
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
     max_length: int | None = None,
+    draft_tokens: int = DRAFT_TOKENS,
     progress: str | None = None,
 ) -> GSM8KResult:
     """Generate answers for ``records`` (test rows) and score them.
 
     ``train`` is needed for few-shot prompts (``chat=False`` and ``num_fewshot > 0``); the chat
-    variant is always 0-shot. ``progress`` labels a progress bar over generation batches.
+    variant is always 0-shot. ``draft_tokens`` sets the guessing of
+    :func:`~mrpo.evals.generate.generate_until` (the same text). ``progress`` labels a
+    progress bar over generation batches.
     """
     if not records:
         raise ValueError("no GSM8K records to evaluate")
@@ -205,6 +208,7 @@ def evaluate_gsm8k(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         max_length=max_length,
+        draft_tokens=draft_tokens,
         progress=progress,
     )
     metrics, samples = score_generations([g.text for g in generations], records)
@@ -253,6 +257,7 @@ def _run(
         batch_size=s.batch_size,
         max_new_tokens=s.max_new_tokens,
         max_length=s.max_length,
+        draft_tokens=s.draft_tokens,
         progress=s.progress,
     )
     counts = {"num_samples": len(records), "generated_tokens": result.num_generated_tokens}

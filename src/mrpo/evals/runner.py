@@ -22,6 +22,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
+from mrpo.evals.generate import DRAFT_TOKENS
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
 from mrpo.evals.registry import EVAL_NAMES, resolve_task
@@ -103,6 +104,7 @@ def run_eval_suite(
     data_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    draft_tokens: int = DRAFT_TOKENS,
     max_length: int | None = None,
     progress: bool = False,
     harness: HarnessOptions | None = None,
@@ -130,6 +132,7 @@ def run_eval_suite(
                 limit=limit,
                 batch_size=batch_size,
                 max_new_tokens=max_new_tokens,
+                draft_tokens=draft_tokens,
                 max_length=max_length,
                 progress=name if progress else None,
             )
@@ -157,6 +160,7 @@ def run_evals(
     data_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 16,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    draft_tokens: int = DRAFT_TOKENS,
     max_length: int | None = None,
     harness: HarnessOptions | None = None,
 ) -> dict[str, float]:
@@ -169,6 +173,7 @@ def run_evals(
         data_dir=data_dir,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        draft_tokens=draft_tokens,
         max_length=max_length,
         harness=harness,
     ).metrics

@@ -35,6 +35,8 @@ class EvalSettings:
         limit: the first ``limit`` items of the task's set (in data set order); None: all.
         batch_size: prompts or scored continuations per forward pass.
         max_new_tokens: generation budget per item (generation tasks).
+        draft_tokens: tokens guessed per sequence and decoding step (generation tasks; 0: one
+            token per step; :mod:`mrpo.evals.drafts`).
         max_length: the model's context size (None: from the model config).
         progress: label of a progress bar (None: no bar).
     """
@@ -42,6 +44,7 @@ class EvalSettings:
     limit: int | None = None
     batch_size: int = 16
     max_new_tokens: int = 256
+    draft_tokens: int = 8
     max_length: int | None = None
     progress: str | None = None
 

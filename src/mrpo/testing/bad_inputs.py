@@ -374,6 +374,11 @@ CASES: Sequence[BadInput] = (
     BadInput("eval_task", ("eval.tasks=[nope]",), r"config error: eval.tasks: unknown task"),
     BadInput("eval_limit", ("eval.limit=0",), r"config error: eval.limit: must be a positive"),
     BadInput(
+        "eval_draft_tokens",
+        ("eval.draft_tokens=-1",),
+        r"config error: eval.draft_tokens: must be >= 0, got -1",
+    ),
+    BadInput(
         "eval_data_missing",
         ("eval.tasks=[truthfulqa]", "paths.data_dir={empty_dir}"),
         r"config error: eval.tasks: the evaluation data of \['truthfulqa'\] cannot be loaded: "
