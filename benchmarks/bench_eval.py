@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from mrpo.data.evalsets import load_gsm8k, load_truthfulqa_mc
-from mrpo.evals.generate import generate_until
+from mrpo.evals.generate import DRAFT_TOKENS, generate_until
 from mrpo.evals.gsm8k import STOP_SEQUENCES, build_prompts
 from mrpo.evals.loglik import loglikelihood
 from mrpo.evals.truthfulqa import TARGET_DELIMITER, doc_to_text
@@ -78,7 +78,7 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
 
 
 def bench_generation(model, tokenizer, prompts, args) -> dict[str, float]:
-    def run(batch_size: int):
+    def run(batch_size: int, draft_tokens: int = DRAFT_TOKENS):
         return generate_until(
             model,
             tokenizer,
@@ -86,11 +86,14 @@ def bench_generation(model, tokenizer, prompts, args) -> dict[str, float]:
             stop=STOP_SEQUENCES,
             max_new_tokens=args.max_new_tokens,
             batch_size=batch_size,
+            draft_tokens=draft_tokens,
         )
 
     generate_until(model, tokenizer, prompts[:1], stop=STOP_SEQUENCES, max_new_tokens=4)  # warm-up
     single, t_single = timed(lambda: run(1), args.device)
     batched, t_batched = timed(lambda: run(args.batch_size), args.device)
+    # The same slots, one token per step (eval.draft_tokens=0): what guessing saves.
+    unguessed, t_unguessed = timed(lambda: run(args.batch_size, 0), args.device)
     tokens_single = sum(g.num_tokens for g in single)
     tokens_batched = sum(g.num_tokens for g in batched)
     return {
@@ -102,6 +105,11 @@ def bench_generation(model, tokenizer, prompts, args) -> dict[str, float]:
         "batched_tokens_per_s": tokens_batched / t_batched,
         "speedup": t_single / t_batched,
         "texts_differing": sum(a.text != b.text for a, b in zip(single, batched, strict=True)),
+        "batched_one_token_per_step_s": t_unguessed,
+        "guessing_speedup": t_unguessed / t_batched,
+        "texts_differing_guessing": sum(
+            a.text != b.text for a, b in zip(unguessed, batched, strict=True)
+        ),
     }
 
 
