@@ -203,9 +203,11 @@ def test_fused_path_equals_the_logits_path(family, average, monkeypatch):
     ids, mask, labels = batch()
     upstream = torch.tensor([1.0, -2.0, 0.5, 3.0])
     tiles = []
-    project = mrpo.logprobs._lm_head._project
+    project = mrpo.logprobs._lm_head._project_into
     monkeypatch.setattr(
-        mrpo.logprobs._lm_head, "_project", lambda h, *a: tiles.append(h.shape[0]) or project(h, *a)
+        mrpo.logprobs._lm_head,
+        "_project_into",
+        lambda tile, h, *a: tiles.append(h.shape[0]) or project(tile, h, *a),
     )
     results = {}
     for fused in (True, False):

@@ -143,6 +143,49 @@ def _project(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return F.linear(hidden, weight, bias)
 
 
+def _tile_buffer(rows: int, weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialized (rows, V) float32 tile, reused by every chunk of one call.
+
+    Why: CPU allocations this large are fresh pages from the OS each time (glibc maps and
+    unmaps them): faulting in a new 201 MB tile (1,024 rows of SmolLM2's vocabulary) took
+    0.11 s per chunk on 2 cores, against 0.14 s for a 64-wide head's matmul into a used one.
+    """
+    return torch.empty(rows, weight.shape[0], dtype=torch.float32, device=weight.device)
+
+
+def _project_into(
+    tile: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.dtype]:
+    """float32 logits of ``hidden``'s c rows written into ``tile[:c]``, and the matmul's dtype.
+
+    float32 inputs outside autocast are multiplied straight into the tile; otherwise (bf16
+    weights, autocast) the matmul runs as the model's would, in its own dtype, and is copied.
+    """
+    out = tile[: hidden.shape[0]]
+    float32 = hidden.dtype == weight.dtype == torch.float32 and (
+        bias is None or bias.dtype == torch.float32
+    )
+    if float32 and not torch.is_autocast_enabled(hidden.device.type):
+        if bias is None:
+            torch.mm(hidden, weight.T, out=out)
+        else:
+            torch.addmm(bias, hidden, weight.T, out=out)
+        return out, torch.float32
+    logits = _project(hidden, weight, bias)
+    out.copy_(logits)
+    return out, logits.dtype
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """(c,) log-sum-exp of (c, V) float32 ``logits`` over V; leaves ``exp(logits - max)`` in it.
+
+    Why not ``torch.logsumexp``: it allocates its own (c, V) intermediate and ran at half the
+    speed of this in-place form on CPU (0.19 vs 0.09 s a 1,024 x 49,152 tile); same values.
+    """
+    peak = logits.amax(dim=-1, keepdim=True)
+    return logits.sub_(peak).exp_().sum(dim=-1).log_().add_(peak.squeeze(-1))
+
+
 class _HeadLogProbs(torch.autograd.Function):
     """Autograd for :func:`head_logprobs`: saves (M,) log-normalizers, not (M, V) logits."""
 
@@ -161,14 +204,14 @@ class _HeadLogProbs(torch.autograd.Function):
         # The dtype the head's matmul runs in (autocast's under mixed precision): the backward
         # pass, which runs outside autocast, recomputes each tile in the same dtype.
         ctx.tile_dtype = weight.dtype
+        tile = _tile_buffer(min(rows, chunk_tokens), weight)
         for start in range(0, rows, chunk_tokens):
             part = slice(start, start + chunk_tokens)
-            logits = _project(hidden[part], weight, bias)
-            ctx.tile_dtype = logits.dtype
-            logits = logits.float()
-            lse[part] = torch.logsumexp(logits, dim=-1)
-            out[part] = logits.gather(-1, targets[part, None]).squeeze(-1) - lse[part]
-            del logits
+            logits, ctx.tile_dtype = _project_into(tile, hidden[part], weight, bias)
+            picked = logits.gather(-1, targets[part, None]).squeeze(-1)
+            lse[part] = _logsumexp_(logits)
+            out[part] = picked - lse[part]
+        del tile
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_tokens = chunk_tokens
         return out
@@ -190,6 +233,7 @@ class _HeadLogProbs(torch.autograd.Function):
         grad_bias = None
         if need_bias and bias is not None:
             grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        tile = _tile_buffer(min(hidden.shape[0], ctx.chunk_tokens), weight)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], ctx.chunk_tokens):
                 part = slice(start, start + ctx.chunk_tokens)
@@ -197,7 +241,8 @@ class _HeadLogProbs(torch.autograd.Function):
                 g = grad_out[part].float().unsqueeze(-1)
                 # d log p[target] / d z_j = 1[j = target] - p_j, times the incoming gradient,
                 # computed in place in the recomputed tile.
-                dz = _project(h.to(dtype), w, b).float().sub_(lse[part, None]).exp_().mul_(-g)
+                dz, _ = _project_into(tile, h.to(dtype), w, b)
+                dz.sub_(lse[part, None]).exp_().mul_(-g)
                 dz.scatter_add_(-1, targets[part, None], g)
                 if grad_hidden is not None and w32 is not None:
                     grad_hidden[part] = (dz @ w32).to(hidden.dtype)
@@ -205,7 +250,7 @@ class _HeadLogProbs(torch.autograd.Function):
                     grad_weight.addmm_(dz.T, h.float())
                 if grad_bias is not None:
                     grad_bias += dz.sum(dim=0)
-                del dz
+        del tile
         return (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
