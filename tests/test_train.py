@@ -27,6 +27,17 @@ def read_metric(run_dir: Path, name: str) -> dict[int, float]:
     return read_metrics(run_dir).get(name, {})
 
 
+def quiet_trainer(**options) -> L.Trainer:
+    """A Lightning ``Trainer`` without logger, checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
 def test_one_step_changes_every_policy_tensor_and_no_reference(
     tiny_model_dir: Path, hh_file: Path, tmp_path: Path
 ) -> None:
@@ -59,13 +70,7 @@ def test_one_step_changes_every_policy_tensor_and_no_reference(
         live_references=live,
     )
     loader = DataLoader(pairs, batch_size=4, collate_fn=PreferenceCollator(tokenizer.pad_token_id))
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(module, train_dataloaders=loader)
 
     changed = {
@@ -90,13 +95,7 @@ def test_nonfinite_loss_stops_naming_step_and_rows(tiny_model_dir: Path, hh_file
         lambda params: torch.optim.SGD(params, lr=0.1),
         scheduler_name="constant",
     )
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=1)
     loader = DataLoader(pairs, batch_size=2, collate_fn=collate)
     with pytest.raises(NonFiniteLossError, match=r"global step 0, batch 0 \(data rows \[0, 1\]\)"):
         trainer.fit(module, train_dataloaders=loader)
@@ -209,3 +208,51 @@ def test_train_evaluates_native_and_lm_eval_tasks_offline(compose_train, tmp_pat
     final = json.loads((run_dir / "eval" / "final_results.json").read_text())
     assert final["tasks"]["tiny_mc"]["versions"] == {"tiny_mc": 1.0}
     assert summary["environment"]["packages"]["lm_eval"]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_are_dropped_after_each_optimizer_step(
+    tiny_model_dir: Path, hh_file: Path, accumulate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gradient outlives its optimizer step (none beside the next forward's activations),
+    those of an accumulation window are kept until its step, and the weights trained are
+    those of Lightning's own order (gradients zeroed inside the next step)."""
+    examples = load_preference_data(str(hh_file)).examples[:4]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    pairs = tokenize_pairs(examples, tokenizer, max_length=96).pairs
+    collate = PreferenceCollator(
+        tokenizer.pad_token_id, ref_lookup=lambda i: (torch.zeros(1, 1), torch.zeros(1, 1))
+    )
+
+    class GradientsAtBatchStart(L.Callback):
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.seen.append(any(p.grad is not None for p in module.policy.parameters()))
+
+    def fit() -> tuple[list[bool], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        module = PreferenceModule(
+            load_model(str(tiny_model_dir)),
+            tokenizer,
+            get_objective("dpo", beta=0.1),
+            lambda params: torch.optim.AdamW(params, lr=1e-2),
+            scheduler_name="constant",
+        )
+        probe = GradientsAtBatchStart()
+        trainer = quiet_trainer(max_epochs=1, accumulate_grad_batches=accumulate, callbacks=[probe])
+        loader = DataLoader(pairs, batch_size=1, collate_fn=collate)
+        trainer.fit(module, train_dataloaders=loader)
+        assert trainer.global_step == 4 // accumulate
+        return probe.seen, {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+
+    seen, weights = fit()
+    # A window's later batches see its earlier gradients; a window's first batch sees none.
+    assert seen == [i % accumulate != 0 for i in range(4)]
+    monkeypatch.setattr(PreferenceModule, "optimizer_step", L.LightningModule.optimizer_step)
+    lightning_seen, lightning_weights = fit()
+    assert lightning_seen == [i > 0 for i in range(4)]  # Lightning's order keeps them
+    assert weights.keys() == lightning_weights.keys()
+    for name, value in weights.items():
+        torch.testing.assert_close(value, lightning_weights[name], rtol=0, atol=0, msg=name)
