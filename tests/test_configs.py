@@ -226,12 +226,12 @@ def test_quickstart_experiment_values(output_dir: Path) -> None:
     assert run_cfg.references.num_refs == 3
     assert [r.name for r in run_cfg.references.pool[:3]] == ["self", "harmless", "concise"]
     assert (run_cfg.loss.name, run_cfg.weights["strategy"]) == ("mrpo", "arwc")
-    assert run_cfg.data.max_samples == 112
+    assert run_cfg.data.max_samples == 88
 
 
 def test_debug_applies_after_experiment(output_dir: Path) -> None:
     run_cfg = checked_train_config(["experiment=quickstart", "debug=tiny"], output_dir)
-    assert run_cfg.data.max_samples == 24  # debug wins over the experiment's 112
+    assert run_cfg.data.max_samples == 24  # debug wins over the experiment's 88
     assert run_cfg.trainer["max_steps"] == 2
     assert run_cfg.references.num_refs == 3  # the experiment's value is kept
 
