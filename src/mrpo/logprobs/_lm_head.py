@@ -211,7 +211,6 @@ class _HeadLogProbs(torch.autograd.Function):
             picked = logits.gather(-1, targets[part, None]).squeeze(-1)
             lse[part] = _logsumexp_(logits)
             out[part] = picked - lse[part]
-        del tile
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk_tokens = chunk_tokens
         return out
@@ -250,7 +249,6 @@ class _HeadLogProbs(torch.autograd.Function):
                     grad_weight.addmm_(dz.T, h.float())
                 if grad_bias is not None:
                     grad_bias += dz.sum(dim=0)
-        del tile
         return (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),
