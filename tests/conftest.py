@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from mrpo.testing.configs import compose_config
+from mrpo.testing.models import QUANTIZABLE_HIDDEN_SIZE
 from mrpo.testing.runs import write_hh_pairs, write_tiny_model
 
 
@@ -22,6 +23,14 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny_chatml"), kind="chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_4bit_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny chatml Llama at a width every bitsandbytes CPU kernel takes in 4 bits."""
+    return write_tiny_model(
+        tmp_path_factory.mktemp("tiny_4bit"), kind="chatml", hidden_size=QUANTIZABLE_HIDDEN_SIZE
+    )
 
 
 @pytest.fixture(scope="session")

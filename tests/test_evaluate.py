@@ -81,12 +81,12 @@ def test_model_source_writes_results_samples_and_record(
     assert (run_dir / "csv" / "attempt_0" / "metrics.csv").exists()
 
 
-def test_a_quantized_model_is_scored_in_4_bit(compose_eval, tiny_model_dir: Path) -> None:
+def test_a_quantized_model_is_scored_in_4_bit(compose_eval, tiny_4bit_model_dir: Path) -> None:
     from mrpo.cli.evaluate import load_evaluated_model
     from mrpo.config import EvalRunConfig, to_dataclass
     from mrpo.models.quantization import quantized_as
 
-    overrides = [f"model.source={tiny_model_dir}", "model.quantization=nf4", "eval.limit=1"]
+    overrides = [f"model.source={tiny_4bit_model_dir}", "model.quantization=nf4", "eval.limit=1"]
     cfg = to_dataclass(compose_eval([*overrides, "model.dtype=bfloat16"]), EvalRunConfig)
     model, _ = load_evaluated_model(cfg)
     assert quantized_as(model) == "nf4"

@@ -22,6 +22,7 @@ import pytest
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
 from mrpo.testing.configs import checked_train_config, compose_config
+from mrpo.testing.models import QUANTIZABLE_HIDDEN_SIZE
 from mrpo.testing.runs import write_tiny_model
 from test_sweeps import SWEEPS_DIR, header, header_commands, plan_jobs, stated_cost
 
@@ -59,11 +60,12 @@ def write_pairs(path: Path, n: int) -> Path:
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stand_ins")
+    wide = QUANTIZABLE_HIDDEN_SIZE  # the 4-bit experiments take bitsandbytes' CPU kernels
     return {
-        "chatml": write_tiny_model(root / "chatml", kind="chatml", seed=0),
-        "zephyr": write_tiny_model(root / "zephyr", kind="zephyr", seed=1),
-        "chatml2": write_tiny_model(root / "chatml2", kind="chatml", seed=2),
-        "zephyr2": write_tiny_model(root / "zephyr2", kind="zephyr", seed=3),
+        "chatml": write_tiny_model(root / "chatml", kind="chatml", seed=0, hidden_size=wide),
+        "zephyr": write_tiny_model(root / "zephyr", kind="zephyr", seed=1, hidden_size=wide),
+        "chatml2": write_tiny_model(root / "chatml2", kind="chatml", seed=2, hidden_size=wide),
+        "zephyr2": write_tiny_model(root / "zephyr2", kind="zephyr", seed=3, hidden_size=wide),
         "data": write_pairs(root / "pairs.jsonl", 48),
         "cache": root / "cache",  # shared: runs on the same rows reuse the references
     }

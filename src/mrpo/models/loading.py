@@ -22,7 +22,7 @@ from mrpo.errors import OptionError
 from mrpo.logprobs import split_lm_head
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.lora import ALL_LINEAR, LoraConfig
-from mrpo.models.quantization import check_runs, quantization_method
+from mrpo.models.quantization import check_runs, keep_cpu_kernels_in_range, quantization_method
 from mrpo.models.sources import (
     ModelSource,
     ModelSourceError,
@@ -257,6 +257,8 @@ def load_model(
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not load model from {source!r}: {error}") from error
     disable_dropout(model)
+    if quantized:
+        keep_cpu_kernels_in_range(model, trainable=trainable)
     if quantized and trainable:
         # peft's recipe: norms and the head in float32, frozen quantized weights. Gradient
         # checkpointing is left to enable_gradient_checkpointing (non-reentrant).

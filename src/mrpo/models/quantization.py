@@ -171,6 +171,51 @@ def check_runs(name: str, device: torch.device | str) -> None:
         )
 
 
+CPU_PACK_ROWS = 32
+"""Output rows per block of bitsandbytes' AVX-512-BF16 CPU layout for 4-bit weights."""
+
+
+def cpu_packed_layout_fits(out_features: int, in_features: int, blocksize: int) -> bool:
+    """Whether bitsandbytes' AVX-512-BF16 CPU layout can hold a 4-bit ``(out, in)`` weight.
+
+    On a CPU with AVX-512-BF16, a 4-bit linear layer repacks its weight at its first inference
+    call (eval mode, no grad) into blocks of :data:`CPU_PACK_ROWS` output rows, with one
+    scale per ``blocksize`` inputs of each row. Narrower layers fail inside that repacking
+    (``shape '[32, 0]' is invalid``); real models' widths are multiples of 64 and fit.
+    """
+    return out_features % CPU_PACK_ROWS == 0 and in_features % blocksize == 0
+
+
+def keep_cpu_kernels_in_range(model: torch.nn.Module, *, trainable: bool = False) -> list[str]:
+    """Keep 4-bit layers off bitsandbytes' AVX-512-BF16 CPU kernel where it cannot serve them.
+
+    bitsandbytes decides per layer (``support_avx512bf16_for_cpu``, read from the CPU when the
+    layer is built) whether an inference call repacks the weight for its AVX-512-BF16 kernel.
+    Two cases keep the generic CPU path, which computes the same product:
+
+    - shapes that layout cannot hold (:func:`cpu_packed_layout_fits`): the repacking raises;
+    - a trainable model: the repacking is one-way and its kernel has no backward, so a
+      validation pass would leave the training steps after it on an inference-only kernel.
+
+    Layers on a CPU without AVX-512-BF16 are untouched (the flag is already off).
+
+    Returns:
+        The names of the layers switched to the generic path.
+    """
+    switched = []
+    for name, module in model.named_modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is None or len(state.shape) != 2:
+            continue
+        out_features, in_features = state.shape
+        if trainable or not cpu_packed_layout_fits(out_features, in_features, state.blocksize):
+            module.support_avx512bf16_for_cpu = False
+            switched.append(name)
+    return switched
+
+
 def quantized_as(model: torch.nn.Module) -> str | None:
     """The :data:`QUANTIZATIONS` name a loaded model's weights were quantized with, or None.
 

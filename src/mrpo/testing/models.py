@@ -23,6 +23,15 @@ from transformers import (
 )
 
 
+QUANTIZABLE_HIDDEN_SIZE = 64
+"""Width of a tiny Llama whose linear layers every bitsandbytes CPU kernel accepts in 4 bits.
+
+On CPUs with AVX-512-BF16, bitsandbytes repacks a 4-bit weight for inference in blocks of 32
+output rows with one scale per 64 inputs (:func:`mrpo.models.quantization.cpu_packed_layout_fits`):
+at width 64 (intermediate 128, 4 heads of 16) every layer fills whole blocks, so tests take the
+same 4-bit code path as real models on whatever CPU runs them."""
+
+
 def make_tiny_model(
     vocab_size: int,
     *,

@@ -16,12 +16,18 @@ from mrpo.testing.models import make_tiny_model, save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
 
-def write_tiny_model(directory: Path, *, kind: str = "chatml", seed: int = 0) -> Path:
-    """Save a random tiny Llama with the tiny ``kind`` tokenizer (and its chat template)."""
+def write_tiny_model(
+    directory: Path, *, kind: str = "chatml", seed: int = 0, hidden_size: int = 32
+) -> Path:
+    """Save a random tiny Llama with the tiny ``kind`` tokenizer (and its chat template).
+
+    ``hidden_size``: :data:`~mrpo.testing.models.QUANTIZABLE_HIDDEN_SIZE` for a model that is
+    loaded in 4 bits (every CPU kernel of bitsandbytes accepts its layers)."""
     tokenizer = make_tiny_tokenizer(kind)
     model = make_tiny_model(
         len(tokenizer),
         seed=seed,
+        hidden_size=hidden_size,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
