@@ -22,7 +22,6 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-
 QUANTIZABLE_HIDDEN_SIZE = 64
 """Width of a tiny Llama whose linear layers every bitsandbytes CPU kernel accepts in 4 bits.
 
