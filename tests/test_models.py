@@ -270,6 +270,35 @@ def test_local_fingerprint_tracks_config_and_weight_content(tmp_path):
     assert model_fingerprint(str(model_dir), hash_memo_dir=memo) not in (first, second)
 
 
+def test_an_adapter_folder_is_fingerprinted_with_its_base_weights(tmp_path):
+    # A peft adapter folder computes its numbers on the base model its config names: a base
+    # whose weights change (an unpinned path or hub id) must change the fingerprint too.
+    memo, base_dir, adapter_dir = tmp_path / "hashes", tmp_path / "base", tmp_path / "adapter"
+    save_tiny_model(
+        base_dir, make_tiny_model(VOCAB, seed=1, hidden_size=16, num_layers=1, num_heads=2)
+    )
+    save_tiny_model(
+        adapter_dir, make_tiny_model(VOCAB, seed=2, hidden_size=16, num_layers=1, num_heads=2)
+    )
+    adapter_config = {"base_model_name_or_path": str(base_dir), "peft_type": "LORA", "r": 4}
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(adapter_config))
+    first = model_fingerprint(str(adapter_dir), hash_memo_dir=memo)
+    base_print = model_fingerprint(str(base_dir), hash_memo_dir=memo)
+    assert first.endswith(f"+base:{base_print}")
+    save_tiny_model(
+        base_dir, make_tiny_model(VOCAB, seed=3, hidden_size=16, num_layers=1, num_heads=2)
+    )
+    assert model_fingerprint(str(base_dir), hash_memo_dir=memo) != base_print
+    assert model_fingerprint(str(adapter_dir), hash_memo_dir=memo) != first  # adapter untouched
+    for bad, message in (
+        ({"peft_type": "LORA"}, "names no base model"),
+        ({"base_model_name_or_path": str(adapter_dir)}, "its own folder"),
+    ):
+        (adapter_dir / "adapter_config.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelSourceError, match=message):
+            model_fingerprint(str(adapter_dir), hash_memo_dir=memo)
+
+
 def test_gguf_fingerprint_follows_content_not_path(tmp_path):
     data = bytearray(os.urandom(3 << 20))
     one, two = tmp_path / "one.gguf", tmp_path / "two.gguf"

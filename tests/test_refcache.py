@@ -38,6 +38,7 @@ KEY = RefCacheKey(
     max_prompt_length=32,
     truncation="keep_end",
     dtype="float32",
+    numerics="torch 2.13.0+cpu; transformers 5.25.0; cpu",
 )
 
 

@@ -22,7 +22,7 @@ from mrpo.references import (
     data_fingerprint,
     tokenizer_fingerprint,
 )
-from mrpo.references.cache import RefLogps
+from mrpo.references.cache import RefLogps, numerics_label
 from mrpo.testing.models import make_tiny_model, save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
@@ -195,6 +195,30 @@ def test_key_follows_everything_that_changes_the_numbers(model_dirs, tmp_path):
         model_dirs, tmp_path, [ReferenceSpec("r", tokenizer=model_dirs["zephyr"])]
     )
     assert tokenizer_swap.fingerprint(0, examples).tokenizer != base.tokenizer
+
+
+def test_key_records_the_libraries_and_device_that_computed_the_numbers(
+    model_dirs, tmp_path, monkeypatch
+):
+    import importlib.metadata
+
+    examples = make_examples(2)
+    base = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")]).fingerprint(0, examples)
+    assert base.numerics == f"torch {torch.__version__}; transformers " + (
+        f"{importlib.metadata.version('transformers')}; cpu"
+    )
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "99.0" if name == "transformers" else real_version(name),
+    )
+    upgraded = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")]).fingerprint(0, examples)
+    differing = {f for f in base.parts() if base.parts()[f] != upgraded.parts()[f]}
+    assert differing == {"numerics"} and "transformers 99.0" in upgraded.numerics
+    assert upgraded.digest != base.digest
+    assert numerics_label("cuda:1", "nf4").endswith("; cuda")
+    assert "bitsandbytes " in numerics_label("cpu", "nf4")
 
 
 def test_damaged_entry_is_recomputed(model_dirs, tmp_path, caplog):

@@ -34,7 +34,7 @@ from mrpo.training.metrics import logged_metric_names, metric_names, preference_
 
 KEY = RefCacheKey(
     model="m", tokenizer="t", chat_template=None, system_prompt=None, data="d",
-    max_length=8, max_prompt_length=None, truncation="x", dtype="float32",
+    max_length=8, max_prompt_length=None, truncation="x", dtype="float32", numerics="n",
 )  # fmt: skip
 
 

@@ -222,6 +222,26 @@ def _local_dir_hash(directory: Path, memo_dir: str | Path | None) -> str:
     return digest.hexdigest()
 
 
+def _adapter_base(directory: Path) -> str | None:
+    """The base model a peft adapter folder is loaded on (``base_model_name_or_path`` of its
+    ``adapter_config.json``), or None for a folder of full weights.
+
+    An adapter's numbers depend on its base's weights as much as on its own, and the base is
+    usually named by an unpinned hub id or a path whose content can change."""
+    config_file = directory / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelSourceError(f"{config_file}: not a readable adapter config ({err})") from None
+    if not isinstance(base, str) or not base:
+        raise ModelSourceError(f"{config_file}: names no base model (base_model_name_or_path)")
+    if Path(base).resolve() == directory.resolve():
+        raise ModelSourceError(f"{config_file}: names its own folder as its base model")
+    return base
+
+
 def _cached_hub_commit(repo_id: str, revision: str | None) -> str | None:
     """The commit a revision points to in the local hub cache, or None if not cached."""
     cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
@@ -257,7 +277,8 @@ def model_fingerprint(source: str, *, hash_memo_dir: str | Path | None = None) -
       found at another path gives the same fingerprint.
     - Local directory: ``"local:" + sha256`` over the contents of ``config.json``,
       ``adapter_config.json`` and ``*.index.json``, and the content hash of every weight file
-      (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``).
+      (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``, ``*.gguf``). A peft adapter folder
+      adds ``"+base:"`` and its base model's fingerprint (the base named by its config).
     - Hub id: ``"hub:org/name@<commit>"``: the commit of a pinned source, else the commit the
       revision (default ``main``) points to in the local hub cache, else on the hub.
 
@@ -273,7 +294,12 @@ def model_fingerprint(source: str, *, hash_memo_dir: str | Path | None = None) -
     if resolved.kind == "gguf":
         return f"gguf:{gguf_file_hash(resolved.location, hash_memo_dir)}"
     if resolved.kind == "local":
-        return f"local:{_local_dir_hash(Path(resolved.location), hash_memo_dir)}"
+        directory = Path(resolved.location)
+        own = f"local:{_local_dir_hash(directory, hash_memo_dir)}"
+        base = _adapter_base(directory)
+        if base is None:
+            return own
+        return f"{own}+base:{model_fingerprint(base, hash_memo_dir=hash_memo_dir)}"
     revision = resolved.revision or "main"
     if not _COMMIT.match(revision):
         revision = _cached_hub_commit(resolved.location, revision) or _remote_hub_commit(

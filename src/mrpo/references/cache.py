@@ -19,6 +19,9 @@ Key parts (:class:`RefCacheKey`): everything that determines the numbers.
 - ``data``: fingerprint of the exact rows scored: their token ids and row indices.
 - ``max_length``, ``max_prompt_length``, ``truncation``: the length limits and the truncation rule.
 - ``dtype``: the dtype the model ran in.
+- ``numerics``: what computed the numbers (:func:`numerics_label`): the torch and transformers
+  versions (and bitsandbytes' for quantized weights) and the device type, so an upgrade or a
+  move to a GPU never reuses log-probs it would not reproduce.
 - ``format_version``: :data:`CACHE_FORMAT_VERSION`, bumped whenever the stored layout or the way
   the numbers are computed changes, so old entries are never misread.
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -82,6 +86,7 @@ __all__ = [
     "canonical_json",
     "decode_entry",
     "encode_entry",
+    "numerics_label",
     "read_entry",
     "sha256_json",
 ]
@@ -121,6 +126,27 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("ascii")).hexdigest()
 
 
+def numerics_label(device: torch.device | str, quantization: str | None = None) -> str:
+    """What computes a reference's numbers besides its weights and inputs, for cache keys.
+
+    Kernels change between torch and transformers releases (attention paths, fused ops,
+    reductions) and between a CPU and a GPU, so their log-probs can differ in the last bits;
+    a cache entry is reused only where it would be reproduced. Quantized weights also depend
+    on bitsandbytes' kernels.
+
+    Returns:
+        e.g. ``"torch 2.13.0+cpu; transformers 5.25.0; cpu"``.
+    """
+    parts = [
+        f"torch {torch.__version__}",
+        f"transformers {importlib.metadata.version('transformers')}",
+    ]
+    if quantization is not None:
+        parts.append(f"bitsandbytes {importlib.metadata.version('bitsandbytes')}")
+    parts.append(torch.device(device).type)
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class RefCacheKey:
     """Everything that determines one reference's log-probs on one list of rows.
@@ -137,6 +163,7 @@ class RefCacheKey:
     max_prompt_length: int | None
     truncation: str
     dtype: str
+    numerics: str
     format_version: int = CACHE_FORMAT_VERSION
 
     def parts(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.errors import InputError
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.models.quantization import precision_label
-from mrpo.references.cache import RefCache, RefCacheKey, canonical_json
+from mrpo.references.cache import RefCache, RefCacheKey, canonical_json, numerics_label
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import data_fingerprint, num_forward_passes, score_pairs
 from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
@@ -317,6 +317,7 @@ class ReferenceEnsemble:
             truncation=TRUNCATION,
             # A quantized reference computes other numbers than its full-precision weights.
             dtype=precision_label(self.specs[k].dtype, self.specs[k].quantization),
+            numerics=numerics_label(self.device, self.specs[k].quantization),
         )
 
     def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
