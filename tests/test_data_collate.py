@@ -54,6 +54,28 @@ def test_left_padding_and_multiple_of():
     assert batch.attention_mask.sum(1).tolist() == [3, 3, 5, 2]
 
 
+def test_left_and_right_padding_score_the_same_tokens_even_without_a_prompt():
+    from mrpo.logprobs import model_sequence_logprobs
+    from mrpo.testing.models import make_tiny_model
+
+    pairs = [
+        *PAIRS,
+        TokenizedPair(prompt_ids=(), chosen_ids=(5, 8, 2), rejected_ids=(9,), index=30),
+    ]
+    model = make_tiny_model(16, hidden_size=16, num_heads=2)
+    scored = {}
+    for side in ("right", "left"):
+        batch = PreferenceCollator(pad_token_id=0, padding_side=side)(pairs)
+        # the empty prompt's first response token is never a target, on either side
+        assert int((batch.labels != X).sum(1)[2]) == 2 and int((batch.labels != X).sum(1)[5]) == 0
+        with torch.no_grad():
+            scored[side] = model_sequence_logprobs(
+                model, batch.input_ids, batch.attention_mask, batch.labels
+            )
+    torch.testing.assert_close(scored["left"].logps, scored["right"].logps, atol=1e-5, rtol=1e-5)
+    assert torch.equal(scored["left"].num_tokens, scored["right"].num_tokens)
+
+
 def test_ref_lookup_attached_as_float():
     table = torch.arange(60, dtype=torch.float64).reshape(2, 30)  # (K=2, rows of the data set)
 

@@ -101,7 +101,9 @@ class PreferenceCollator:
             start = 0 if self.padding_side == "right" else width - n
             input_ids[i, start : start + n] = torch.tensor([*prompt, *response], dtype=torch.long)
             attention_mask[i, start : start + n] = 1
-            response_span = slice(start + len(prompt), start + n)
+            # A row's first real token has no context to be predicted from: right padding
+            # drops it with the shift, left padding would score it from a padding position.
+            response_span = slice(start + max(len(prompt), 1), start + n)
             labels[i, response_span] = input_ids[i, response_span]
         index = torch.tensor([p.index for p in pairs], dtype=torch.long)
         return PreferenceBatch(
