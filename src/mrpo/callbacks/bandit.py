@@ -1,11 +1,12 @@
 """Drives the Thompson-sampling weighting: pick an arm before each step, reward it after.
 
 The bandit (:class:`mrpo.objectives.ThompsonSampling`) is explicit by design; this callback is
-the training loop's side of the protocol. Before a training batch it calls ``select()``, so the
-objective takes a single-reference DPO step against the sampled reference. After the optimizer
-step it scores a fixed feedback subsample of the validation pairs and calls
-``update(arm, improved)`` with ``improved`` = the reference-free policy margin accuracy went up
-strictly (a tie is not an improvement).
+the training loop's side of the protocol. Before the first micro-batch of an optimizer step it
+calls ``select()``, so every micro-batch of that step (``trainer.accumulate_grad_batches``) takes
+a single-reference DPO step against the same sampled reference. After the optimizer step it
+scores a fixed feedback subsample of the validation pairs and calls ``update(arm, improved)``
+with ``improved`` = the reference-free policy margin accuracy went up strictly (a tie is not an
+improvement): one draw and one reward per optimizer step, whatever the accumulation.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ThompsonFeedback(L.Callback):
         self.feedback_batches = list(feedback_batches)
         self.arm: int | None = None
         self.previous: float | None = None
+        self._drawn_at_step = -1  # trainer.global_step when self.arm was drawn
 
     def _strategy(self, pl_module: L.LightningModule) -> Any:
         strategy: WeightStrategy = _preference_module(pl_module).objective.weighting
@@ -73,7 +75,10 @@ class ThompsonFeedback(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self.arm = self._strategy(pl_module).select()
+        # Lightning runs this for every micro-batch; the arm holds until the optimizer steps.
+        if self.arm is None:
+            self.arm = self._strategy(pl_module).select()
+            self._drawn_at_step = trainer.global_step
 
     def on_train_batch_end(
         self,
@@ -83,7 +88,8 @@ class ThompsonFeedback(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.arm is None:
+        # global_step counts optimizer steps: unchanged means a micro-batch inside the window.
+        if self.arm is None or trainer.global_step == self._drawn_at_step:
             return
         accuracy = self.feedback_accuracy(pl_module)
         improved = self.previous is not None and accuracy > self.previous
