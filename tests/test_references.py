@@ -221,6 +221,28 @@ def test_key_records_the_libraries_and_device_that_computed_the_numbers(
     assert "bitsandbytes " in numerics_label("cpu", "nf4")
 
 
+def test_fused_head_off_scores_references_from_logits_too(model_dirs, tmp_path, monkeypatch):
+    import mrpo.references.scoring as scoring
+
+    examples = make_examples(3)
+    asked = []
+    real = scoring.batch_sequence_logprobs
+    monkeypatch.setattr(
+        scoring,
+        "batch_sequence_logprobs",
+        lambda *a, **kw: asked.append(kw["fused_head"]) or real(*a, **kw),
+    )
+    fused = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")])
+    logits = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")], fused_head=False)
+    first = fused.precompute(examples, progress=False).logps[0]
+    assert asked and all(asked)
+    asked.clear()
+    second = logits.precompute(examples, progress=False).logps[0]
+    assert asked and not any(asked)  # computed again, from logits: another cache entry
+    assert logits.fingerprint(0, examples).numerics.endswith("; logits head")
+    torch.testing.assert_close(first.chosen, second.chosen, atol=1e-5, rtol=1e-6)
+
+
 def test_damaged_entry_is_recomputed(model_dirs, tmp_path, caplog):
     examples = make_examples(3)
     ens = ensemble(model_dirs, tmp_path, [ReferenceSpec("self")])

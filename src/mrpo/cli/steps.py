@@ -202,6 +202,7 @@ def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
         layout=pair_layout(cfg.data),
         tokenized_cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
         num_proc=cfg.data.num_proc,
+        fused_head=cfg.model.fused_lm_head,
     )
 
 

@@ -126,13 +126,16 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("ascii")).hexdigest()
 
 
-def numerics_label(device: torch.device | str, quantization: str | None = None) -> str:
+def numerics_label(
+    device: torch.device | str, quantization: str | None = None, *, fused_head: bool = True
+) -> str:
     """What computes a reference's numbers besides its weights and inputs, for cache keys.
 
     Kernels change between torch and transformers releases (attention paths, fused ops,
     reductions) and between a CPU and a GPU, so their log-probs can differ in the last bits;
     a cache entry is reused only where it would be reproduced. Quantized weights also depend
-    on bitsandbytes' kernels.
+    on bitsandbytes' kernels, and log-probs from full logits (``fused_head=False``) take
+    other reductions than the fused LM head.
 
     Returns:
         e.g. ``"torch 2.13.0+cpu; transformers 5.25.0; cpu"``.
@@ -144,6 +147,8 @@ def numerics_label(device: torch.device | str, quantization: str | None = None) 
     if quantization is not None:
         parts.append(f"bitsandbytes {importlib.metadata.version('bitsandbytes')}")
     parts.append(torch.device(device).type)
+    if not fused_head:
+        parts.append("logits head")
     return "; ".join(parts)
 
 

@@ -140,6 +140,8 @@ class ReferenceEnsemble:
         tokenized_cache_dir: where the rows tokenized for the cache are kept and reused
             (:func:`mrpo.data.prepare.prepare_pairs`); None: tokenized every time.
         num_proc: processes that tokenize the rows (None: as many as pay).
+        fused_head: score through the fused LM head where a model allows it (False: from
+            full logits, as ``model.fused_lm_head=false`` asks of the whole run).
 
     Raises:
         ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
@@ -165,6 +167,7 @@ class ReferenceEnsemble:
         layout: PairLayout = PADDED,
         tokenized_cache_dir: str | Path | None = None,
         num_proc: int | None = None,
+        fused_head: bool = True,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -196,6 +199,7 @@ class ReferenceEnsemble:
         self.layout = layout
         self.tokenized_cache_dir = tokenized_cache_dir
         self.num_proc = num_proc
+        self.fused_head = fused_head
         if device is None:
             device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -317,7 +321,9 @@ class ReferenceEnsemble:
             truncation=TRUNCATION,
             # A quantized reference computes other numbers than its full-precision weights.
             dtype=precision_label(self.specs[k].dtype, self.specs[k].quantization),
-            numerics=numerics_label(self.device, self.specs[k].quantization),
+            numerics=numerics_label(
+                self.device, self.specs[k].quantization, fused_head=self.fused_head
+            ),
         )
 
     def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
@@ -362,6 +368,7 @@ class ReferenceEnsemble:
             progress=progress,
             desc=f"reference {self.specs[k].name}",
             layout=self.layout,
+            fused_head=self.fused_head,
         )
         self.stats.forward_passes += num_forward_passes(len(pairs.pairs), self.batch_size)
         return scores

@@ -50,6 +50,7 @@ def score_pairs(
     progress: bool = False,
     desc: str | None = None,
     layout: PairLayout = PADDED,
+    fused_head: bool = True,
 ) -> RefLogps:
     """Score the chosen and rejected response of each pair with ``model``.
 
@@ -66,6 +67,8 @@ def score_pairs(
         desc: the progress bar's label.
         layout: how a batch's pairs become rows (:mod:`mrpo.data.layout`); a model that
             cannot take packed rows uses the padded layout.
+        fused_head: log-probs through the fused LM head where the model allows it (False:
+            from full logits; ``model.fused_lm_head``).
 
     Returns:
         :class:`~mrpo.references.logps.RefLogps` of the N pairs, in input order, on the CPU
@@ -88,7 +91,7 @@ def score_pairs(
             for start in range(0, n, batch_size):
                 rows = torch.tensor(order[start : start + batch_size], dtype=torch.int64)
                 batch = collate([pairs[i] for i in rows.tolist()]).to(device)
-                out = batch_sequence_logprobs(model, batch)
+                out = batch_sequence_logprobs(model, batch, fused_head=fused_head)
                 # Sequences [0, b) of the batch are the chosen responses, [b, 2b) the rejected.
                 logps[:, rows] = out.logps.float().cpu().view(2, -1)
                 tokens[:, rows] = out.num_tokens.cpu().view(2, -1)
