@@ -62,8 +62,9 @@ device-kit: setup
 # The plan rehearsed on this CPU: a fresh Python 3.12 environment of the image's packages, the
 # checkout without ../shared, pip and the hub offline, every command at CPU size.
 REHEARSAL_PYTHON ?= $(shell command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)
+REHEARSAL_ROOT ?= /tmp/mrpo-rehearsal-$(notdir $(CURDIR))
 device-rehearsal: device-kit
-	$(PY) benchmarks/device_rehearsal.py --python $(REHEARSAL_PYTHON)
+	$(PY) benchmarks/device_rehearsal.py --python $(REHEARSAL_PYTHON) --root $(REHEARSAL_ROOT)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

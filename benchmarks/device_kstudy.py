@@ -9,8 +9,10 @@ waits for a GPU. ``--smoke``: K = 1, 2, one seed, 16 pairs, 2 steps, on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ def sweep_overrides(ctx: Any) -> list[str]:
     ]  # fmt: skip
     if smoke:
         out += ["trainer.max_steps=2", "trainer.accelerator=cpu", "data.max_length=128"]
+        out += ["data.max_prompt_length=96"]
     else:
         out += ["trainer=gpu", "optimizer.fused=false", "data.batch_size=8"]
     return out
@@ -45,16 +48,31 @@ def compare_table(ctx: Any) -> dict[str, Any]:
     from mrpo.cli.compare import main as compare
 
     out = ctx.work / "kstudy-compare"
-    compare([str(sweep_dir(ctx)), "--format", "markdown", "--out", str(out)])
+    with contextlib.redirect_stdout(io.StringIO()):  # stdout is the check's JSON
+        code = compare([str(sweep_dir(ctx)), "--format", "markdown", "--out", str(out)])
+    if code != 0:
+        raise RuntimeError(f"mrpo-compare exited {code} on {sweep_dir(ctx)}")
     rows = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
     return {"markdown": (out / "compare.md").read_text(), "rows": rows}
 
 
 def run(ctx: Any) -> dict[str, Any]:
+    """The sweep within the command's time; cut short, the jobs that finished are compared
+    (``"status": "partial"``)."""
     from device_check import real_weights, run_module
 
-    figures = run_module(ctx, "kstudy", "mrpo.cli.train", sweep_overrides(ctx))
-    return {"status": "ok", **real_weights(), **figures, "compare": compare_table(ctx)}
+    try:
+        figures = run_module(ctx, "kstudy", "mrpo.cli.train", sweep_overrides(ctx))
+        status = "ok"
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        figures, status = {"stopped": f"{type(err).__name__}: {str(err)[-1500:]}"}, "partial"
+    finished = sorted(sweep_dir(ctx).glob("*/summary.json"))
+    if not finished:
+        raise RuntimeError(f"no job of the sweep finished: {figures.get('stopped')}")
+    return {
+        "status": status, **real_weights(), **figures, "jobs_finished": len(finished),
+        "compare": compare_table(ctx),
+    }  # fmt: skip
 
 
 def plan(ctx: Any) -> dict[str, Any]:

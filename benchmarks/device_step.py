@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], float]] = {
     "1-setup": (
         ("environment", "train_135m", "train_0.5b", "train_1b", "packing", "fused_head",
          "fsdp2_1gpu"),
-        280.0,
+        260.0,
     ),
-    "2-bnb": (("environment", "qlora_7b"), 100.0),
+    "2-bnb": (("environment", "qlora_7b"), 140.0),
     "3-weights": (
-        ("environment", "eval_gsm8k_50", "eval_truthfulqa_all", "reference_cache"), 160.0
+        ("environment", "eval_gsm8k_50", "eval_truthfulqa_all", "reference_cache"), 150.0
     ),
     "4-kstudy": (("kstudy",), 540.0),
 }  # fmt: skip
@@ -165,6 +166,15 @@ def run_check(command: str, state: Path, smoke: bool, budget: float | None) -> d
     return json.loads(out.read_text())
 
 
+def save_logs(work: Path, dest: Path) -> None:
+    """The stages' logs, one archive (what comes back from the machine is 8 files at most)."""
+    logs = sorted(work.glob("*.log")) if work.is_dir() else []
+    if logs:
+        with tarfile.open(f"{dest}.tar.gz", "w:gz") as archive:
+            for log in logs:
+                archive.add(log, arcname=log.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=[*COMMANDS, "install"])
@@ -192,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=1, default=str)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], f"{args.command}.json").write_text(text + "\n")
+        save_logs(state / "work" / args.command, Path(os.environ["OUT"]) / f"{args.command}.logs")
     print(text)
     return code
 
