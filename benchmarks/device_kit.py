@@ -91,6 +91,15 @@ def download_wheels(specs: list[str], dest: Path) -> None:
         pip("wheel", "-q", "--no-deps", "-w", str(dest), spec)
 
 
+def source_digest(root: Path) -> str:
+    """sha256 over ``src/mrpo``'s files (names and bytes): which code the kit's wheel holds."""
+    digest = hashlib.sha256()
+    src = root / "src" / "mrpo"
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def build_mrpo_wheel(dest: Path) -> Path:
     """mrpo's own wheel from this checkout (installed on the machine with --no-deps)."""
     for old in dest.glob("mrpo-*.whl"):
@@ -196,6 +205,7 @@ def build(kit: Path, data_dir: Path) -> dict[str, Any]:
         "packaged_sha256": sha256(packaged),
         "parts": parts,
         "mrpo_wheel": mrpo_wheel.name,
+        "mrpo_source_sha256": source_digest(ROOT),
         "bnb_wheel": next((kit / "bnb").glob("*.whl")).name,
         "model_files": model_files,
         "files": file_table(base, kit),

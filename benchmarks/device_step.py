@@ -91,6 +91,11 @@ def install_base(state: Path) -> dict[str, Any]:
     bad = [n for n, f in manifest["files"].items() if sha256(KIT / n) != f["sha256"]]
     if bad:
         raise RuntimeError(f"kit files differ from base/manifest.json: {bad}")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from device_kit import source_digest
+
+    if source_digest(ROOT) != manifest["mrpo_source_sha256"]:
+        raise RuntimeError("src/mrpo changed since the kit was built: run `make device-kit` again")
     wheels = base / "wheels"
     pip_install("--find-links", str(wheels), "-r", str(wheels / "requirements.txt"))
     pip_install("--no-deps", "--force-reinstall", str(wheels / manifest["mrpo_wheel"]))

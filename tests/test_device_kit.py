@@ -135,3 +135,14 @@ def test_payloads_add_the_tree_to_each_commands_folders(tmp_path: Path) -> None:
     assert payloads["2-bnb"]["bytes"] == 111
     assert payloads["3-weights"] == {"carry": [".device-kit/weights-2"], "bytes": 9100}
     assert payloads["4-kstudy"]["bytes"] == 100
+
+
+def test_the_source_digest_follows_the_code_the_wheel_was_built_from(tmp_path: Path) -> None:
+    package = tmp_path / "src" / "mrpo"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    first = device_kit.source_digest(tmp_path)
+    (package / "__pycache__" / "a.cpython-312.pyc").write_bytes(b"compiled")
+    assert device_kit.source_digest(tmp_path) == first  # caches are not code
+    (package / "a.py").write_text("x = 2\n")
+    assert device_kit.source_digest(tmp_path) != first
