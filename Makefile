@@ -12,7 +12,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # This machine's pip config names index folders that may be absent; drop those warnings only.
 QUIET := { grep -v "is ignored" || true; }
 
-.PHONY: setup test test-slow test-all test-floor test-gpu-image quickstart lint format bench clean
+.PHONY: setup test test-slow test-all test-floor test-gpu-image quickstart lint format bench clean device-kit device-rehearsal
 
 setup: $(VENV)/.installed
 
@@ -87,6 +87,18 @@ bench: setup
 	$(PY) benchmarks/bench_trl.py
 	$(PY) benchmarks/bench_trl.py --gradient-checkpointing
 	$(PY) benchmarks/bench_trl.py --arms mrpo_cached,mrpo_nogroup,mrpo_logits,mrpo_fulllogits,mrpo_compile
+
+# The GPU machine's kit (benchmarks/README.md, "The device plan"): wheels for Python 3.12, the
+# packaged model's files and weights in two parts, the data rows; git-ignored (.device-kit/).
+device-kit: setup
+	$(PY) benchmarks/device_kit.py --data-dir $(MRPO_DATA_DIR) 2>&1 | $(QUIET)
+
+# The plan rehearsed on this CPU: a fresh Python 3.12 environment of the image's packages, the
+# checkout without ../shared, pip and the hub offline, every command at CPU size.
+REHEARSAL_PYTHON ?= $(shell command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)
+REHEARSAL_ROOT ?= /tmp/mrpo-rehearsal-$(notdir $(CURDIR))
+device-rehearsal: device-kit
+	$(PY) benchmarks/device_rehearsal.py --python $(REHEARSAL_PYTHON) --root $(REHEARSAL_ROOT)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

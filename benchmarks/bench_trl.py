@@ -5,6 +5,8 @@ Arms (each a separate process, so peak memory is its own; run interleaved in rou
 - ``trl``: ``trl.DPOTrainer`` with its defaults for the reference (a frozen copy of the policy,
   run every step);
 - ``trl_precompute``: the same with ``precompute_ref_log_probs=True``;
+- ``trl_liger`` (GPUs): ``trl_precompute`` with ``use_liger_kernel=True`` (Liger's Triton
+  kernels, its fused linear DPO loss): TRL's two fastest settings together;
 - ``mrpo_live``: ``PreferenceModule`` in a Lightning ``Trainer``, reference ``self`` run live;
 - ``mrpo_cached``: the same with the reference log-probs from mrpo's cache (``mrpo-train``'s
   default), and ``mrpo-train``'s default layout: the prompt computed once per pair
@@ -13,6 +15,8 @@ Arms (each a separate process, so peak memory is its own; run interleaved in rou
   response (``data.prefix_sharing=false``, the layout before prefix sharing);
 - ``mrpo_pack``: ``mrpo_cached`` with the pairs packed padding-free into rows no wider than the
   batch's longest (``data.packing=true``);
+- ``mrpo_packflex`` (GPUs): ``mrpo_pack`` with the policy under FlexAttention
+  (``model.attn_implementation=flex_attention``), whose block mask skips fully masked tiles;
 - ``bare``: a plain PyTorch loop over the batches of ``mrpo_cached`` (forward of its rows,
   token log-probs of the scored positions through the same fused LM head as mrpo's
   (``mrpo.logprobs.batch_sequence_logprobs``), DPO loss against the cached reference
@@ -75,8 +79,14 @@ from typing import Any
 
 ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "mrpo_noshare", "mrpo_pack", "bare")
 OPTION_ARMS = ("mrpo_nogroup", "mrpo_logits", "mrpo_fulllogits", "mrpo_compile")
+# GPU-only arms: TRL with its Liger kernels (Triton), packed rows under FlexAttention.
+GPU_ARMS = ("trl_liger", "mrpo_packflex")
 # The layout of a batch's pairs in each mrpo arm (mrpo-train's default: the prompt shared).
-LAYOUT_ARMS = {"mrpo_noshare": {"share_prefix": False}, "mrpo_pack": {"pack": True}}
+LAYOUT_ARMS = {
+    "mrpo_noshare": {"share_prefix": False},
+    "mrpo_pack": {"pack": True},
+    "mrpo_packflex": {"pack": True},
+}
 BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
@@ -93,11 +103,12 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from mrpo.data.tokenize import tokenize_pairs
     from mrpo.models import PACKAGED_MODEL, load_tokenizer
 
-    source = (
-        PACKAGED_MODEL
-        if args.model == "packaged"
-        else str(write_random_model(scratch / "policy", args.layers))
-    )
+    if args.model == "packaged":
+        source = PACKAGED_MODEL
+    elif args.model == "random":
+        source = str(write_random_model(scratch / "policy", args.layers))
+    else:  # a model directory (the device check's random-weight architectures)
+        source = args.model
     tokenizer = load_tokenizer(source)
     loaded = load_preference_data(
         "Anthropic/hh-rlhf", subset="harmless-base", split="test", drop_invalid=True, limit=1000
@@ -154,7 +165,9 @@ def watch_batches(model: Any) -> dict[str, int]:
     return largest
 
 
-def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -> dict[str, Any]:
+def run_trl(
+    setup: dict[str, Any], args: argparse.Namespace, precompute: bool, liger: bool = False
+) -> dict[str, Any]:
     import datasets
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -200,6 +213,7 @@ def run_trl(setup: dict[str, Any], args: argparse.Namespace, precompute: bool) -
             loss_type=["sigmoid"],
             max_length=args.max_length,
             precompute_ref_log_probs=precompute,
+            use_liger_kernel=liger,
             logging_steps=10**6,
             save_strategy="no",
             report_to=[],
@@ -260,7 +274,8 @@ def mrpo_parts(
     examples = load_preference_data(setup["data"]).examples
     tokenizer = load_tokenizer(setup["source"])
     pairs = tokenize_pairs(examples, tokenizer, max_length=args.max_length).pairs
-    policy = load_model(setup["source"], trainable=True)
+    flex = "flex_attention" if "packflex" in setup.get("arm", "") else None
+    policy = load_model(setup["source"], trainable=True, attn_implementation=flex)
     policy.train()
     if args.device == "cuda":  # the bare loop's device; Lightning moves mrpo's arms itself
         policy.to("cuda")
@@ -460,7 +475,8 @@ def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[s
 
     torch.manual_seed(0)
     if arm.startswith("trl"):
-        result = run_trl(setup, args, precompute=arm == "trl_precompute")
+        liger = arm == "trl_liger"  # precomputed reference too: TRL's fastest setting
+        result = run_trl(setup, args, precompute=arm == "trl_precompute" or liger, liger=liger)
     elif arm == "bare":
         result = run_bare(setup, args)
     else:
@@ -477,6 +493,7 @@ def run_arm(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[s
 
 
 def spawn(arm: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    setup = {**setup, "arm": arm}
     cmd = [sys.executable, __file__, "--arm", arm, "--setup", json.dumps(setup), *args.passthrough]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -548,7 +565,9 @@ def report(results: dict[str, list[dict[str, Any]]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=("random", "packaged"), default="random")
+    parser.add_argument(
+        "--model", default="random", help="random (4-layer SmolLM2 width), packaged, or a dir"
+    )
     parser.add_argument("--layers", type=int, default=4, help="layers of the random model")
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -568,9 +587,14 @@ def main() -> None:
         print(json.dumps(run_arm(args.arm, json.loads(args.setup), args)))
         return
     arms = args.arms.split(",")
-    unknown = set(arms) - set(ARMS + OPTION_ARMS)
+    unknown = set(arms) - set(ARMS + OPTION_ARMS + GPU_ARMS)
     if unknown:
-        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {ARMS + OPTION_ARMS}")
+        known = ARMS + OPTION_ARMS + GPU_ARMS
+        raise SystemExit(f"--arms: unknown {sorted(unknown)}; choose from {known}")
+    if args.device == "cpu" and set(arms) & set(GPU_ARMS):
+        raise SystemExit(f"--arms: {sorted(set(arms) & set(GPU_ARMS))} need --device cuda")
+    if args.model not in ("random", "packaged") and not Path(args.model).is_dir():
+        raise SystemExit(f"--model {args.model!r}: random, packaged or a model directory")
     args.passthrough = [
         f"--{k.replace('_', '-')}={getattr(args, k)}"
         for k in ("model", "layers", "pairs", "batch_size", "max_length", "device", "precision")

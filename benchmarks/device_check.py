@@ -1,26 +1,30 @@
-"""The device check: one run of mrpo's large-scale path on one GPU, one JSON of figures.
+"""The device check: mrpo's large-scale path on one GPU, one JSON of figures per command.
 
-Run by ``benchmarks/device_check.sh`` (which installs the project from its own files when it is
-not importable yet). Offline: the packaged SmolLM2-135M-Instruct and the data mirror
-(``$MRPO_DATA_DIR``) only; nothing is downloaded. Stages, each in its own process, within one
-time budget (``--budget-s``, 540 s: later stages are skipped, not cut, when it runs out):
+Run by ``benchmarks/device_step.py`` (one command of the device plan: it installs the kit and
+picks the stages, benchmarks/README.md) or ``benchmarks/device_check.sh``. Offline: the kit's
+wheels, model files and data rows (``$MRPO_DATA_DIR``) only; nothing is downloaded. Stages,
+each a child process or a few, within one time budget (``--budget-s``: later stages are
+skipped, not cut, when it runs out); ``--stages`` picks some, in this order:
 
-- ``environment``: GPU, torch/CUDA, optional packages;
-- ``train_vs_trl``: bf16 training tokens/s and peak GPU memory of mrpo (cached reference) and
-  TRL's DPOTrainer (``precompute_ref_log_probs``), ``bench_trl.py``'s settings on the packaged
-  model (skipped when trl is not installed);
-- ``fused_head``: mrpo's fused LM head against its logits path (``mrpo_logits``), same run;
-- ``fsdp_1gpu``: ``mrpo-train trainer=fsdp trainer.devices=1``, a few steps and a sharded
-  checkpoint;
-- ``qlora_4bit``: ``mrpo-train model=qlora trainer=gpu``, a few steps;
-- ``eval_gsm8k_50`` and ``eval_truthfulqa_all``: ``mrpo-eval`` wall time, GSM8K on 50
-  questions, TruthfulQA MC on all 817;
-- ``reference_cache``: ``stage=cache`` into an empty cache: reference rows scored per second.
+- ``environment``: GPU, torch/CUDA, the kit's packages, the packaged model if installed yet;
+- ``train_135m``, ``train_0.5b``, ``train_1b``, ``packing``, ``fused_head`` (random weights,
+  real architectures: ``device_stages.py``): mrpo against TRL's two fastest settings, packed
+  rows, fused LM head;
+- ``fsdp2_1gpu``: ``mrpo-train trainer=fsdp trainer.devices=1`` on the 135M shape (random);
+- ``qlora_7b``: ``mrpo-train model=qlora`` on the 7B shape (random): peak memory;
+- ``eval_gsm8k_50`` and ``eval_truthfulqa_all``: ``mrpo-eval`` wall time with the real
+  packaged weights, GSM8K on 50 questions, TruthfulQA MC on all 817;
+- ``reference_cache``: ``stage=cache`` into an empty cache with the real weights: reference
+  rows scored per second;
+- ``kstudy``: the first K-study (``device_kstudy.py``), if a command is left for it.
 
+Each stage's JSON says which weights it used (``"weights": "random"`` or ``"real"``).
 ``--dry-run`` checks the plumbing on a CPU in seconds: every stage's command is built, every
 training and evaluation config is composed and passes mrpo's config checks (on the CPU), the
 packaged model and the mirror files are found, and the JSON has every stage, marked
-``planned``; nothing is trained or scored.
+``planned``; nothing is trained or scored. ``--smoke`` runs every stage for real at CPU size
+(one narrow layer per architecture, a few steps, a few questions): the rehearsal's proof that
+each stage's code runs from the kit.
 """
 
 from __future__ import annotations
@@ -39,25 +43,22 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
 BUDGET_S = 540.0  # 9 minutes
-OPTIONAL_PACKAGES = ("bitsandbytes", "deepspeed", "trl")
+KIT_PACKAGES = ("hydra", "gguf", "datasets", "evaluate", "trl", "liger_kernel", "bitsandbytes")
 PACKAGED = "packaged:smollm2-135m-instruct"
 
-# A short run on HH-RLHF harmless-base from the mirror: 64 rows, 8 validation, 10 steps.
-SMALL_RUN = [
-    f"model.source={PACKAGED}",
-    "data=hh_harmless",
-    "data.max_samples=64",
-    "data.val_size=8",
-    "data.max_length=256",
-    "data.max_prompt_length=128",
-    "data.batch_size=4",
-    "trainer.max_steps=10",
-    "trainer.enable_progress_bar=false",
-    "eval=none",
-    "logger=none",
-    "save_model=false",
-]
+
+def small_run(source: str, smoke: bool) -> list[str]:
+    """A short run on HH-RLHF harmless-base from the mirror: 64 rows, 8 validation, 10 steps
+    (smoke: 16 rows, 4 validation, 2 steps)."""
+    rows, val, steps, length = (16, 4, 2, 128) if smoke else (64, 8, 10, 256)
+    return [
+        f"model.source={source}", "data=hh_harmless", f"data.max_samples={rows}",
+        f"data.val_size={val}", f"data.max_length={length}", "data.max_prompt_length=96",
+        "data.batch_size=4", f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
+        "eval=none", "logger=none", "save_model=false",
+    ]  # fmt: skip
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Context:
     dry_run: bool
     work: Path
     deadline: float
+    smoke: bool = False
     python: str = sys.executable
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -88,9 +90,12 @@ class Stage:
 # --- commands ----------------------------------------------------------------------------
 
 
-def train_overrides(name: str, extra: Sequence[str], ctx: Context) -> list[str]:
+def train_overrides(name: str, extra: Sequence[str], ctx: Context, source: str) -> list[str]:
     run_dir = ctx.work / name
-    return [*SMALL_RUN, *extra, f"paths.cache_dir={ctx.work / 'cache'}", f"hydra.run.dir={run_dir}"]
+    return [
+        *small_run(source, ctx.smoke), *extra,
+        f"paths.cache_dir={ctx.work / 'cache'}", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
 
 
 def module_command(ctx: Context, peak_file: Path, module: str, args: Sequence[str]) -> list[str]:
@@ -149,6 +154,13 @@ def check_eval(overrides: Sequence[str], ctx: Context) -> dict[str, Any]:
     return {"status": "planned", "checks": "passed", "tasks": list(cfg.eval.tasks)}
 
 
+def real_weights() -> dict[str, Any]:
+    """What the JSON records about the packaged model's real weights."""
+    from mrpo.models import model_fingerprint
+
+    return {"weights": "real", "source": PACKAGED, "fingerprint": model_fingerprint(PACKAGED)}
+
+
 # --- stages ------------------------------------------------------------------------------
 
 
@@ -157,8 +169,13 @@ def environment(ctx: Context) -> dict[str, Any]:
     import transformers
 
     from mrpo.models import packaged_gguf_path
+    from mrpo.models.sources import ModelSourceError
 
     cuda = torch.cuda.is_available()
+    try:
+        packaged: str | None = str(packaged_gguf_path())
+    except ModelSourceError:  # installed by command 3 of the plan (its weights travel in two)
+        packaged = None
     return {
         "status": "ok",
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
@@ -167,93 +184,37 @@ def environment(ctx: Context) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "transformers": transformers.__version__,
-        "packaged_model": str(packaged_gguf_path()),
+        "python": sys.version.split()[0],
+        "packaged_model": packaged,
         "data_dir": os.environ.get("MRPO_DATA_DIR"),
-        "installed": {p: importlib.util.find_spec(p) is not None for p in OPTIONAL_PACKAGES},
-    }
-
-
-BENCH_ARMS = ("trl_precompute", "mrpo_cached", "mrpo_logits")
-
-
-def bench_args() -> argparse.Namespace:
-    """``bench_trl.py``'s settings on the packaged model, bf16 on the GPU, one round."""
-    args = argparse.Namespace(
-        model="packaged", layers=4, pairs=64, batch_size=4, max_length=256,
-        gradient_checkpointing=False, device="cuda", precision="bf16",
-    )  # fmt: skip
-    args.passthrough = [
-        f"--{k.replace('_', '-')}={getattr(args, k)}"
-        for k in ("model", "layers", "pairs", "batch_size", "max_length", "device", "precision")
-    ]
-    return args
-
-
-def train_vs_trl(ctx: Context) -> dict[str, Any]:
-    sys.path.insert(0, str(BENCH_DIR))
-    import bench_trl
-
-    args = bench_args()
-    arms = [a for a in BENCH_ARMS if importlib.util.find_spec("trl") or not a.startswith("trl")]
-    with tempfile.TemporaryDirectory(prefix="mrpo-device-check-", dir=ctx.work) as tmp:
-        setup = {**bench_trl.prepare(args, Path(tmp)), "scratch": tmp}
-        runs = {arm: bench_trl.spawn(arm, setup, args) for arm in arms}
-    keys = ("tokens_per_s", "peak_gpu_gb", "peak_rss_gb", "loop_s", "steps", "tokens")
-    figures = {arm: {k: r.get(k) for k in keys} for arm, r in runs.items()}
-    result: dict[str, Any] = {"status": "ok", "settings": vars(args) | {"passthrough": None}}
-    result["arms"] = figures
-    if "trl_precompute" in figures:
-        mrpo, trl = figures["mrpo_cached"], figures["trl_precompute"]
-        result["mrpo_over_trl_speed"] = mrpo["tokens_per_s"] / trl["tokens_per_s"]
-        result["mrpo_over_trl_peak_gpu"] = mrpo["peak_gpu_gb"] / trl["peak_gpu_gb"]
-    else:
-        result["trl"] = "not installed (pip install trl): mrpo arms only"
-    ctx.results["bench_arms"] = figures
-    return result
-
-
-def plan_train_vs_trl(ctx: Context) -> dict[str, Any]:
-    sys.path.insert(0, str(BENCH_DIR))
-    import bench_trl
-
-    missing = [a for a in BENCH_ARMS if a not in bench_trl.ARMS + bench_trl.OPTION_ARMS]
-    if missing:
-        raise RuntimeError(f"bench_trl.py has no arm(s) {missing}")
-    return {
-        "status": "planned",
-        "arms": list(BENCH_ARMS),
-        "trl_installed": importlib.util.find_spec("trl") is not None,
-        "settings": vars(bench_args()) | {"passthrough": None},
-    }
-
-
-def fused_head(ctx: Context) -> dict[str, Any]:
-    arms = ctx.results.get("bench_arms")
-    if not arms:
-        return {"status": "skipped", "reason": "train_vs_trl did not run"}
-    fused, logits = arms["mrpo_cached"], arms["mrpo_logits"]
-    return {
-        "status": "ok",
-        "fused_tokens_per_s": fused["tokens_per_s"],
-        "logits_tokens_per_s": logits["tokens_per_s"],
-        "speed_ratio": fused["tokens_per_s"] / logits["tokens_per_s"],
-        "fused_peak_gpu_gb": fused["peak_gpu_gb"],
-        "logits_peak_gpu_gb": logits["peak_gpu_gb"],
-        "memory_ratio": fused["peak_gpu_gb"] / logits["peak_gpu_gb"],
+        "installed": {p: importlib.util.find_spec(p) is not None for p in KIT_PACKAGES},
     }
 
 
 FSDP = ["trainer=fsdp", "trainer.devices=1", "callbacks.checkpoint.every_n_train_steps=5"]
 QLORA = ["model=qlora", "trainer=gpu", "optimizer.fused=false"]
+ON_CPU = {"trainer=gpu": "trainer.accelerator=cpu"}  # smoke: the same stage on the CPU
 
 
-def training_stage(name: str, extra: Sequence[str]) -> tuple[Callable, Callable]:
+def training_stage(name: str, extra: Sequence[str], arch: str) -> tuple[Callable, Callable]:
+    """``mrpo-train`` with ``extra`` on architecture ``arch`` with random weights."""
+    from device_stages import model_dir
+
+    def overrides(ctx: Context) -> list[str]:
+        source, _ = model_dir(ctx, arch)
+        more = [ON_CPU.get(o, o) for o in extra] if ctx.smoke else list(extra)
+        if ctx.smoke and "trainer.accelerator=cpu" not in more:
+            more.append("trainer.accelerator=cpu")
+        return train_overrides(name, more, ctx, str(source))
+
     def run(ctx: Context) -> dict[str, Any]:
-        figures = run_module(ctx, name, "mrpo.cli.train", train_overrides(name, extra, ctx))
+        args = overrides(ctx)
+        figures = run_module(ctx, name, "mrpo.cli.train", args)
         summary = summary_of(ctx, name)
         last = ctx.work / name / "checkpoints" / "last.ckpt"
         return {
             "status": "ok",
+            **model_dir(ctx, arch)[1],
             **figures,
             "steps": summary["global_step"],
             "train_seconds": summary["seconds"],
@@ -262,7 +223,7 @@ def training_stage(name: str, extra: Sequence[str]) -> tuple[Callable, Callable]
         }
 
     def plan(ctx: Context) -> dict[str, Any]:
-        return check_train(train_overrides(name, extra, ctx), ctx)
+        return {**check_train(overrides(ctx), ctx), "weights": "random", "architecture": arch}
 
     return run, plan
 
@@ -271,12 +232,17 @@ EVALS = {
     "eval_gsm8k_50": ["eval.tasks=[gsm8k]", "eval.limit=50", "eval.batch_size=32"],
     "eval_truthfulqa_all": ["eval.tasks=[truthfulqa]", "eval.limit=null", "eval.batch_size=32"],
 }
+SMOKE_EVALS = {
+    "eval_gsm8k_50": ["eval.tasks=[gsm8k]", "eval.limit=1", "eval.max_new_tokens=16"],
+    "eval_truthfulqa_all": ["eval.tasks=[truthfulqa]", "eval.limit=4"],
+}
 
 
 def eval_stage(name: str) -> tuple[Callable, Callable]:
     def overrides(ctx: Context) -> list[str]:
+        sizes = SMOKE_EVALS if ctx.smoke else EVALS
         return [
-            f"model.source={PACKAGED}", *EVALS[name], "logger=none",
+            f"model.source={PACKAGED}", *sizes[name], "logger=none",
             f"paths.cache_dir={ctx.work / 'cache'}", f"hydra.run.dir={ctx.work / name}",
         ]  # fmt: skip
 
@@ -286,6 +252,7 @@ def eval_stage(name: str) -> tuple[Callable, Callable]:
         metrics = results["metrics"]
         return {
             "status": "ok",
+            **real_weights(),
             **figures,
             "scoring_s": results["seconds"] - results["setup_seconds"],
             "metrics": {k: v for k, v in metrics.items() if not k.endswith("/seconds")},
@@ -297,19 +264,24 @@ def eval_stage(name: str) -> tuple[Callable, Callable]:
     return run, plan
 
 
-CACHE = ["stage=cache", "references=prompted", "references.num_refs=2", "data.max_samples=256"]
+def cache_args(ctx: Context) -> list[str]:
+    rows = 16 if ctx.smoke else 256
+    extra = ["stage=cache", "references=prompted", "references.num_refs=2"]
+    args = train_overrides("reference_cache", extra, ctx, PACKAGED)
+    args = [a for a in args if not a.startswith(("paths.cache_dir=", "data.max_samples="))]
+    if ctx.smoke:
+        args.append("trainer.accelerator=cpu")
+    return [*args, f"data.max_samples={rows}", f"paths.cache_dir={ctx.work / 'fresh_cache'}"]
 
 
 def reference_cache(ctx: Context) -> dict[str, Any]:
     name = "reference_cache"
-    args = train_overrides(name, CACHE, ctx)
-    args = [a for a in args if not a.startswith("paths.cache_dir=")]
-    args.append(f"paths.cache_dir={ctx.work / 'fresh_cache'}")  # nothing cached yet
-    figures = run_module(ctx, name, "mrpo.cli.train", args)
+    figures = run_module(ctx, name, "mrpo.cli.train", cache_args(ctx))
     summary = summary_of(ctx, name)
-    rows = len(cache_rows()) * summary["misses"]  # every row of every missing reference
+    rows = len(cache_rows(16 if ctx.smoke else 256)) * summary["misses"]  # every missing ref
     return {
         "status": "ok",
+        **real_weights(),
         **figures,
         "references_scored": summary["misses"],
         "forward_passes": summary["forward_passes"],
@@ -318,48 +290,62 @@ def reference_cache(ctx: Context) -> dict[str, Any]:
     }
 
 
-def cache_rows() -> list[Any]:
-    """The rows the cache stage scores (the mirror's first 256 HH-RLHF rows, valid ones)."""
+def cache_rows(limit: int = 256) -> list[Any]:
+    """The rows the cache stage scores (the mirror's first ``limit`` HH-RLHF rows, valid ones)."""
     from mrpo.data.preference import load_preference_data
 
     return load_preference_data(
-        "Anthropic/hh-rlhf", subset="harmless-base", split="test", drop_invalid=True, limit=256
+        "Anthropic/hh-rlhf", subset="harmless-base", split="test", drop_invalid=True, limit=limit
     ).examples
 
 
 def plan_reference_cache(ctx: Context) -> dict[str, Any]:
-    planned = check_train(train_overrides("reference_cache", CACHE, ctx), ctx)
+    planned = check_train(cache_args(ctx), ctx)
     return {**planned, "rows": len(cache_rows())}
 
 
 def stages() -> list[Stage]:
-    fsdp_run, fsdp_plan = training_stage("fsdp_1gpu", FSDP)
-    qlora_run, qlora_plan = training_stage("qlora_4bit", QLORA)
+    import device_kstudy
+    import device_stages as ds
+
+    def planned(ctx: Context) -> dict[str, Any]:
+        return {"status": "planned"}
+
+    train = {name: ds.train_stage(name) for name in ds.SHAPES}
+    fsdp_run, fsdp_plan = training_stage("fsdp2_1gpu", FSDP, "smollm2-135m")
+    qlora_run, qlora_plan = training_stage("qlora_7b", QLORA, "qwen2.5-7b")
     gsm_run, gsm_plan = eval_stage("eval_gsm8k_50")
     tqa_run, tqa_plan = eval_stage("eval_truthfulqa_all")
     return [
-        Stage("environment", 30, environment, environment),
-        Stage("train_vs_trl", 200, train_vs_trl, plan_train_vs_trl),
-        Stage("fused_head", 1, fused_head, lambda ctx: {"status": "planned"}),
-        Stage("fsdp_1gpu", 60, fsdp_run, fsdp_plan),
-        Stage("qlora_4bit", 60, qlora_run, qlora_plan),
-        Stage("eval_gsm8k_50", 90, gsm_run, gsm_plan),
-        Stage("eval_truthfulqa_all", 90, tqa_run, tqa_plan),
-        Stage("reference_cache", 45, reference_cache, plan_reference_cache),
+        Stage("environment", 20, environment, environment),
+        Stage("train_135m", 100, *train["train_135m"]),
+        Stage("packing", 1, ds.packing, planned),
+        Stage("fsdp2_1gpu", 50, fsdp_run, fsdp_plan),
+        Stage("train_0.5b", 80, *train["train_0.5b"]),
+        Stage("train_1b", 80, *train["train_1b"]),
+        Stage("fused_head", 1, ds.fused_head, planned),
+        Stage("qlora_7b", 100, qlora_run, qlora_plan),
+        Stage("eval_gsm8k_50", 60, gsm_run, gsm_plan),
+        Stage("eval_truthfulqa_all", 60, tqa_run, tqa_plan),
+        Stage("reference_cache", 40, reference_cache, plan_reference_cache),
+        Stage("kstudy", 300, device_kstudy.run, device_kstudy.plan),
     ]
 
 
-def run_stages(ctx: Context) -> dict[str, Any]:
-    """Every stage's figures (or its error, or why it was skipped), in order."""
+def run_stages(ctx: Context, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Every stage's figures (or its error, or why it was skipped), in order; ``only``: the
+    stages to run (all by default)."""
     out: dict[str, Any] = {}
     for stage in stages():
+        if only is not None and stage.name not in only:
+            continue
         start = time.perf_counter()
         if not ctx.dry_run and ctx.remaining() < stage.budget_s * 0.5:
             out[stage.name] = {"status": "skipped", "reason": "the time budget ran out"}
             continue
         try:
             out[stage.name] = (stage.plan if ctx.dry_run else stage.run)(ctx)
-        except Exception as err:  # a failed stage is a figure too; the others still run
+        except (Exception, SystemExit) as err:  # a failed stage is a figure too
             out[stage.name] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
         out[stage.name]["stage_s"] = time.perf_counter() - start
     return out
@@ -368,18 +354,25 @@ def run_stages(ctx: Context) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="check the plumbing on a CPU")
+    parser.add_argument("--smoke", action="store_true", help="every stage at CPU size")
+    parser.add_argument("--stages", help="comma-separated stage names (default: all)")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S)
     parser.add_argument("--work-dir", type=Path, help="where the stages write (default: temp)")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = parser.parse_args(argv)
+    known = [s.name for s in stages()]
+    only = args.stages.split(",") if args.stages else None
+    if only and (unknown := sorted(set(only) - set(known))):
+        parser.error(f"--stages: unknown {unknown}; known: {known}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mrpo-device-check-") as tmp:
-        work = args.work_dir or Path(tmp)
+        work = (args.work_dir or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         # Every stage (and bench_trl.py's arms) shares one conversion of the packaged model.
         os.environ.setdefault("MRPO_CACHE_DIR", str(work / "cache"))
-        ctx = Context(dry_run=args.dry_run, work=work, deadline=started + args.budget_s)
-        report = {"dry_run": args.dry_run, "budget_s": args.budget_s, **run_stages(ctx)}
+        ctx = Context(args.dry_run, work, started + args.budget_s, smoke=args.smoke)
+        report = {"dry_run": args.dry_run, "smoke": args.smoke, "budget_s": args.budget_s}
+        report |= run_stages(ctx, only)
     report["total_s"] = time.monotonic() - started
     failed = [k for k, v in report.items() if isinstance(v, dict) and v["status"] == "error"]
     report["failed_stages"] = failed

