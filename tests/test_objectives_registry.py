@@ -74,7 +74,7 @@ OPTION_ERRORS = [
     ({"name": "dpo", "label_smoothing": 0.7}, r"option 'label_smoothing' must be in \[0, 0.5\]"),
     (
         {"name": "dpo", "loss_type": "ipo", "label_smoothing": 0.1},
-        "option 'label_smoothing' applies to loss_type='sigmoid' only",
+        r"option 'label_smoothing' applies to loss_type in \[.*'sigmoid'.*\] only",
     ),
     ({"name": "mrpo", "epsilon": 1.5}, r"option 'epsilon' must be in \[0, 1\]"),
     ({"name": "mrpo", "ctro": "yes"}, "option 'ctro' must be a bool"),

@@ -40,10 +40,14 @@ from mrpo.config import CONFIG_DIR, TrainConfig, register_configs
 from mrpo.testing.configs import checked_train_config, compose_config
 
 SWEEPS_DIR = CONFIG_DIR / "sweeps"
-HYDRA_SWEEPS = ("num_refs", "objectives", "weighting", "ctro", "beta_lr_optuna")
+HYDRA_SWEEPS = (
+    "num_refs", "objectives", "weighting", "ctro", "beta_lr_optuna", "each_reference",
+    "aggregation",
+)  # fmt: skip
 # The published studies' sweeps; their jobs are planned and run in test_reproductions.py.
 REPRODUCTION_SWEEPS = ("mrpo_k2", "wu_single_reference", "wu_multi_reference")
-GRID_SWEEPS = ("num_refs", "objectives", "weighting", "ctro")  # Hydra's basic sweeper
+# Hydra's basic sweeper
+GRID_SWEEPS = ("num_refs", "objectives", "weighting", "ctro", "each_reference", "aggregation")
 WANDB_SWEEP = SWEEPS_DIR / "wandb_sweep.yaml"
 
 
@@ -225,6 +229,31 @@ def test_weighting_sweep_values(planned: Callable[[str], Plan]) -> None:
     assert {c.loss.name for c in cfgs} == {"mrpo"}
 
 
+def test_each_reference_sweep_selects_each_pool_entry_alone(
+    planned: Callable[[str], Plan], output_dir: Path
+) -> None:
+    cfgs = planned("each_reference").configs
+    pool = ["self", "harmless", "concise", "empathetic"]  # the quickstart's prompted pool
+    assert [(c.references.select, c.seed) for c in cfgs] == [
+        ([name], seed) for name in pool for seed in (0, 1, 2)
+    ]
+    assert {c.loss.name for c in cfgs} == {"dpo"}
+    # Any pool: the entries come from the composed pool, not from the sweep file.
+    other = "references.pool=[{name:x,source:self},{name:y,source:self}]"
+    _, jobs = plan_jobs(sweep_arguments("each_reference", output_dir, [other, "seed=0"]))
+    selects = [checked_train_config(job, output_dir).references.select for job in jobs]
+    assert selects == [["x"], ["y"]]
+
+
+def test_aggregation_sweep_values(planned: Callable[[str], Plan]) -> None:
+    cfgs = planned("aggregation").configs
+    aggregations = ["harmonic", "geometric", "arithmetic", "loss_mixture"]
+    assert [(c.loss.aggregation, c.weights["strategy"], c.seed) for c in cfgs] == list(
+        itertools.product(aggregations, ["uniform", "arwc"], [0, 1, 2])
+    )
+    assert {(c.loss.name, c.loss.ctro, c.references.num_refs) for c in cfgs} == {("mrpo", False, 3)}
+
+
 def test_ctro_sweep_lists_each_setting_once(planned: Callable[[str], Plan]) -> None:
     cfgs = planned("ctro").configs
     settings = [(c.loss.ctro, c.loss.adaptive_epsilon, c.loss.epsilon) for c in cfgs]
@@ -399,6 +428,14 @@ SLOW_CASES = {
         ["loss={ctro:false},{ctro:true,adaptive_epsilon:false,epsilon:0.2}", "seed=0"],
         ("loss", ["mrpo", "mrpo"]),
     ),
+    "each_reference": (
+        ["seed=0"],
+        ("references.select", [["self"], ["harmless"], ["concise"], ["empathetic"]]),
+    ),
+    "aggregation": (
+        ["loss.aggregation=geometric,loss_mixture", "weights=uniform", "seed=0"],
+        ("loss.aggregation", ["geometric", "loss_mixture"]),
+    ),
 }
 
 
@@ -416,7 +453,13 @@ def test_grid_sweep_runs_end_to_end(
     run_sweep(name, extra, tiny_model_dir, hh_file, sweep_dir)
     assert (sweep_dir / "multirun.yaml").is_file()
     summaries = job_summaries(sweep_dir)
-    assert [s[key] for s in summaries] == expected
+    if "." in key:  # a config key: read it from each job's resolved config.yaml
+        section, field = key.split(".")
+        configs = [yaml.safe_load((sweep_dir / str(i) / "config.yaml").read_text())
+                   for i in range(len(summaries))]  # fmt: skip
+        assert [c[section][field] for c in configs] == expected
+    else:
+        assert [s[key] for s in summaries] == expected
     assert not list(sweep_dir.rglob("*.ckpt"))  # sweeps keep scores, not checkpoints
     for summary in summaries:
         assert summary["global_step"] == 2
@@ -430,7 +473,7 @@ def test_grid_sweep_runs_end_to_end(
         assert "epsilon:0.2" in configs[1]["logger"]["tags"]
     assert compare_main([str(sweep_dir), "--format", "csv"]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert len(table) == 1 + 2  # header + one row per configuration (one seed each)
+    assert len(table) == 1 + len(expected)  # header + one row per configuration (one seed each)
 
 
 @pytest.mark.slow

@@ -28,13 +28,28 @@ def sweep_job_overrides(multirun: Mapping[str, Any]) -> list[tuple[str, ...]] | 
     sweeper = hydra.get("sweeper") or {}
     if _BASIC_SWEEPER not in str(sweeper.get("_target_", _BASIC_SWEEPER)):
         return None
-    params = sweeper.get("params") or {}
     task = (hydra.get("overrides") or {}).get("task") or []
-    lines = [f"{key}={value}" for key, value in params.items()] + [str(t) for t in task]
     try:
+        params = _resolved_params(multirun)
+        lines = [f"{key}={value}" for key, value in params.items()] + [str(t) for t in task]
         return _expand(lines)
     except Exception:  # an override Hydra itself would reject: the plan is unknown, not fatal
         return None
+
+
+def _resolved_params(multirun: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweeper's params, with interpolations resolved against the saved config as the
+    sweeper resolved them at launch (``${mrpo_each_reference:${references.pool}}``)."""
+    params = multirun["hydra"].get("sweeper", {}).get("params") or {}
+    if not any("${" in str(value) for value in params.values()):
+        return dict(params)
+    from omegaconf import OmegaConf
+
+    from mrpo.config.resolvers import register_resolvers
+
+    register_resolvers()
+    resolved = OmegaConf.create(dict(multirun)).hydra.sweeper.params
+    return {key: str(resolved[key]) for key in params}
 
 
 def _expand(lines: list[str]) -> list[tuple[str, ...]] | None:

@@ -21,7 +21,11 @@ from mrpo.compare.records import RunCollection, RunRecord, Scalar, SkippedRun
 GROUP_KEYS: tuple[str, ...] = (
     "loss.name",
     "loss.loss_type",
+    "loss.loss_weights",
+    "loss.aggregation",
+    "loss.f_divergence_type",
     "references.num_refs",
+    "references.select",
     "references.pool",
     "weights.strategy",
     "weights.fixed_weights",

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from omegaconf import ListConfig
+
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, OptionError
 from mrpo.objectives import Objective, WeightStrategy, get_objective, get_objective_spec
@@ -26,7 +28,14 @@ _LOSS_OPTION_KEYS = {
     "name": "loss.name",
     "beta": "loss.beta",
     "loss_type": "loss.loss_type",
+    "loss_weights": "loss.loss_weights",
+    "aggregation": "loss.aggregation",
     "label_smoothing": "loss.label_smoothing",
+    "f_divergence_type": "loss.f_divergence_type",
+    "f_alpha_divergence_coef": "loss.f_alpha_divergence_coef",
+    "discopop_tau": "loss.discopop_tau",
+    "simpo_gamma": "loss.simpo_gamma",
+    "length_normalize": "loss.length_normalize",
     "ctro": "loss.ctro",
     "epsilon": "loss.epsilon",
     "adaptive_epsilon": "loss.adaptive_epsilon",
@@ -137,8 +146,15 @@ def loss_options(cfg: TrainConfig) -> dict[str, Any]:
     """
     loss = cfg.loss
     candidates = {
-        "loss_type": loss.loss_type,
+        "loss_type": _plain(loss.loss_type),
+        "loss_weights": _plain(loss.loss_weights),
+        "aggregation": loss.aggregation,
         "label_smoothing": loss.label_smoothing,
+        "f_divergence_type": loss.f_divergence_type,
+        "f_alpha_divergence_coef": loss.f_alpha_divergence_coef,
+        "discopop_tau": loss.discopop_tau,
+        "simpo_gamma": loss.simpo_gamma,
+        "length_normalize": loss.length_normalize,
         "ctro": loss.ctro,
         "epsilon": loss.epsilon,
         "adaptive_epsilon": loss.adaptive_epsilon,
@@ -146,7 +162,18 @@ def loss_options(cfg: TrainConfig) -> dict[str, Any]:
     }
     with option_keys(_LOSS_OPTION_KEYS, "loss"):
         accepted = get_objective_spec(loss.name).options
+    if loss.aggregation is not None and "aggregation" not in accepted:
+        raise ConfigError(
+            "loss.aggregation",
+            f"does not apply to loss={loss.name!r}, which uses reference 0 only; "
+            "use loss=mrpo or loss=multi_dpo to aggregate references",
+        )
     return {k: v for k, v in candidates.items() if k in accepted and v is not None}
+
+
+def _plain(value: Any) -> Any:
+    """A config list as a Python list (anything else unchanged, for the checks to judge)."""
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
 
 
 def build_objective(cfg: TrainConfig) -> Objective:

@@ -133,8 +133,16 @@ class LossConfig:
 
     name: str = MISSING
     beta: float = 0.1
-    loss_type: str = "sigmoid"
+    # A mrpo.objectives.LOSS_TYPES name, or a list of them combined with loss_weights.
+    loss_type: Any = "sigmoid"
+    loss_weights: list[float] | None = None
+    # How K references combine (mrpo.objectives.AGGREGATIONS); null: the objective's own.
+    aggregation: str | None = None
     label_smoothing: float = 0.0
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    discopop_tau: float = 0.05
+    simpo_gamma: float = 0.5
     ctro: bool | None = None  # None: the objective's own default
     epsilon: float = 0.1
     adaptive_epsilon: bool = True

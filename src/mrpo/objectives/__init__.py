@@ -1,4 +1,4 @@
-"""Preference objectives against one or many reference models: DPO, multi-DPO and MRPO.
+"""Preference objectives against one or many reference models: DPO, multi-DPO, MRPO and more.
 
 Usage::
 
@@ -11,23 +11,21 @@ Usage::
 
 Modules (each a pure-function layer, except the small configured objects):
 
-- :mod:`~mrpo.objectives.loss_types`: the DPO-family losses of the logits (``loss_type``);
-- :mod:`~mrpo.objectives.virtual_reference`: CTRO clipping and the harmonic virtual reference;
-- :mod:`~mrpo.objectives.losses`: the three objectives as pure functions;
+- :mod:`~mrpo.objectives.loss_types`: the loss types (``loss_type``, TRL's menu and SimPO),
+  one function and one registry entry each;
+- :mod:`~mrpo.objectives.virtual_reference`: CTRO clipping and the pooled references;
+- :mod:`~mrpo.objectives.aggregation`: how K references combine (``aggregation``);
+- :mod:`~mrpo.objectives.options`: the options' domains and refused combinations;
+- :mod:`~mrpo.objectives.losses`: the objectives as pure functions;
 - :mod:`~mrpo.objectives.weighting`: weight formulas, strategy objects, the Thompson bandit and
   the strategy registry;
 - :mod:`~mrpo.objectives.objective`, :mod:`~mrpo.objectives.registry`: the configured
   objective object and the objective registry with its factory :func:`get_objective`.
 """
 
-from mrpo.objectives.loss_types import LOSS_TYPES
-from mrpo.objectives.losses import (
-    dpo_loss,
-    dpo_objective,
-    mrpo_objective,
-    multi_dpo_objective,
-    preference_losses,
-)
+from mrpo.objectives.aggregation import AGGREGATIONS
+from mrpo.objectives.loss_types import F_DIVERGENCES, LOSS_TYPES
+from mrpo.objectives.losses import configured_loss, dpo_objective, multi_reference_objective
 from mrpo.objectives.objective import Objective, ObjectiveSpec
 from mrpo.objectives.registry import (
     OBJECTIVES,
@@ -39,6 +37,7 @@ from mrpo.objectives.types import ObjectiveConfig, ObjectiveOutput
 from mrpo.objectives.virtual_reference import (
     adaptive_epsilons,
     apply_ctro,
+    arithmetic_reference,
     ctro_clip,
     geometric_reference,
     harmonic_reference,
@@ -70,6 +69,8 @@ from mrpo.objectives.weighting.strategies import (
 )
 
 __all__ = [
+    "AGGREGATIONS",
+    "F_DIVERGENCES",
     "LOSS_TYPES",
     "OBJECTIVES",
     "WEIGHTINGS",
@@ -88,11 +89,12 @@ __all__ = [
     "WeightStrategy",
     "adaptive_epsilons",
     "apply_ctro",
+    "arithmetic_reference",
     "arwc_weights",
     "available_objectives",
     "available_weightings",
+    "configured_loss",
     "ctro_clip",
-    "dpo_loss",
     "dpo_objective",
     "geometric_reference",
     "get_objective",
@@ -100,10 +102,8 @@ __all__ = [
     "harmonic_reference",
     "make_weighting",
     "mean_token_margins",
-    "mrpo_objective",
-    "multi_dpo_objective",
+    "multi_reference_objective",
     "pair_weights",
-    "preference_losses",
     "reference_margins",
     "vaw_weights",
     "vdw_weights",

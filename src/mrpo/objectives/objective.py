@@ -161,6 +161,7 @@ class Objective:
         weights: torch.Tensor | None = None,
         *,
         update_state: bool = False,
+        token_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ObjectiveOutput:
         """Compute the objective on a batch.
 
@@ -177,6 +178,8 @@ class Objective:
             update_state: True for training batches: after taking this batch's weights, let a
                 stateful strategy record the batch (the sliding window). Leave False for
                 validation batches.
+            token_counts: (B,) response token counts of y_w and y_l; needed by the loss types
+                that normalize by length or read the NLL (``config.needs_token_counts``).
 
         Returns:
             :class:`ObjectiveOutput`, in float64 if any input is float64, else float32.
@@ -198,8 +201,18 @@ class Objective:
             )
         else:
             used = expand_weights(weights, num_refs, batch, like=ref_chosen)
+        if token_counts is None and self.config.needs_token_counts:
+            raise ValueError(
+                f"loss_type={self.config.loss_type!r} needs token_counts (response lengths)"
+            )
         output = self.spec.function(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected, used, self.config
+            policy_chosen,
+            policy_rejected,
+            ref_chosen,
+            ref_rejected,
+            used,
+            self.config,
+            token_counts,
         )
         if update_state:
             self.observe(ref_chosen, ref_rejected)

@@ -6,6 +6,10 @@ it needs instead of testing names. Weight strategies have their own registry
 (:mod:`mrpo.objectives.weighting.registry`), loss types theirs
 (:mod:`mrpo.objectives.loss_types`).
 
+The multi-reference objectives differ only in their defaults: ``mrpo`` is the ``harmonic``
+aggregation with CTRO, ``multi_dpo`` the ``loss_mixture`` without; ``loss.aggregation`` picks
+any aggregation for either.
+
 Adding an objective: a pure function with the :data:`~mrpo.objectives.losses.ObjectiveFunction`
 signature, an :class:`ObjectiveSpec` entry in :data:`OBJECTIVES`, and a ``conf/loss/<name>.yaml``
 with ``name: <name>`` and its options.
@@ -18,15 +22,28 @@ from types import MappingProxyType
 from typing import Any
 
 from mrpo.errors import OptionError
-from mrpo.objectives.losses import dpo_objective, mrpo_objective, multi_dpo_objective
+from mrpo.objectives.losses import dpo_objective, multi_reference_objective
 from mrpo.objectives.objective import Objective, ObjectiveSpec
 from mrpo.objectives.types import ObjectiveConfig
 from mrpo.objectives.weighting.registry import WEIGHTING_PARAMS, make_weighting
 from mrpo.objectives.weighting.strategies import PrimaryReference
 
-_DPO_OPTIONS = frozenset({"loss_type", "label_smoothing"})
+_DPO_OPTIONS = frozenset(
+    {
+        "loss_type",
+        "loss_weights",
+        "label_smoothing",
+        "f_divergence_type",
+        "f_alpha_divergence_coef",
+        "discopop_tau",
+        "simpo_gamma",
+        "length_normalize",
+    }
+)
 _MULTI_OPTIONS = (
-    _DPO_OPTIONS | {"weighting", "ctro", "epsilon", "adaptive_epsilon"} | WEIGHTING_PARAMS
+    _DPO_OPTIONS
+    | {"aggregation", "weighting", "ctro", "epsilon", "adaptive_epsilon"}
+    | WEIGHTING_PARAMS
 )
 
 OBJECTIVES: Mapping[str, ObjectiveSpec] = MappingProxyType(
@@ -42,17 +59,21 @@ OBJECTIVES: Mapping[str, ObjectiveSpec] = MappingProxyType(
         ),
         "multi_dpo": ObjectiveSpec(
             name="multi_dpo",
-            function=multi_dpo_objective,
-            description="α-weighted sum of per-reference DPO losses (optional CTRO)",
+            function=multi_reference_objective,
+            description="α-weighted sum of per-reference losses (optional CTRO)",
             options=_MULTI_OPTIONS,
-            defaults=MappingProxyType({"weighting": "arwc", "ctro": False}),
+            defaults=MappingProxyType(
+                {"weighting": "arwc", "ctro": False, "aggregation": "loss_mixture"}
+            ),
         ),
         "mrpo": ObjectiveSpec(
             name="mrpo",
-            function=mrpo_objective,
-            description="DPO against the harmonic-mean virtual reference, with CTRO",
+            function=multi_reference_objective,
+            description="the loss against the harmonic-mean virtual reference, with CTRO",
             options=_MULTI_OPTIONS | {"harmonic_pairing"},
-            defaults=MappingProxyType({"weighting": "arwc", "ctro": True}),
+            defaults=MappingProxyType(
+                {"weighting": "arwc", "ctro": True, "aggregation": "harmonic"}
+            ),
         ),
     }
 )
@@ -91,8 +112,13 @@ def get_objective(
         num_refs: K, if known, to check the options against it now (e.g. the length of
             ``fixed_weights``, K = 2 for the official pairing) and to size Thompson sampling.
         **options: keyword options accepted by the objective (``spec.options``):
-            ``loss_type`` ("sigmoid" | "ipo" | "hinge"), ``label_smoothing`` (sigmoid only);
-            multi_dpo and mrpo also take ``weighting`` (a registered strategy name or a
+            ``loss_type`` (a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name or a list of
+            them), ``loss_weights``, ``label_smoothing``, ``f_divergence_type``,
+            ``f_alpha_divergence_coef``, ``discopop_tau``, ``simpo_gamma``,
+            ``length_normalize`` (see :class:`~mrpo.objectives.types.ObjectiveConfig`);
+            multi_dpo and mrpo also take ``aggregation`` (an
+            :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name; default "loss_mixture"
+            for multi_dpo, "harmonic" for mrpo), ``weighting`` (a registered strategy name or a
             strategy object; default "arwc"), its parameters (``fixed_weights``, ``window``,
             ``prior``, ``seed``, ``feedback_size``), ``ctro`` (default True for mrpo, False
             for multi_dpo),

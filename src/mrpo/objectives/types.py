@@ -5,16 +5,23 @@ Shapes: B = number of preference pairs, K = number of reference models.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from mrpo.errors import OptionError
-from mrpo.objectives.loss_types import LOSS_TYPES, SMOOTHED_LOSS_TYPES
+from mrpo.objectives.loss_types import LOSS_TYPES, LossParams
+from mrpo.objectives.options import (
+    HARMONIC_PAIRINGS,
+    check_aggregation,
+    check_loss_params,
+    check_range,
+    check_real,
+    loss_type_names,
+    loss_weight_values,
+)
 
-HARMONIC_PAIRINGS: tuple[str, ...] = ("general", "official")
-"""Accepted ``harmonic_pairing`` values of MRPO (see :func:`.reference.pair_weights`)."""
+__all__ = ["HARMONIC_PAIRINGS", "ObjectiveConfig", "ObjectiveOutput"]
 
 
 @dataclass(frozen=True)
@@ -58,71 +65,92 @@ class ObjectiveOutput:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Scalar options of an objective, validated on construction.
+    """Scalar options of an objective, validated on construction (:mod:`.options`).
 
     Attributes:
         beta: KL temperature β > 0.
-        loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name.
-        label_smoothing: ε_ls in [0, 0.5] (conservative DPO); only with the loss types that
-            take it (``sigmoid``).
+        loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name, or several (their
+            losses are added, weighted by ``loss_weights``).
+        loss_weights: one non-negative weight per loss type (None: all 1).
+        label_smoothing: ε_ls in [0, 0.5], for the loss types that take it (cDPO for
+            ``sigmoid``, the noise rate of ``robust``, EXO's ε, AOT's and SimPO's smoothing).
+        f_divergence_type: an :data:`~mrpo.objectives.loss_types.F_DIVERGENCES` name (f-DPO),
+            for the loss types of the reward margin.
+        f_alpha_divergence_coef: α in [0, 1] of ``alpha_divergence``.
+        discopop_tau: DiscoPOP's τ > 0.
+        simpo_gamma: SimPO's target margin γ >= 0.
+        length_normalize: the policy log-probs are per-token means (the loss types that need
+            sums refuse it).
+        aggregation: an :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name.
         ctro: clip references k >= 2 into a band around reference 1 (CTRO) before use.
         epsilon: CTRO band half-width ε in [0, 1].
         adaptive_epsilon: split ε between chosen and rejected by their mean reference log-probs.
-        harmonic_pairing: one of :data:`HARMONIC_PAIRINGS` (MRPO only).
+        harmonic_pairing: one of :data:`HARMONIC_PAIRINGS` (``official`` needs ``harmonic``).
 
     Raises:
-        OptionError: naming the option, for any value outside its range.
+        OptionError: naming the option, for any value outside its range or an unusable
+            combination.
     """
 
     beta: float = 0.1
-    loss_type: str = "sigmoid"
+    loss_type: str | tuple[str, ...] = "sigmoid"
+    loss_weights: tuple[float, ...] | None = None
     label_smoothing: float = 0.0
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+    discopop_tau: float = 0.05
+    simpo_gamma: float = 0.5
+    length_normalize: bool = False
+    aggregation: str = "harmonic"
     ctro: bool = False
     epsilon: float = 0.1
     adaptive_epsilon: bool = True
     harmonic_pairing: str = "general"
 
     def __post_init__(self) -> None:
-        _check_real("beta", self.beta)
+        check_real("beta", self.beta)
         if not self.beta > 0:
             raise OptionError("beta", f"option 'beta' must be > 0, got {self.beta!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise OptionError(
-                "loss_type",
-                f"unknown option 'loss_type'={self.loss_type!r}; "
-                f"expected one of {list(LOSS_TYPES)}",
-            )
-        _check_real("label_smoothing", self.label_smoothing)
-        if not 0.0 <= self.label_smoothing <= 0.5:
-            raise OptionError(
-                "label_smoothing",
-                f"option 'label_smoothing' must be in [0, 0.5], got {self.label_smoothing!r}",
-            )
-        if self.label_smoothing > 0 and self.loss_type not in SMOOTHED_LOSS_TYPES:
-            raise OptionError(
-                "label_smoothing",
-                f"option 'label_smoothing' applies to loss_type='sigmoid' only, "
-                f"got loss_type={self.loss_type!r} with label_smoothing={self.label_smoothing!r}",
-            )
-        for flag in ("ctro", "adaptive_epsilon"):
+        names = loss_type_names(self.loss_type)
+        weights = loss_weight_values(self.loss_weights, len(names))
+        # Lists from a config become tuples, so the frozen config stays hashable.
+        if not isinstance(self.loss_type, str):
+            object.__setattr__(self, "loss_type", names)
+        if self.loss_weights is not None:
+            object.__setattr__(self, "loss_weights", weights)
+        for flag in ("ctro", "adaptive_epsilon", "length_normalize"):
             if not isinstance(getattr(self, flag), bool):
                 raise OptionError(
                     flag, f"option {flag!r} must be a bool, got {getattr(self, flag)!r}"
                 )
-        _check_real("epsilon", self.epsilon)
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise OptionError(
-                "epsilon", f"option 'epsilon' must be in [0, 1], got {self.epsilon!r}"
-            )
-        if self.harmonic_pairing not in HARMONIC_PAIRINGS:
-            raise OptionError(
-                "harmonic_pairing",
-                f"unknown option 'harmonic_pairing'={self.harmonic_pairing!r}; "
-                f"expected one of {list(HARMONIC_PAIRINGS)}",
-            )
+        check_loss_params(names, self.params, self.length_normalize)
+        check_range("epsilon", self.epsilon, 0.0, 1.0, "in [0, 1]")
+        check_aggregation(self.aggregation, self.harmonic_pairing)
 
+    @property
+    def loss_terms(self) -> tuple[tuple[str, float], ...]:
+        """((loss type, weight), ...) in configuration order."""
+        names = loss_type_names(self.loss_type)
+        return tuple(zip(names, loss_weight_values(self.loss_weights, len(names)), strict=True))
 
-def _check_real(name: str, value: object) -> None:
-    """Raise OptionError unless ``value`` is a finite real number (bools excluded)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise OptionError(name, f"option {name!r} must be a finite number, got {value!r}")
+    @property
+    def params(self) -> LossParams:
+        """The loss types' scalar parameters."""
+        return LossParams(
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            f_divergence_type=self.f_divergence_type,
+            f_alpha_divergence_coef=self.f_alpha_divergence_coef,
+            discopop_tau=self.discopop_tau,
+            simpo_gamma=self.simpo_gamma,
+        )
+
+    @property
+    def batch_coupled(self) -> bool:
+        """Whether a configured loss type sorts over the batch (AOT)."""
+        return any(LOSS_TYPES[name].batch_coupled for name, _ in self.loss_terms)
+
+    @property
+    def needs_token_counts(self) -> bool:
+        """Whether a configured loss type reads the response token counts."""
+        return any(LOSS_TYPES[name].summed_logps for name, _ in self.loss_terms)

@@ -142,6 +142,23 @@ def geometric_reference(ref_logps: torch.Tensor, weights: torch.Tensor) -> torch
     return (weights.detach().transpose(0, 1) * ref_logps.detach()).sum(dim=0)
 
 
+def arithmetic_reference(ref_logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Log-prob of the α-weighted mixture of the references, log Σ_k α_k π_k(y).
+
+    Computed as logsumexp_k(log α_k + ℓ_k(y)); a zero weight contributes log 0 = −inf, which
+    logsumexp ignores. By Jensen it is >= :func:`geometric_reference`.
+
+    Args:
+        ref_logps: (K, B) reference log-probs of one response side.
+        weights: (B, K) non-negative weights, rows summing to 1.
+
+    Returns:
+        (B,) log Σ_k α_k π_k(y).
+    """
+    log_weights = torch.log(weights.detach().transpose(0, 1))
+    return torch.logsumexp(log_weights + ref_logps.detach(), dim=0)
+
+
 def pair_weights(weights: torch.Tensor, pairing: str) -> torch.Tensor:
     """Weights that multiply 1/π_k in the harmonic mean, for a pairing mode.
 

@@ -142,7 +142,15 @@ class PreferenceModule(L.LightningModule):
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
         policy_chosen, policy_rejected = self.forward_logps(batch)
         ref_chosen, ref_rejected = self.reference_logps(batch)
-        out = self.objective(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+        counts = batch.response_token_counts()  # length-normalizing loss types read them
+        b = batch.num_pairs
+        out = self.objective(
+            policy_chosen,
+            policy_rejected,
+            ref_chosen,
+            ref_rejected,
+            token_counts=(counts[:b], counts[b:]),
+        )
         loss = out.losses.mean()
         # Only training batches with a finite loss advance stateful weightings (the sliding
         # window): a skipped non-finite batch must not poison the weights of later batches.
