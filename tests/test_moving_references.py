@@ -7,6 +7,7 @@ uninterrupted one, the refusals, and a run's ``model/`` directory as a reference
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +39,7 @@ from mrpo.references.updates import (
     moving_schedule,
     soft_update_,
 )
+from mrpo.testing.runs import run_train_cli
 from mrpo.training.module import PreferenceModule
 
 # --- the update rules -------------------------------------------------------------------------
@@ -296,6 +298,48 @@ def test_a_resumed_run_with_a_moving_reference_equals_the_uninterrupted_one(
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     # The copy moved between the checkpoint of step 3 and the end (updates at steps 4 and 6).
     assert any(not torch.allclose(stopped[k], a[k]) for k in moving)
+
+
+def test_live_static_references_beside_a_moving_one_train_as_cached_ones(
+    compose_train, tmp_path: Path
+) -> None:
+    short = [*MOVING_RUN, "trainer.max_steps=4"]
+    train(compose_train(short, output_dir=tmp_path / "cached"))
+    train(compose_train([*short, "references.mode=live"], output_dir=tmp_path / "live"))
+    cached, live = (read_metrics(tmp_path / d)["train/loss"] for d in ("cached", "live"))
+    assert sorted(cached) == sorted(live) == list(range(4))
+    for step in range(4):
+        assert live[step] == pytest.approx(cached[step], abs=1e-5), step
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_a_moving_reference_resumes_to_the_uninterrupted_one(
+    tiny_model_dir: Path, hh_file: Path, tmp_path: Path
+) -> None:
+    args = [
+        "debug=tiny",
+        f"model.source={tiny_model_dir}",
+        "data=local_file",
+        f"data.source={hh_file}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "logger=none",
+        *MOVING_RUN,
+        "callbacks.checkpoint.every_n_train_steps=2",
+    ]
+    kill = ["+callbacks.kill._target_=mrpo.testing.faults.KillAtStep", "+callbacks.kill.step=5"]
+    done = run_train_cli(args, tmp_path / "full")
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = run_train_cli([*args, *kill], tmp_path / "killed")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done = run_train_cli([*args, "ckpt_path=last"], tmp_path / "killed")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference, resumed = (read_metrics(tmp_path / d)["train/loss"] for d in ("full", "killed"))
+    assert sorted(resumed) == list(range(6))
+    for step in range(6):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+    a, b = last_state(tmp_path / "full"), last_state(tmp_path / "killed")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
 
 
 def test_a_finished_runs_model_directory_is_a_reference(compose_train, tmp_path: Path) -> None:
