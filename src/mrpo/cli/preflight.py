@@ -44,7 +44,7 @@ from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.integrity import check_weight_files
 from mrpo.models.loading import missing_lora_targets, model_config, module_names
-from mrpo.references.spec import SELF
+from mrpo.references.spec import POLICY_SOURCES
 from mrpo.training.checkpointing import (
     SHARDED_META,
     best_checkpoints,
@@ -337,7 +337,7 @@ def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:
     # (config key prefix, weights source, tokenizer source, chat template) of every model.
     sources = [("model", m.source, m.tokenizer or m.source, m.chat_template)]
     for i, spec in enumerate(reference_specs(cfg)):
-        if spec.source != SELF:  # "self" is the policy, checked above
+        if spec.source not in POLICY_SOURCES:  # "self", "moving": the policy, checked above
             prefix = f"references.pool.{i}"
             sources.append((prefix, spec.source, spec.tokenizer or spec.source, spec.chat_template))
     for prefix, source, tokenizer_source, template in sources:

@@ -35,7 +35,7 @@ from mrpo.evals.runner import EvalData
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
 from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.objectives import Objective
-from mrpo.references import LiveReferences, ReferenceEnsemble, RefTable
+from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
 from mrpo.references.sharding import detect_ranks
 from mrpo.training.checkpointing import BEST_FILENAME, LastCheckpoint
@@ -66,9 +66,10 @@ class PreparedData:
 
 @dataclass
 class PreparedReferences:
-    """The reference ensemble and, in cached mode, its log-prob table over every row."""
+    """The static references (moving ones are never cached) and, in cached mode, their
+    log-prob table over every row; ``ensemble`` is None when every reference moves."""
 
-    ensemble: ReferenceEnsemble
+    ensemble: ReferenceEnsemble | None
     table: RefTable | None
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -184,10 +185,12 @@ def filter_lengths(
     return kept, report
 
 
-def build_ensemble(cfg: TrainConfig) -> ReferenceEnsemble:
-    """The first K references of the pool, with their cache and ranks."""
+def build_ensemble(
+    cfg: TrainConfig, specs: Sequence[ReferenceSpec] | None = None
+) -> ReferenceEnsemble:
+    """The run's K references (or ``specs``, some of them), with their cache and ranks."""
     return ReferenceEnsemble(
-        reference_specs(cfg),
+        reference_specs(cfg) if specs is None else specs,
         policy_source=cfg.model.source,
         policy_tokenizer=cfg.model.tokenizer,
         policy_chat_template=cfg.model.chat_template,
@@ -212,9 +215,17 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
     In cached mode every reference scores the train and validation rows once, one model in
     memory at a time, and later runs with the same references and rows read the cache. In
     live mode only the validation rows are cached (offline weightings fit on them) and the
-    references score training batches as they come.
+    references score training batches as they come. Moving references (``source: moving``)
+    are left out: they are scored live, with their weights of the moment.
     """
-    ensemble = build_ensemble(cfg)
+    specs = reference_specs(cfg)
+    static = [s for s in specs if not s.is_moving]
+    if len(static) < len(specs):
+        moving = [s.name for s in specs if s.is_moving]
+        log.info("references %s follow the policy: scored live, never cached", moving)
+    if not static:
+        return PreparedReferences(None, None, {})
+    ensemble = build_ensemble(cfg, static)
     rows = data.all_examples
     if cfg.references.mode == "live":
         pre = ensemble.precompute(data.val_examples)
@@ -226,8 +237,9 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
 def live_references(
     refs: PreparedReferences, policy: torch.nn.Module, data: PreparedData
 ) -> LiveReferences | None:
-    """A per-batch reference scorer in live mode (None in cached mode)."""
-    if refs.table is not None:
+    """A per-batch scorer of the static references in live mode (None in cached mode, or
+    when there is none)."""
+    if refs.table is not None or refs.ensemble is None:
         return None
     return LiveReferences(refs.ensemble, policy=policy, examples=data.all_examples)
 
@@ -237,6 +249,8 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     strategy = objective.weighting
     if not strategy.fits_on_validation:
         return
+    # Refused with moving references by the config checks (mrpo.config.moving).
+    assert refs.ensemble is not None, "validation weights need every reference cached"
     val = refs.ensemble.precompute(data.val_examples, progress=False).logps
     index = torch.tensor([ex.index for ex in data.val_examples])
     rows = [ref.select(index) for ref in val]

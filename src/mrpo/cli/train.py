@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
 from mrpo.callbacks import EvalCallback
+from mrpo.cli.moving import reference_scoring
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
@@ -39,7 +40,6 @@ from mrpo.cli.steps import (
     build_callbacks,
     build_sharding,
     fit_offline_weights,
-    live_references,
     load_policy,
     logger_labels,
     model_cache_dir,
@@ -138,6 +138,7 @@ def build_run(
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
+    moving, scorer = reference_scoring(cfg, refs, policy, data)
     module = PreferenceModule(
         policy,
         tokenizer,
@@ -149,10 +150,11 @@ def build_run(
         logprob_chunk_size=cfg.model.logprob_chunk_size,
         fused_head=cfg.model.fused_lm_head,
         head_chunk_tokens=cfg.model.lm_head_chunk_tokens,
-        live_references=live_references(refs, policy, data),
+        live_references=scorer,
         on_nonfinite=cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
         run_identity=identity,
         parallelize=None if sharding is None else sharding.parallelize,
+        moving_references=moving,
     )
     datamodule = PreferenceDataModule(
         data.train_pairs,

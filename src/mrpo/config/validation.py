@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 
 from mrpo.config.build import build_objective, option_prefix, reference_specs
+from mrpo.config.moving import check_moving_references
 from mrpo.config.requirements import check_requirements
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.errors import ConfigError, OptionError
@@ -52,6 +53,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_model(cfg.model)
     _check_trainer_kwargs(cfg.trainer)
     _check_callback_targets(cfg.callbacks)
+    check_moving_references(cfg)  # before the machine's: a combination refused anywhere
     check_requirements(cfg)  # the machine (bitsandbytes, CUDA, deepspeed) and combinations
 
 

@@ -20,7 +20,8 @@ on-policy data and for checking the cache.
 Modules: ``spec`` (what a reference is), ``logps`` (one reference's per-row log-probs),
 ``scoring`` (batched scoring and fingerprints), ``cache`` (the on-disk cache), ``sharding``
 (scoring split across data-parallel ranks), ``ensemble`` (keys, cache, precompute), ``table``
-(K references' log-probs for batch lookup), ``live`` (live mode).
+(K references' log-probs for batch lookup), ``live`` (live mode), ``updates`` and ``moving``
+(references that follow the policy, TR-DPO: scored live, never cached).
 """
 
 from mrpo.data.prepare import tokenizer_fingerprint
@@ -34,14 +35,21 @@ from mrpo.references.ensemble import (
 )
 from mrpo.references.live import LiveReferences
 from mrpo.references.logps import RefLogps
+from mrpo.references.moving import MixedReferences, MovingReferences
 from mrpo.references.scoring import adapters_disabled, data_fingerprint, score_pairs
 from mrpo.references.spec import SELF, ReferenceSpec, ResolvedReference, resolve_reference
 from mrpo.references.table import RefTable
+from mrpo.references.updates import MOVING, UPDATES, MovingSchedule
 
 __all__ = [
+    "MOVING",
     "SELF",
     "TRUNCATION",
+    "UPDATES",
     "LiveReferences",
+    "MixedReferences",
+    "MovingReferences",
+    "MovingSchedule",
     "Precomputed",
     "RefCache",
     "RefCacheKey",

@@ -309,6 +309,8 @@ class ReferenceEnsemble:
 
     def key(self, k: int, pairs: Sequence[TokenizedPair]) -> RefCacheKey:
         """The cache key of reference ``k`` on rows it has tokenized (see :meth:`tokenize`)."""
+        if self.specs[k].is_moving:  # its numbers change with every update
+            raise ValueError(f"reference {self.specs[k].name!r} moves and is never cached")
         template = self.tokenizer(k).chat_template
         return RefCacheKey(
             model=self._identity(k, "model"),

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from mrpo.errors import OptionError
 from mrpo.models import DTYPES
 from mrpo.models.quantization import QUANTIZATIONS, precision_label
+from mrpo.references.updates import MOVING, MovingSchedule, moving_schedule
 
 SELF = "self"
 """Reference source meaning the policy's initial weights (and the policy's tokenizer)."""
+
+POLICY_SOURCES = (SELF, MOVING)
+"""Sources that stand for the policy's own weights (resolved to the policy's model source)."""
 
 
 @dataclass
@@ -19,7 +23,9 @@ class ReferenceSpec:
     Attributes:
         name: a unique name (logs, metric names, cache metadata).
         source: a model source (hub id, directory, GGUF file,
-            ``packaged:smollm2-135m-instruct``), or ``"self"`` for the policy's initial weights.
+            ``packaged:smollm2-135m-instruct``), ``"self"`` for the policy's initial weights,
+            or ``"moving"`` for a copy of them that follows the policy during training
+            (:mod:`mrpo.references.updates`).
         tokenizer: tokenizer source; None uses ``source`` (for ``self``: the policy's).
         chat_template: a Jinja template replacing the tokenizer's own (for ``self``, None
             keeps the policy's template).
@@ -31,6 +37,9 @@ class ReferenceSpec:
         length_normalize: use the mean log-prob per response token instead of the sum.
         quantization: load the reference's linear layers quantized by bitsandbytes (a
             ``mrpo.models.quantization.QUANTIZATIONS`` name such as ``nf4``), or None.
+        update: a moving reference's update rule (``soft`` or ``hard``; None: ``soft``).
+        alpha: a moving reference's soft-update share of the policy (None: TRL's 0.6).
+        every_n_steps: optimizer steps between a moving reference's updates (None: TRL's 512).
     """
 
     name: str  # no default: required in the configs too (``???``)
@@ -41,6 +50,22 @@ class ReferenceSpec:
     dtype: str = "float32"
     length_normalize: bool = False
     quantization: str | None = None
+    update: str | None = None
+    alpha: float | None = None
+    every_n_steps: int | None = None
+
+    @property
+    def is_moving(self) -> bool:
+        """Whether this reference follows the policy (``source: moving``)."""
+        return self.source == MOVING
+
+    def schedule(self) -> MovingSchedule:
+        """A moving reference's update schedule (TRL's defaults for unset options).
+
+        Raises:
+            OptionError: naming ``update``, ``alpha`` or ``every_n_steps``.
+        """
+        return moving_schedule(self.update, self.alpha, self.every_n_steps)
 
     def check(self) -> None:
         """Raise :class:`~mrpo.errors.OptionError` naming the first unusable field.
@@ -72,6 +97,29 @@ class ReferenceSpec:
                 f"reference {self.name!r}: unknown quantization {self.quantization!r}; "
                 f"one of {list(QUANTIZATIONS)} or null",
             )
+        self._check_moving()
+
+    def _check_moving(self) -> None:
+        if not self.is_moving:
+            options = ("update", "alpha", "every_n_steps")
+            given = [k for k in options if getattr(self, k) is not None]
+            if given:
+                raise OptionError(
+                    given[0],
+                    f"reference {self.name!r}: only a moving reference (source: moving) takes "
+                    f"{given[0]}",
+                )
+            return
+        if self.quantization is not None:
+            raise OptionError(
+                "quantization",
+                f"reference {self.name!r}: a moving reference follows the policy's weights and "
+                "cannot be quantized; use null",
+            )
+        try:
+            self.schedule()
+        except OptionError as err:
+            raise OptionError(err.option, f"reference {self.name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -83,7 +131,8 @@ class ResolvedReference:
         weights: the model source whose weights are loaded.
         tokenizer: the tokenizer source.
         chat_template: the chat template override (None: the tokenizer's own).
-        is_self: whether the spec said ``self``.
+        is_self: whether the spec said ``self`` (False for ``moving``, whose weights part
+            from the policy's initial ones as training goes).
     """
 
     spec: ReferenceSpec
@@ -116,19 +165,19 @@ def resolve_reference(
     policy_tokenizer: str | None = None,
     policy_chat_template: str | None = None,
 ) -> ResolvedReference:
-    """Replace ``self`` by the policy's model source, tokenizer and chat template.
+    """Replace ``self`` and ``moving`` by the policy's model source, tokenizer and chat template.
 
     Raises:
-        ValueError: the spec says ``self`` but no ``policy_source`` is given.
+        ValueError: the spec says ``self`` or ``moving`` but no ``policy_source`` is given.
     """
-    if spec.source != SELF:
+    if spec.source not in POLICY_SOURCES:
         tokenizer = spec.tokenizer or spec.source
         return ResolvedReference(spec, spec.source, tokenizer, spec.chat_template, is_self=False)
     if policy_source is None:
         raise ValueError(
-            f"reference {spec.name!r} has source 'self' (the policy's initial weights) but no "
+            f"reference {spec.name!r} has source {spec.source!r} (the policy's weights) but no "
             "policy source was given"
         )
     tokenizer = spec.tokenizer or policy_tokenizer or policy_source
     template = spec.chat_template if spec.chat_template is not None else policy_chat_template
-    return ResolvedReference(spec, policy_source, tokenizer, template, is_self=True)
+    return ResolvedReference(spec, policy_source, tokenizer, template, is_self=spec.source == SELF)

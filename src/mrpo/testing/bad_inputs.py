@@ -251,6 +251,23 @@ CASES: Sequence[BadInput] = (
         r"config error: references.pool.1.dtype: reference 'harmless': unknown dtype 'float8'",
     ),
     BadInput(
+        "moving_reference_alpha",
+        ("references.pool.0.source=moving", "references.pool.0.alpha=1.5"),
+        r"config error: references.pool.0.alpha: reference 'self': must be in \(0, 1\], got 1.5",
+    ),
+    BadInput(
+        "moving_reference_sharded",
+        ("references.pool.0.source=moving", "trainer=fsdp"),
+        r"config error: references.pool.0.source: a moving reference is a whole copy of the "
+        r"policy.*trainer.strategy=fsdp",
+    ),
+    BadInput(
+        "moving_reference_only_cached",
+        ("references.pool.0.source=moving", "stage=cache"),
+        r"config error: stage: stage=cache fills the reference cache, and every reference of "
+        r"this run moves",
+    ),
+    BadInput(
         "reference_name",
         ("references=prompted", "references.num_refs=2", "references.pool.1.name=' '"),
         r"config error: references.pool.1.name: reference name must be a non-empty string",

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from mrpo.data.types import PreferenceBatch
 from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs
 from mrpo.objectives import Objective
+from mrpo.references.moving import MovingReferences
 from mrpo.training.gradients import clip_and_measure
 from mrpo.training.metrics import preference_metrics
 
@@ -67,6 +68,9 @@ class PreferenceModule(L.LightningModule):
             counts it in ``train/skipped_batches``.
         parallelize: when set, called once with the policy and the device mesh from
             :meth:`configure_model` (FSDP shards the policy there); None leaves it whole.
+        moving_references: copies of the policy that follow it (TR-DPO); a submodule, so
+            their weights are in every checkpoint. Updated after each optimizer step on
+            their schedule; ``live_references`` scores them.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class PreferenceModule(L.LightningModule):
         on_nonfinite: str = "stop",
         run_identity: Mapping[str, Any] | None = None,
         parallelize: Parallelize | None = None,
+        moving_references: MovingReferences | None = None,
     ) -> None:
         super().__init__()
         self.policy = policy
@@ -107,6 +112,7 @@ class PreferenceModule(L.LightningModule):
         self.run_identity = dict(run_identity or {})
         self.parallelize = parallelize
         self._parallelized = False
+        self.moving_references = moving_references
 
     def configure_model(self) -> None:
         # Lightning calls this hook once per fit/validate/test; the policy is sharded once.
@@ -228,6 +234,11 @@ class PreferenceModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if not isinstance(self.trainer.strategy, DeepSpeedStrategy):
             optimizer.zero_grad(set_to_none=True)
+        if self.moving_references is not None:
+            # Here, before the checkpoint callbacks of this batch, so a checkpoint written at
+            # step n holds the update of step n. global_step counts this step only once the
+            # hook returns: this is step global_step + 1.
+            self.moving_references.step(self.policy, self.global_step + 1)
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.policy.parameters() if p.requires_grad]
