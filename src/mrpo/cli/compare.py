@@ -4,10 +4,13 @@
     mrpo-compare RUN_OR_MULTIRUN ... --by loss.name references.num_refs --format markdown
     mrpo-compare outputs/multirun/* --out reports/num_refs --plot-x references.num_refs
 
+    mrpo-compare outputs/multirun/num_refs_<date>_<time> --wandb ENTITY/PROJECT
+
 The table goes to stdout in the chosen format. With ``--out DIR`` the table is also written
 there in all three formats (compare.txt, compare.md, compare.csv), with PNG plots: the plot
 metric against ``--plot-x`` (when it takes more than one value) and training curves per
-configuration. Exit status: 0 on success, 1 when no finished run was found, 2 on bad input.
+configuration. ``--wandb`` also builds the sweep's W&B view (:mod:`mrpo.cli.compare_wandb`).
+Exit status: 0 on success, 1 when no finished run was found, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from mrpo.cli import compare_wandb
 from mrpo.compare.plots import (
     load_curves,
     plot_filename,
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare mrpo-train runs: a table of final scores (mean ± std over seeds "
         "per configuration) and plots, from the run directories' local records.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="run or multirun directories")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="run or multirun directories")
     parser.add_argument(
         "--metrics",
         nargs="+",
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_CURVE_METRICS),
         help=f"metrics.csv columns drawn over steps (default: {' '.join(DEFAULT_CURVE_METRICS)})",
     )
+    compare_wandb.add_arguments(parser)
     return parser
 
 
@@ -84,22 +89,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.publish_view is not None:
+            compare_wandb.check_installed("--publish-view")
+            _print_lines(compare_wandb.publish_saved(args.publish_view), args.format)
+            return 0
+        _check_wandb_options(args)
         collection = collect_runs(args.paths)
         comparison = build_comparison(collection, by=args.by, metrics=args.metrics)
         _check_plot_options(comparison, args.plot_x, args.plot_metric)
         if args.out is not None:
             comparison = _write_outputs(comparison, args)
+        view = []
+        if args.wandb is not None:
+            spec = compare_wandb.view_spec(args, collection)
+            view = compare_wandb.save_or_write(spec, _spec_dir(args))
     except ValueError as err:
         print(f"mrpo-compare: error: {err}", file=sys.stderr)
         return 2
-    table = render(comparison, args.format)
-    sys.stdout.write(table)
-    if args.format == "csv":  # stdout stays pure CSV; what text and markdown append goes here
+    if args.paths:
+        _print_table(comparison, args.format)
+    _print_lines(view, args.format)
+    return 0 if comparison.rows or not args.paths else 1
+
+
+def _check_wandb_options(args: argparse.Namespace) -> None:
+    if args.wandb is None and args.group is not None:
+        raise ValueError("--group names the W&B group of --wandb ENTITY/PROJECT")
+    if args.wandb is not None:
+        compare_wandb.check_installed("--wandb")  # before reading any run
+        compare_wandb.parse_target(args.wandb)
+        if not args.paths and args.group is None:
+            raise ValueError("--wandb: give a sweep directory or --group NAME")
+    elif not args.paths:
+        raise ValueError("give run or multirun directories to compare")
+
+
+def _spec_dir(args: argparse.Namespace) -> Path:
+    """Where an offline view specification goes: beside the local table."""
+    if args.out is not None:
+        return Path(args.out)
+    return Path(args.paths[0]) if args.paths else Path.cwd()
+
+
+def _print_table(comparison: Comparison, fmt: str) -> None:
+    sys.stdout.write(render(comparison, fmt))
+    if fmt == "csv":  # stdout stays pure CSV; what text and markdown append goes here
         for note in comparison.notes:
             print(f"note: {note}", file=sys.stderr)
         for skipped in comparison.skipped:
             print(f"skipped: {skipped.describe()}", file=sys.stderr)
-    return 0 if comparison.rows else 1
+
+
+def _print_lines(lines: Sequence[str], fmt: str) -> None:
+    for line in lines:
+        print(line, file=sys.stderr if fmt == "csv" else sys.stdout)
 
 
 def _check_plot_options(comparison: Comparison, plot_x: str | None, metric: str | None) -> None:

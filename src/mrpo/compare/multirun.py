@@ -52,6 +52,41 @@ def _resolved_params(multirun: Mapping[str, Any]) -> dict[str, Any]:
     return {key: str(resolved[key]) for key in params}
 
 
+def swept_keys(multirun: Mapping[str, Any]) -> list[str]:
+    """The config keys a sweep varies, in the order Hydra reads them.
+
+    A key counts when its override sweeps (``a=1,2``, ``range``, ``choice``, ``interval``)
+    in the sweeper's ``params`` or on the command line, whatever the sweeper. A swept dict
+    (``loss={ctro:false},{ctro:true,epsilon:0.1}``, merged into a config group) stands for the
+    keys it sets (``loss.ctro``, ``loss.epsilon``). Overrides Hydra would reject are skipped.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = multirun.get("hydra")
+    if not isinstance(hydra, Mapping):
+        return []
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    task = (hydra.get("overrides") or {}).get("task") or []
+    lines = [f"{key}={value}" for key, value in params.items()] + [str(t) for t in task]
+    keys: dict[str, None] = {}  # ordered, without repeats
+    parser = OverridesParser.create()
+    for line in lines:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except Exception:  # not Hydra's syntax: no key to read from it
+            continue
+        if not override.is_sweep_override():
+            continue
+        key = override.get_key_element().lstrip("+~")
+        values = list(override.sweep_iterator()) if override.is_discrete_sweep() else []
+        dicts = [v for v in values if isinstance(v, Mapping)]
+        if values and len(dicts) == len(values):
+            keys.update({f"{key}.{sub}": None for d in dicts for sub in d})
+        else:
+            keys[key] = None
+    return list(keys)
+
+
 def _expand(lines: list[str]) -> list[tuple[str, ...]] | None:
     # Imported here: Hydra's parser is only needed for multirun directories.
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -134,7 +134,7 @@ def load_run(path: Path, overrides: Sequence[str] = ()) -> RunRecord | SkippedRu
         reason = f"{SUMMARY_FILE} without {CONFIG_FILE}: configuration unknown"
         return SkippedRun(path, reason, overrides)
     try:
-        config = flatten_config(_read_yaml_mapping(path / CONFIG_FILE))
+        config = flatten_config(read_yaml_mapping(path / CONFIG_FILE))
     except RunRecordError as err:
         return SkippedRun(path, str(err), overrides)
     if summary.get("stage") == "cache":
@@ -244,7 +244,7 @@ def _multirun_jobs(path: Path, skipped: list[SkippedRun]) -> list[tuple[Path, tu
     planned: list[tuple[str, ...]] | None = None
     if (path / MULTIRUN_FILE).is_file():
         try:
-            planned = sweep_job_overrides(_read_yaml_mapping(path / MULTIRUN_FILE))
+            planned = sweep_job_overrides(read_yaml_mapping(path / MULTIRUN_FILE))
         except RunRecordError as err:
             skipped.append(SkippedRun(path, f"{err}; job count unknown"))
     last = max(jobs, default=-1)
@@ -265,7 +265,7 @@ def _job_overrides(path: Path) -> tuple[str, ...]:
     return tuple(str(o) for o in overrides) if isinstance(overrides, list) else ()
 
 
-def _read_yaml_mapping(file: Path) -> dict[str, Any]:
+def read_yaml_mapping(file: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as err:

@@ -52,7 +52,7 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "final/val/policy_margin_accuracy",
 )
 # Keys expected to differ between the seeds of one configuration (never reported as pooled).
-_PER_RUN_KEYS = frozenset({"seed", "weights.seed", "ckpt_path"})
+PER_RUN_KEYS = frozenset({"seed", "weights.seed", "ckpt_path"})
 _PER_RUN_PREFIXES = ("paths.", "logger.", "hydra.")
 
 
@@ -188,7 +188,7 @@ def _notes(rows: Sequence[GroupRow], by: Sequence[str]) -> list[str]:
     pooled: set[str] = set()
     notes = []
     for row in rows:
-        keys = set().union(*(r.config for r in row.runs)) - set(by) - _PER_RUN_KEYS
+        keys = set().union(*(r.config for r in row.runs)) - set(by) - PER_RUN_KEYS
         pooled |= {
             k
             for k in keys

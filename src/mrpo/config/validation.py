@@ -26,6 +26,7 @@ from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES
 from mrpo.models import ATTENTION_IMPLEMENTATIONS, DTYPES, ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
+from mrpo.tracking.backends import check_logger_packages
 from mrpo.tracking.wandb import WANDB_MODES
 
 __all__ = ["check_eval_run_config", "check_train_config", "import_target", "require"]
@@ -50,6 +51,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_data(cfg)
     _check_eval(cfg.eval, cfg.paths.data_dir)
     require(cfg.logger.mode in WANDB_MODES, "logger.mode", f"must be one of {WANDB_MODES}")
+    check_logger_packages(cfg.logger)  # logger=mlflow / tensorboard: their packages installed
     _check_model(cfg.model)
     _check_trainer_kwargs(cfg.trainer)
     _check_callback_targets(cfg.callbacks)
@@ -70,6 +72,7 @@ def check_eval_run_config(cfg: EvalRunConfig) -> None:
         "logger.mode",
         f"must be one of {WANDB_MODES}, got {cfg.logger.mode!r}",
     )
+    check_logger_packages(cfg.logger)
     _check_model(cfg.model)
     kind = None
     if cfg.checkpoint is not None:

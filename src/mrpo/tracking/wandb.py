@@ -1,4 +1,5 @@
-"""The run's loggers: Weights & Biases (online or offline) and the local CSV record.
+"""The run's loggers: Weights & Biases (online or offline), the local CSV record, and the
+optional TensorBoard and MLflow loggers (:mod:`mrpo.tracking.backends`).
 
 The CSV files are part of the local run record (layout: :mod:`mrpo.tracking.record`). W&B mode
 ``auto`` is online when an API key is configured and offline otherwise; an online
@@ -8,7 +9,6 @@ start that fails (no network, bad key) falls back to offline, never to a crash o
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,19 +18,33 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from mrpo.atomic import write_text
+from mrpo.compare.records import flatten_config
+from mrpo.tracking.backends import LoggerRun, optional_loggers
+from mrpo.tracking.mode import WANDB_MODES, resolve_wandb_mode
 from mrpo.tracking.record import WANDB_ID_FILE, next_attempt
 
 log = logging.getLogger(__name__)
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+__all__ = [
+    "WANDB_MODES",
+    "LoggerConfig",
+    "finish_wandb",
+    "make_loggers",
+    "resolve_wandb_mode",
+    "wandb_run_dir",
+]
 
 
 @dataclass
 class LoggerConfig:
-    """Weights & Biases settings of a run (also the schema of the ``logger`` config group).
+    """The loggers of a run (the schema of the ``logger`` config group).
 
     Attributes:
         wandb: log to W&B at all (the local CSV record is always written).
+        tensorboard: also write TensorBoard event files (``<run>/tensorboard/``).
+        mlflow: also log to the MLflow file store in ``mlflow_dir`` (experiment ``project``).
+        mlflow_dir: the MLflow store, shared by every run and sweep job (``mlflow ui
+            --backend-store-uri <dir>`` lists them).
         project, entity, group, job_type, tags: the W&B run's place and labels; ``group``
             None lets the entry point pick one (a multirun's sweep directory name).
         mode: one of :data:`WANDB_MODES`; ``auto`` is online with an API key, else offline.
@@ -38,6 +52,9 @@ class LoggerConfig:
     """
 
     wandb: bool = True
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_dir: str = "outputs/mlruns"
     project: str = "mrpo"
     entity: str | None = None
     group: str | None = None
@@ -45,25 +62,6 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     mode: str = "auto"
     init_timeout: float = 60.0
-
-
-def resolve_wandb_mode(mode: str) -> str:
-    """Turn ``auto`` into ``online`` or ``offline``; ``WANDB_MODE`` in the environment wins."""
-    env_mode = os.environ.get("WANDB_MODE")
-    if env_mode:
-        return "offline" if env_mode == "dryrun" else env_mode
-    if mode != "auto":
-        return mode
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or _netrc_has_wandb()
-    return "online" if has_key else "offline"
-
-
-def _netrc_has_wandb() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
 
 
 def make_loggers(
@@ -75,7 +73,7 @@ def make_loggers(
     group: str | None = None,
     tags: Sequence[str] = (),
 ) -> list[Logger]:
-    """The run's loggers: always a CSV logger, plus W&B unless disabled.
+    """The run's loggers: always a CSV logger, W&B unless disabled, then the optional ones.
 
     The W&B run is started here (not lazily at the first metric) so a failing online start
     falls back to offline before training begins. A resumed run (same ``output_dir``)
@@ -89,16 +87,17 @@ def make_loggers(
         group: the W&B group when ``settings.group`` is None.
         tags: tags put before ``settings.tags``.
     """
-    loggers: list[Logger] = [
-        CSVLogger(save_dir=str(output_dir), name="csv", version=next_attempt(output_dir))
-    ]
+    attempt = next_attempt(output_dir)  # before any logger writes: all name the same attempt
+    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version=attempt)]
+    tags = [*tags, *settings.tags]
+    group = settings.group or group
     if settings.wandb:
         mode = resolve_wandb_mode(settings.mode)
         if mode != "disabled":
-            tags = [*tags, *settings.tags]
-            group = settings.group or group
             loggers.append(_start_wandb(output_dir, settings, mode, config, name, group, tags))
-    return loggers
+    params = flatten_config(config)
+    run = LoggerRun(output_dir, attempt, settings, params, name, group, tags)
+    return [*loggers, *optional_loggers(run)]
 
 
 def _start_wandb(

@@ -1,0 +1,171 @@
+"""The loggers (``logger=csv|tensorboard|mlflow|many|wandb``): each composes to its flags, each
+writes the same metric names in a tiny run (read back from the CSV record, TensorBoard's event
+files, the MLflow store and W&B's offline run file), and a logger whose package is missing
+stops the run before anything loads, naming the key and the extra."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mrpo.cli import train as train_cli
+from mrpo.cli.train import train
+from mrpo.config import TrainConfig, to_dataclass
+from mrpo.errors import ConfigError
+from mrpo.testing.configs import compose_config
+from mrpo.tracking.backends import MLFLOW_ID_FILE, mlflow_uri
+
+EXPECTED = {"train/loss", "train/ref_weight/0", "train/ref_weight/1", "val/rewards/accuracy"}
+
+
+def csv_names(run_dir: Path) -> set[str]:
+    with (run_dir / "csv" / "attempt_0" / "metrics.csv").open(newline="") as handle:
+        return set(next(csv.reader(handle))) - {"step"}
+
+
+def tensorboard_names(run_dir: Path) -> set[str]:
+    events = EventAccumulator(str(run_dir / "tensorboard" / "attempt_0"))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+def wandb_offline_names(run_dir: Path) -> set[str]:
+    """The history keys in the W&B offline run file (the records ``wandb sync`` uploads).
+
+    The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
+    blocks of chunks, each a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle,
+    4 last) and its bytes; a record is one protobuf ``Record``.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, pending, names = 7, b"", set()
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                names |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+    # W&B's own bookkeeping (_step, ...) and Lightning's step axis for W&B alone.
+    return {n for n in names if not n.startswith("_")} - {"trainer/global_step"}
+
+
+@pytest.mark.parametrize(
+    ("choice", "flags"),
+    [
+        ("wandb", (True, False, False)),
+        ("csv", (False, False, False)),
+        ("tensorboard", (False, True, False)),
+        ("mlflow", (False, False, True)),
+        ("many", (True, True, False)),
+    ],
+)
+def test_logger_choices_compose_to_their_flags(choice: str, flags: tuple[bool, ...]) -> None:
+    cfg = to_dataclass(compose_config([f"logger={choice}", "paths.output_dir=/tmp/x"]), TrainConfig)
+    logger = cfg.logger
+    assert (logger.wandb, logger.tensorboard, logger.mlflow) == flags
+    assert logger.project == "mrpo" and logger.mode == "auto"  # W&B settings kept everywhere
+    if choice == "mlflow":
+        assert logger.mlflow_dir.endswith("outputs/mlruns")
+
+
+def test_tensorboard_mlflow_and_csv_hold_the_same_metrics(compose_train, tmp_path: Path) -> None:
+    store = tmp_path / "mlruns"
+    overrides = ["references=prompted", "references.num_refs=2", "logger.tensorboard=true"]
+    overrides += ["logger.mlflow=true", f"logger.mlflow_dir={store}", "logger.tags=[sweep:x]"]
+    summary = train(compose_train(overrides))
+    run_dir = Path(summary["run_dir"])
+
+    names = csv_names(run_dir)
+    assert names >= EXPECTED | {"epoch"}
+    assert tensorboard_names(run_dir) == names
+
+    client = MlflowClient(mlflow_uri(str(store)))
+    experiment = client.get_experiment_by_name("mrpo")  # logger.project
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == (run_dir / MLFLOW_ID_FILE).read_text()
+    assert set(run.data.metrics) == names
+    # Same values at the same steps as the CSV record.
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    from mrpo.compare.records import read_metrics
+
+    assert history == pytest.approx(read_metrics(run_dir)["train/loss"])
+    # The run's config as dotted parameters, its tags as MLflow tags.
+    assert run.data.params["loss.name"] == "mrpo"
+    assert run.data.params["references.num_refs"] == "2"
+    assert run.data.tags["sweep"] == "x" and run.data.tags["num_refs"] == "2"
+
+
+def test_many_logs_wandb_tensorboard_and_csv_alike(
+    compose_train, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    summary = train(compose_train(["logger=many", "references=prompted", "references.num_refs=2"]))
+    run_dir = Path(summary["run_dir"])
+    names = csv_names(run_dir)
+    assert names >= EXPECTED
+    assert tensorboard_names(run_dir) == names
+    assert wandb_offline_names(run_dir) == names
+    assert not (run_dir / MLFLOW_ID_FILE).exists()
+
+
+@pytest.mark.parametrize(("flag", "module"), [("mlflow", "mlflow"), ("tensorboard", "tensorboard")])
+def test_missing_logger_package_is_refused_before_any_load(
+    flag: str,
+    module: str,
+    compose_train,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import lookup finds nothing
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data or a model was loaded before the logger check")
+
+    monkeypatch.setattr(train_cli, "prepare_data", no_load)
+    monkeypatch.setattr(train_cli, "load_policy", no_load)
+    with pytest.raises(ConfigError) as err:
+        train(compose_train([f"logger.{flag}=true"]))
+    assert err.value.key == f"logger.{flag}"
+    assert f"pip install 'mrpo[{flag}]'" in err.value.detail
+
+    # Through the real command line (in this process): exit status 2, the message, no traceback.
+    cfg = compose_train([f"logger.{flag}=true"])
+    monkeypatch.setattr(sys, "argv", ["mrpo-train", *_cli_overrides(cfg, flag)])
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main()
+    assert exit_info.value.code == 2
+    printed = "".join(capsys.readouterr())  # Hydra's log handler writes to the console
+    assert f"config error: logger.{flag}: needs the '{module}' package" in printed
+    assert f"pip install 'mrpo[{flag}]'" in printed and "Traceback" not in printed
+
+
+def _cli_overrides(cfg, flag: str) -> list[str]:
+    """The command line of a tiny run with ``logger.<flag>=true``, in its own run folder."""
+    run_dir = Path(cfg.paths.output_dir)
+    return [
+        "debug=tiny",
+        f"model.source={cfg.model.source}",
+        "data=local_file",
+        f"data.source={cfg.data.source}",
+        "logger=none",
+        f"logger.{flag}=true",
+        f"paths.cache_dir={cfg.paths.cache_dir}",
+        f"hydra.run.dir={run_dir.parent / 'cli'}",
+        "hydra.output_subdir=null",
+    ]
