@@ -438,14 +438,9 @@ def check_prepared_data(
 
 
 def _warn_on_warmup(cfg: TrainConfig, train_pairs: int, found: Preflight) -> None:
-    trainer = cfg.trainer
-    per_epoch = -(-train_pairs // max(cfg.data.batch_size, 1))
-    accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
-    epochs = int(trainer.get("max_epochs", 1) or 1)
-    steps = -(-per_epoch * max(epochs, 1) // accumulate)
-    max_steps = trainer.get("max_steps", -1)
-    if isinstance(max_steps, int) and max_steps > 0:
-        steps = min(steps, max_steps) if epochs > 0 else max_steps
+    from mrpo.cli.plan import planned_steps
+
+    steps = planned_steps(cfg, train_pairs)
     warmup = int(cfg.scheduler.warmup_ratio * steps)
     if steps > 0 and cfg.scheduler.warmup_ratio > 0 and warmup == 0:
         found.warn(

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
+from mrpo.callbacks.progress import RunProgressBar
 from mrpo.config.build import num_references, option_prefix, reference_specs
 from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
@@ -319,6 +320,8 @@ def build_callbacks(
     weighting's feedback loop, and any other callback the config names by ``_target_``."""
     # First, so that a step's time ends before later callbacks (evaluation) run.
     callbacks: list[Callback] = [ThroughputMonitor()]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RunProgressBar())  # loss, tokens/s and step time, never cut
     ckpt = cfg.callbacks.get("checkpoint")
     if ckpt:
         callbacks.extend(checkpoint_callbacks(ckpt, output_dir / "checkpoints"))

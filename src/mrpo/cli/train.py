@@ -16,10 +16,11 @@ tells at the end which failed).
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
 from mrpo.callbacks import EvalCallback
+from mrpo.cli.console import hardware_line, quiet_bitsandbytes, quiet_libraries
 from mrpo.cli.moving import reference_scoring
+from mrpo.cli.plan import RunPlan, announce_plan, run_speed_key
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
@@ -49,12 +52,14 @@ from mrpo.cli.steps import (
     throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
-from mrpo.config.build import build_objective, num_references
+from mrpo.config.build import build_objective, num_references, reference_specs
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
 from mrpo.models.merge import merged_policy
-from mrpo.models.parallel import ShardedTraining
+from mrpo.models.parallel import ShardedTraining, wants_cuda
+from mrpo.planning.speed import record_speed
+from mrpo.tracking.card import render_card, write_card
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import AtomicCheckpointIO, last_checkpoints
@@ -72,6 +77,8 @@ class TrainingRun:
     trainer: L.Trainer
     loggers: list[Logger]
     sharding: ShardedTraining | None = None
+    plan: RunPlan | None = None
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +98,8 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     output_dir = Path(run_cfg.paths.output_dir)
     claim_run_dir(output_dir, resuming=run_cfg.ckpt_path is not None)
     progress.output_dir = output_dir
+    log.info("%s", hardware_line(wants_cuda(run_cfg.trainer)))
+    quiet_bitsandbytes(quantizing=is_quantizing(run_cfg))
     found = preflight_train(run_cfg, output_dir)
     resolved = resolved_container(cfg)
     if is_launch_leader():
@@ -102,6 +111,7 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     fingerprints = {k: data.report[k] for k in ("train_fingerprint", "val_fingerprint")}
     identity = run_identity(resolved, fingerprints)
     check_prepared_data(run_cfg, len(data.train_pairs), len(data.val_pairs), identity, found)
+    plan = announce_plan(run_cfg, data)  # refuses a run too large for the device
     refs = prepare_references(run_cfg, data)
     if run_cfg.stage == "cache":
         summary = {"stage": "cache", **refs.stats, "seconds": time.perf_counter() - started}
@@ -110,6 +120,7 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
         return summary
 
     run = build_run(run_cfg, resolved, data, refs, output_dir, identity, found)
+    run.plan, run.resolved = plan, resolved
     progress.trainer = run.trainer
     before, after = fit(run, found.ckpt_path)
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
@@ -222,6 +233,7 @@ def summarize(
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(callback, EvalCallback):
             evals.update(callback.final_metrics)
+    throughput = throughput_summary(trainer.callbacks)  # type: ignore[attr-defined]
     return {
         "run_dir": cfg.paths.output_dir,
         "wandb_dir": wandb_run_dir(run.loggers),
@@ -233,12 +245,23 @@ def summarize(
         "seconds": seconds,
         "reference_cache": refs.stats,
         "data": data.report,
-        "throughput": throughput_summary(trainer.callbacks),  # type: ignore[attr-defined]
+        "throughput": throughput,
+        "memory_plan": memory_record(run.plan, throughput.get("peak_memory_gb")),
         "environment": environment_record(),
         **{f"before/{k}": v for k, v in before.items()},
         **{f"final/{k}": v for k, v in after.items()},
         **{f"final/{k}": v for k, v in evals.items()},
     }
+
+
+def memory_record(plan: RunPlan | None, measured: float | None) -> dict[str, Any]:
+    """The plan's estimate beside the measured peak, and its error (estimate / measured - 1)."""
+    if plan is None:
+        return {}
+    record = {**plan.record(), "measured_peak_gb": measured}
+    if measured:
+        record["error"] = plan.memory.total_gb / measured - 1
+    return record
 
 
 def gather_policy(run: TrainingRun) -> dict[str, Any] | None:
@@ -266,10 +289,32 @@ def finish(
             fresh, _ = load_policy(cfg)
             fresh.load_state_dict(whole)
             run.module.policy = fresh
-        summary["model_dir"] = str(_save_policy(cfg, run.module, output_dir / "model"))
+        model_dir = _save_policy(cfg, run.module, output_dir / "model")
+        summary["model_dir"] = str(model_dir)
+        if run.plan is not None:
+            refs = [asdict(r) for r in run.plan.references]
+            write_card(model_dir, render_card(run.resolved, summary, refs, run_command()))
+    if run.plan is not None:
+        speed = summary.get("throughput", {}).get("tokens_per_second", 0.0)
+        record_speed(cfg.paths.cache_dir, run_speed_key(cfg, run.plan.device), speed)
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     _print_summary(summary)
+
+
+def is_quantizing(cfg: TrainConfig) -> bool:
+    """Whether the policy or a reference loads quantized weights."""
+    specs = reference_specs(cfg)
+    return cfg.model.quantization is not None or any(s.quantization for s in specs)
+
+
+def run_command() -> str:
+    """The command line that reproduces this run: ``mrpo-train`` and its overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed in Python: the overrides are not known
+        return "mrpo-train  # with the overrides of this run's config.yaml"
+    return shlex.join(["mrpo-train", *HydraConfig.get().overrides.task])
 
 
 def _validate(run: TrainingRun) -> dict[str, float]:
@@ -376,6 +421,7 @@ def _failed(progress: RunProgress, kind: str, message: str, multirun: bool, *, s
 
 def main() -> None:
     """Console script ``mrpo-train``."""
+    quiet_libraries()
     register_configs()
     _hydra_main()
 

@@ -206,6 +206,7 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: str | None = None  # last | best | a .ckpt file
     force_resume: bool = False  # resume even when the checkpoint's settings or data differ
+    force_memory: bool = False  # train even when the memory plan says the device is too small
     save_model: bool = True
     task_name: str = "train"
 

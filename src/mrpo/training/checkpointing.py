@@ -103,7 +103,8 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: L.Trainer) -> None:
         if trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.path)
+        # The whole training state (weights_only=False said, so Lightning need not say it).
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_at = trainer.global_step
 
 

@@ -1,0 +1,77 @@
+"""What ``mrpo-train`` prints: one hardware line, no advertisements, no library noise.
+
+- Lightning's device lines (``GPU available ...``, ``TPU available ...``, ``HPU available ...``)
+  come from every Trainer built, the pre-flight's throw-away ones included, and its
+  ``💡 Tip`` lines advertise other products: :class:`LightningChatter` drops both from
+  Lightning's rank-zero logger, and :func:`hardware_line` says once what the run has.
+- Deprecation warnings that libraries raise about their own internals (a user cannot act on
+  them) are ignored by category and by the module that raises them (:data:`LIBRARY_NOISE`);
+  every other warning, and every error, still shows.
+- bitsandbytes is imported by peft and transformers whenever it is installed, and warns about
+  its kernels even in runs that quantize nothing: its warnings show only in a run that
+  quantizes (:func:`quiet_libraries`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import torch
+
+# (category, module regex) of warnings about the libraries' own internals.
+LIBRARY_NOISE: tuple[tuple[type[Warning], str], ...] = (
+    # torch's LeafSpec deprecation, raised where Lightning's copy of tree_flatten builds one.
+    (FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+)
+_LIGHTNING_LOGGER = "lightning.pytorch.utilities.rank_zero"
+_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:")
+
+
+class LightningChatter(logging.Filter):
+    """Drops Lightning's per-Trainer device lines and its tips (module doc)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_CHATTER)
+
+
+def quiet_libraries() -> None:
+    """Drop Lightning's chatter and the libraries' deprecation noise (module doc; idempotent)."""
+    logger = logging.getLogger(_LIGHTNING_LOGGER)
+    if not any(isinstance(f, LightningChatter) for f in logger.filters):
+        logger.addFilter(LightningChatter())
+    for category, module in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", category=category, module=module)
+
+
+def quiet_bitsandbytes(quantizing: bool) -> None:
+    """Silence bitsandbytes' warnings in a run that quantizes nothing (called once the config
+    is known, before any model loads)."""
+    if quantizing:
+        return
+    warnings.filterwarnings("ignore", module=r"bitsandbytes(\..*)?")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def hardware_line(cuda: bool) -> str:
+    """One line: the device the run trains on, and what else the machine has."""
+    cores = os.cpu_count() or 0
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cuda and gpus:
+        names = _gpu_names(gpus)
+        return f"hardware: {names}, {cores} CPU cores; training on CUDA"
+    extra = f"; {gpus} GPU(s) not used (trainer=gpu uses them)" if gpus else "; no GPU"
+    return f"hardware: CPU, {cores} cores, {_ram_gb():.1f} GB RAM available{extra}"
+
+
+def _gpu_names(count: int) -> str:
+    props: Any = torch.cuda.get_device_properties(0)
+    return f"{count} x {props.name} ({props.total_memory / 2**30:.1f} GB)"
+
+
+def _ram_gb() -> float:
+    import psutil  # type: ignore[import-untyped]  # no stubs installed
+
+    return float(psutil.virtual_memory().available) / 2**30
