@@ -67,6 +67,9 @@ def every_objective(num_refs: int):
                 "mrpo", aggregation=aggregation, weighting=weighting, num_refs=num_refs
             )
     yield get_objective("multi_dpo", weighting="sliding_window", num_refs=num_refs)
+    # Length-normalized DPO reads the run's token counts; with every reward 0 it is ln 2 too.
+    yield get_objective("mrpo", loss_type="sigmoid_norm", aggregation="geometric")
+    yield get_objective("dpo", loss_type=["sigmoid", "sigmoid_norm"], loss_weights=[0.5, 0.5])
 
 
 @pytest.mark.parametrize("num_refs", [1, 3])

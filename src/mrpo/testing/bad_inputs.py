@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrpo.testing.bad_loss_inputs import LOSS_CASES
 from mrpo.testing.runs import run_train_cli, write_tiny_model
 
 GOOD_ROW = {
@@ -459,3 +460,7 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the case runs: offline, one thread, no data mirror."""
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MRPO_DATA_DIR": ""}
     return {**env, **dict(extra or {})}
+
+
+# The loss types' and aggregations' refusals, from their own table.
+CASES = (*CASES, *(BadInput(*case) for case in LOSS_CASES))
