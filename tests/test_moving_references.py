@@ -24,6 +24,7 @@ from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.errors import ConfigError, OptionError
 from mrpo.models import load_model, load_tokenizer
+from mrpo.models.checkpoint import load_checkpoint_policy
 from mrpo.objectives import get_objective
 from mrpo.references import (
     LiveReferences,
@@ -276,7 +277,7 @@ def last_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_resumed_run_with_a_moving_reference_equals_the_uninterrupted_one(
-    compose_train, tmp_path: Path
+    compose_train, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     full = train(compose_train(MOVING_RUN, output_dir=tmp_path / "full"))
     assert full["global_step"] == 6
@@ -298,6 +299,11 @@ def test_a_resumed_run_with_a_moving_reference_equals_the_uninterrupted_one(
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     # The copy moved between the checkpoint of step 3 and the end (updates at steps 4 and 6).
     assert any(not torch.allclose(stopped[k], a[k]) for k in moving)
+    # mrpo-eval rebuilds the policy alone from such a checkpoint (the copies are left out).
+    last = resumed_dir / "checkpoints" / "last.ckpt"
+    rebuilt = load_checkpoint_policy(last, str(tiny_model_dir))
+    for name, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(value, b[f"policy.{name}"], rtol=0, atol=0, msg=name)
 
 
 def test_live_static_references_beside_a_moving_one_train_as_cached_ones(
@@ -310,6 +316,16 @@ def test_live_static_references_beside_a_moving_one_train_as_cached_ones(
     assert sorted(cached) == sorted(live) == list(range(4))
     for step in range(4):
         assert live[step] == pytest.approx(cached[step], abs=1e-5), step
+
+
+def test_trdpo_with_the_moving_reference_alone_caches_nothing(compose_train) -> None:
+    summary = train(
+        compose_train(["references.pool.0.source=moving", "references.pool.0.every_n_steps=1"])
+    )
+    assert summary["global_step"] == 2
+    assert summary["reference_cache"] == {}
+    # Before training the moving reference is the policy itself: zero reward margins.
+    assert summary["before/val/rewards/margin"] == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.slow
