@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -20,6 +21,7 @@ from mrpo.config import TrainConfig, to_dataclass
 from mrpo.errors import ConfigError
 from mrpo.testing.configs import compose_config
 from mrpo.tracking.backends import MLFLOW_ID_FILE, mlflow_uri
+from mrpo.tracking.wandb import LoggerConfig, make_loggers
 
 EXPECTED = {"train/loss", "train/ref_weight/0", "train/ref_weight/1", "val/rewards/accuracy"}
 
@@ -68,6 +70,7 @@ def wandb_offline_names(run_dir: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("choice", "flags"),
     [
+        (None, (True, False, False)),  # W&B stays the default
         ("wandb", (True, False, False)),
         ("csv", (False, False, False)),
         ("tensorboard", (False, True, False)),
@@ -75,8 +78,9 @@ def wandb_offline_names(run_dir: Path) -> set[str]:
         ("many", (True, True, False)),
     ],
 )
-def test_logger_choices_compose_to_their_flags(choice: str, flags: tuple[bool, ...]) -> None:
-    cfg = to_dataclass(compose_config([f"logger={choice}", "paths.output_dir=/tmp/x"]), TrainConfig)
+def test_logger_choices_compose_to_their_flags(choice: str | None, flags: tuple[bool, ...]) -> None:
+    overrides = ["paths.output_dir=/tmp/x", *([f"logger={choice}"] if choice else [])]
+    cfg = to_dataclass(compose_config(overrides), TrainConfig)
     logger = cfg.logger
     assert (logger.wandb, logger.tensorboard, logger.mlflow) == flags
     assert logger.project == "mrpo" and logger.mode == "auto"  # W&B settings kept everywhere
@@ -122,6 +126,29 @@ def test_many_logs_wandb_tensorboard_and_csv_alike(
     assert tensorboard_names(run_dir) == names
     assert wandb_offline_names(run_dir) == names
     assert not (run_dir / MLFLOW_ID_FILE).exists()
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_starts_a_new_attempt(tmp_path: Path) -> None:
+    settings = LoggerConfig(wandb=False, tensorboard=True, mlflow=True, mlflow_dir=str(tmp_path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_ids = []
+    for attempt, lr in enumerate((0.1, 0.2)):  # the resumed start has another config value
+        loggers = make_loggers(run_dir, settings, {"optimizer": {"lr": lr}}, name="job0")
+        for logger in loggers:
+            logger.log_metrics({"train/loss": 1.0 - attempt}, step=attempt)
+            logger.finalize("success")
+        (mlflow_logger,) = [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
+        run_ids.append(mlflow_logger.run_id)
+    assert run_ids[0] == run_ids[1]  # one MLflow run, its first parameters kept
+    client = MlflowClient(mlflow_uri(str(tmp_path)))
+    run = client.get_run(run_ids[0])
+    assert run.data.params["optimizer.lr"] == "0.1" and run.info.run_name == "job0"
+    steps = [m.step for m in client.get_metric_history(run_ids[0], "train/loss")]
+    assert steps == [0, 1]
+    # TensorBoard names its attempts as the CSV record does.
+    assert sorted(p.name for p in (run_dir / "tensorboard").iterdir()) == ["attempt_0", "attempt_1"]
+    assert len(list(run_dir.glob("csv/attempt_*/metrics.csv"))) == 2
 
 
 @pytest.mark.parametrize(("flag", "module"), [("mlflow", "mlflow"), ("tensorboard", "tensorboard")])

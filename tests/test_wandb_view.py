@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -251,3 +252,13 @@ def test_missing_wandb_workspaces_names_the_extra(
     assert not (sweep / "wandb_view.json").exists()
     assert main(["--publish-view", str(tmp_path / "v.json")]) == 2
     assert "--publish-view needs the 'wandb-workspaces' package" in capsys.readouterr().err
+
+
+def test_compare_command_imports_no_heavy_library() -> None:
+    """``mrpo-compare`` starts fast: wandb-workspaces, Lightning and torch load only when the
+    view is built or a logger started."""
+    heavy = "{'torch', 'lightning', 'wandb', 'wandb_workspaces', 'mlflow'}"
+    code = f"import sys, mrpo.cli.compare; print(sorted({heavy} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         collection = collect_runs(args.paths)
         comparison = build_comparison(collection, by=args.by, metrics=args.metrics)
         _check_plot_options(comparison, args.plot_x, args.plot_metric)
-        if args.out is not None:
+        if args.out is not None and args.paths:  # --group alone has no local table
             comparison = _write_outputs(comparison, args)
         view = []
         if args.wandb is not None:

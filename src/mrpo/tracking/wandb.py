@@ -42,9 +42,9 @@ class LoggerConfig:
     Attributes:
         wandb: log to W&B at all (the local CSV record is always written).
         tensorboard: also write TensorBoard event files (``<run>/tensorboard/``).
-        mlflow: also log to the MLflow file store in ``mlflow_dir`` (experiment ``project``).
-        mlflow_dir: the MLflow store, shared by every run and sweep job (``mlflow ui
-            --backend-store-uri <dir>`` lists them).
+        mlflow: also log to the local MLflow store in ``mlflow_dir`` (experiment ``project``).
+        mlflow_dir: the folder of the MLflow store (``mlflow.db``), shared by every run and
+            sweep job (``mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db`` lists them).
         project, entity, group, job_type, tags: the W&B run's place and labels; ``group``
             None lets the entry point pick one (a multirun's sweep directory name).
         mode: one of :data:`WANDB_MODES`; ``auto`` is online with an API key, else offline.
