@@ -7,9 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from mrpo.callbacks.progress import progress_figures
+from mrpo.cli.plan import RunPlan, check_memory
+from mrpo.config import TrainConfig, to_dataclass
 from mrpo.data.layout import PairLayout
 from mrpo.data.types import TokenizedPair
+from mrpo.errors import ConfigError
 from mrpo.planning.batches import epoch_tokens, largest_batch
 from mrpo.planning.memory import (
     ModelShape,
@@ -130,3 +135,41 @@ def test_speed_record_round_trip_and_time_estimate(tmp_path: Path) -> None:
         "~10 min",
         "~2.0 h",
     )
+
+
+def _run_plan(capacity: float) -> RunPlan:
+    return RunPlan(
+        splits=(4, 2, 0),
+        truncated=0,
+        references=[],
+        steps=2,
+        layout="shared",
+        memory=estimate_memory(MODEL, RUN),
+        device="cpu",
+        capacity=capacity,
+        fixes=memory_fixes(MODEL, RUN, capacity),
+    )
+
+
+def test_a_plan_beyond_the_device_is_refused_unless_forced(compose_train) -> None:
+    cfg = to_dataclass(compose_train(), TrainConfig)
+    total = estimate_memory(MODEL, RUN).total
+    check_memory(cfg, _run_plan(capacity=total))  # fits exactly: no refusal
+    with pytest.raises(ConfigError, match="force_memory") as refused:
+        check_memory(cfg, _run_plan(capacity=total - 5000))
+    assert "model=lora (~0.0 GB)" in str(refused.value)
+    assert "model.gradient_checkpointing=true" in str(refused.value)
+    cfg.force_memory = True
+    check_memory(cfg, _run_plan(capacity=total - 5000))  # warned, not refused
+
+
+def test_progress_bar_shows_short_names_in_full() -> None:
+    shown = progress_figures(
+        {
+            "train/loss": torch.tensor(0.69314),
+            "train/tokens_per_second": torch.tensor(1234.56),
+            "train/step_seconds": 2.5,
+            "train/rewards/accuracy": 0.5,  # not shown
+        }
+    )
+    assert shown == {"loss": "0.693", "tok/s": "1235", "s/step": "2.5"}
