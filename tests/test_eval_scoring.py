@@ -7,7 +7,7 @@ import torch
 
 from mrpo.evals.generate import StopOnStrings, cut_at_stops, eos_token_ids, generate_until
 from mrpo.evals.loglik import encode_pair, loglikelihood, score_token_pairs
-from mrpo.testing.models import make_tiny_model
+from mrpo.testing.models import greedy_text, make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
 CONTEXTS = [
@@ -206,19 +206,6 @@ def test_generation_rejects_bad_arguments(model, tokenizer) -> None:
         generate_until(model, tokenizer, ["a"], stop=[], max_new_tokens=600)
 
 
-def greedy_reference(model, tokenizer, prompt: str, stops: list[str], max_new_tokens: int):
-    """transformers' own greedy ``generate`` on the prompt alone (the harness at batch size 1),
-    cut at the first eos token and then at the earliest stop string: (text, tokens kept)."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
-    out = model.generate(
-        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0
-    )
-    new = out[0, len(ids) :].tolist()
-    eos = set(eos_token_ids(model, tokenizer))
-    end = next((i for i, t in enumerate(new) if t in eos), len(new))
-    return cut_at_stops(tokenizer.decode(new[:end], skip_special_tokens=True), stops)
-
-
 @pytest.mark.parametrize("draft_tokens", [0, 8])
 def test_continuous_batching_equals_transformers_greedy(model, tokenizer, draft_tokens) -> None:
     """More prompts than slots (finished rows are refilled), rows that end at different steps
@@ -238,9 +225,7 @@ def test_continuous_batching_equals_transformers_greedy(model, tokenizer, draft_
             model, tokenizer, prompts, stop=stops, max_new_tokens=14, batch_size=3,
             draft_tokens=draft_tokens,
         )  # fmt: skip
-        expected = [
-            greedy_reference(model, tokenizer, p, [*stops, "<|im_end|>"], 14) for p in prompts
-        ]
+        expected = [greedy_text(model, tokenizer, p, [*stops, "<|im_end|>"], 14) for p in prompts]
     finally:
         model.generation_config.eos_token_id = None
     assert [g.text for g in out] == expected
@@ -268,26 +253,9 @@ def test_guessed_tokens_cut_decoding_steps_not_the_text(model, tokenizer) -> Non
     finally:
         hook.remove()
     assert [g for g, _ in guessed] == [g for g, _ in one]
-    assert [g.text for g, _ in one] == [
-        greedy_reference(model, tokenizer, p, [], 40) for p in prompts
-    ]
+    assert [g.text for g, _ in one] == [greedy_text(model, tokenizer, p, [], 40) for p in prompts]
     assert {n for _, n in one} == {39}  # one token per step: the first came with the prompt
     assert all(n <= 39 for _, n in guessed) and sum(n for _, n in guessed) < 39 * len(prompts)
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
-def test_guessed_tokens_keep_greedy_text_across_families(tokenizer, family) -> None:
-    """Rotary and learned positions, grouped key-value heads (qwen2: their queries stacked in
-    one attention call), rows near the context's end (positions of padding clamped)."""
-    from mrpo.testing.models import make_tiny_family_model
-
-    model = make_tiny_family_model(family, len(tokenizer), seed=3)
-    prompts = [*CONTEXTS, *CONTINUATIONS]
-    out = generate_until(
-        model, tokenizer, prompts, stop=[], max_new_tokens=30, batch_size=3, max_length=64
-    )
-    assert [g.text for g in out] == [greedy_reference(model, tokenizer, p, [], 30) for p in prompts]
-    assert model.config._attn_implementation == "sdpa"  # restored after generation
 
 
 def test_grouped_query_attention_equals_sdpa_with_repeated_heads() -> None:
@@ -366,4 +334,4 @@ def test_generation_through_the_logits_when_the_head_cannot_be_split(
     monkeypatch.setattr(generate, "split_lm_head", lambda _: None)
     prompts = [*CONTEXTS, "Plants use sunlight, water and"]
     out = generate_until(model, tokenizer, prompts, stop=[], max_new_tokens=20, batch_size=2)
-    assert [g.text for g in out] == [greedy_reference(model, tokenizer, p, [], 20) for p in prompts]
+    assert [g.text for g in out] == [greedy_text(model, tokenizer, p, [], 20) for p in prompts]

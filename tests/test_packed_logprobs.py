@@ -123,14 +123,23 @@ def test_a_rejected_response_that_saw_the_chosen_one_would_differ(family_model):
     assert (leaky.logps[b:] - right.logps[b:]).abs().max() > 1e-2
 
 
+TRAINING_LAYOUTS = {"padded": PADDED, "prefix_shared": LAYOUTS["shared_prefix"], **LAYOUTS}
+
+
+@pytest.mark.parametrize("layout", ["padded", "prefix_shared", "packed", "shared_packed"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_eager_attention_takes_the_same_masks(family):
+def test_eager_attention_trains_like_padded_sdpa_in_every_layout(family, layout):
+    """Eager attention, the other implementation that trains on the CPU, takes the same
+    additive masks: its log-probs and gradients equal padded sdpa's (a separate model of the
+    same weights)."""
     model = make_tiny_family_model(family, VOCAB, seed=5, attn_implementation="eager")
-    assert packed_mask_builder(model) is additive_mask
+    sdpa = make_tiny_family_model(family, VOCAB, seed=5)
     pairs = random_pairs(seed=1)
-    upstream = torch.ones(2 * len(pairs))
-    base, base_grads = logps_and_grads(model, PreferenceCollator(0)(pairs), upstream)
-    batch = PreferenceCollator(0, layout=LAYOUTS["shared_packed"])(pairs)
+    upstream = torch.linspace(-1.0, 2.0, 2 * len(pairs))
+    base, base_grads = logps_and_grads(sdpa, PreferenceCollator(0)(pairs), upstream)
+    batch = PreferenceCollator(0, layout=TRAINING_LAYOUTS[layout])(pairs)
+    assert (batch.packed is None) == (layout == "padded")
+    assert packed_mask_builder(model) is additive_mask
     assert_same(*logps_and_grads(model, batch, upstream), base, base_grads)
 
 

@@ -13,7 +13,8 @@ what needs the machine and the files, cheapest first:
 4. the checkpoint to resume from: ``last``/``best`` found, the file readable as a whole;
 5. every model source: the weight files whole (headers against sizes), the tokenizer and its
    chat template rendering a conversation, the LoRA target modules present in the model (its
-   architecture built on the meta device), the context length against ``data.max_length``.
+   architecture built on the meta device), the context length against ``data.max_length``,
+   the model family's support of ``model.attn_implementation``.
 
 After the data is loaded and tokenized (still no model), :func:`check_prepared_data` compares
 the data with the run (a validation split of zero pairs, warm-up longer than the run) and a
@@ -42,6 +43,7 @@ from mrpo.config.validation import import_target
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.models import ModelSourceError, load_tokenizer
+from mrpo.models.attention import check_attention_model
 from mrpo.models.integrity import check_weight_files
 from mrpo.models.loading import missing_lora_targets, model_config, module_names
 from mrpo.references.spec import POLICY_SOURCES
@@ -352,6 +354,11 @@ def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:
             f"data.max_length={cfg.data.max_length} is beyond the model's context of {context} "
             "positions: longer pairs will score badly; lower data.max_length"
         )
+    if m.attn_implementation is not None:  # transformers would refuse it only while loading
+        try:
+            check_attention_model(m.attn_implementation, config)
+        except OptionError as err:
+            raise ConfigError("model.attn_implementation", str(err)) from None
     if m.lora.enabled:
         missing = missing_lora_targets(m.lora, module_names(config))
         if missing:

@@ -1,7 +1,7 @@
 """What a run needs from the machine and from its other settings: checked before anything loads.
 
 A GPU accelerator needs CUDA; quantized weights need bitsandbytes with a backend for the
-device they run on; DeepSpeed
+device they run on; an attention kernel must train on the policy's device; DeepSpeed
 needs its package and CUDA GPUs; sharded strategies exclude settings that need whole weights
 on one rank. Each refusal is a :class:`~mrpo.errors.ConfigError` naming the key to change, so
 ``mrpo-train`` stops with exit status 2 before it loads data or a model.
@@ -14,6 +14,7 @@ import torch
 from mrpo.config.build import option_prefix, selected_references
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, OptionError
+from mrpo.models.attention import check_attention_runs
 from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.models.quantization import check_runs
 
@@ -30,6 +31,7 @@ def check_requirements(cfg: TrainConfig) -> None:
     _check_mixed_precision_clipping(cfg, sharding)
     _check_policy_quantization(cfg, sharding)
     _check_reference_quantization(cfg)
+    _check_attention(cfg)
 
 
 def _check_accelerator(cfg: TrainConfig) -> None:
@@ -117,3 +119,14 @@ def _check_reference_quantization(cfg: TrainConfig) -> None:
             check_runs(spec.quantization, device)
         except OptionError as err:
             raise ConfigError(f"references.pool.{i}.quantization", str(err)) from None
+
+
+def _check_attention(cfg: TrainConfig) -> None:
+    name = cfg.model.attn_implementation
+    if name is None:
+        return
+    device = torch.device("cuda" if wants_cuda(cfg.trainer) else "cpu")
+    try:
+        check_attention_runs(name, device)
+    except OptionError as err:
+        raise ConfigError("model.attn_implementation", str(err)) from None

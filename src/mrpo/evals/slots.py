@@ -20,6 +20,9 @@ stay contiguous and attention never gathers rows.
 
 Rotary embeddings are applied before keys are cached, with each sequence's own positions.
 
+Decoding always runs SDPA (:func:`slot_attention`), whatever attention the model was loaded
+with for training: the step masks are in SDPA's boolean form.
+
 Attention of a step of several tokens per row (:func:`grouped_query_attention`): with a mask
 and more than one query, transformers' SDPA path copies every key and value head once per query
 head sharing it (``repeat_kv``); on SmolLM2-135M (3 key-value heads for 9 query heads) that
@@ -87,19 +90,23 @@ AttentionMaskInterface.register(SLOT_ATTENTION, sdpa_mask)  # masks are built as
 
 @contextmanager
 def slot_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Run ``model``'s SDPA attention as :func:`grouped_query_attention` inside the block.
+    """Run ``model``'s attention as :func:`grouped_query_attention` (SDPA) inside the block,
+    whatever implementation it was loaded with; the setting is restored afterwards.
 
-    Models configured with another implementation (eager, flash) are left as they are.
+    The slots' step masks are boolean (True: attend), the form SDPA takes. Other kernels
+    would misread them: eager attention adds the mask to the scores (a boolean mask adds 0 or
+    1, so nothing is masked), FlexAttention takes a ``BlockMask`` (a 4-D tensor crashes its
+    CPU kernel), and flash-attention takes no arbitrary mask. Decoding needs no gradient, so
+    SDPA is right for every model whose attention goes through transformers' attention
+    interface (transformers' own families).
     """
     config = model.config
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
+    configured = config._attn_implementation
     config._attn_implementation = SLOT_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = configured
 
 
 def check_full_attention(config: Any) -> None:

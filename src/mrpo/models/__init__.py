@@ -7,14 +7,15 @@ Public API:
   ``ModelSourceError`` (see ``mrpo.models.sources``);
 - loading: ``load_model``, ``load_tokenizer``, ``disable_dropout``, ``compile_policy``,
   ``enable_gradient_checkpointing``, ``DTYPES`` (see ``mrpo.models.loading``);
+- attention implementations: ``ATTENTION_IMPLEMENTATIONS`` (see ``mrpo.models.attention``);
 - LoRA settings: ``LoraConfig`` (see ``mrpo.models.lora``);
 - GGUF conversion cache: ``ensure_converted`` (see ``mrpo.models.gguf``);
 - training checkpoints of a run: ``mrpo.models.checkpoint`` (imported on its own).
 """
 
+from mrpo.models.attention import ATTENTION_IMPLEMENTATIONS
 from mrpo.models.gguf import ensure_converted
 from mrpo.models.loading import (
-    ATTENTION_IMPLEMENTATIONS,
     DTYPES,
     compile_policy,
     disable_dropout,

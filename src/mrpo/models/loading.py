@@ -160,17 +160,6 @@ def _apply_lora(model: PreTrainedModel, lora: LoraConfig) -> PeftModel:
     return get_peft_model(model, config)
 
 
-ATTENTION_IMPLEMENTATIONS = (
-    "eager",
-    "sdpa",
-    "flex_attention",
-    "flash_attention_2",
-    "flash_attention_3",
-)
-"""transformers attention implementations a model may be loaded with
-(``model.attn_implementation``)."""
-
-
 def _quantized_kwargs(
     quantization: str | None, dtype: str, device: str | torch.device | None
 ) -> dict[str, Any]:
@@ -212,9 +201,9 @@ def load_model(
             ``PeftModel``); only the adapters are trainable.
         trainable: False gives a frozen model (eval mode, no parameter requires grad), e.g.
             for a reference.
-        attn_implementation: one of :data:`ATTENTION_IMPLEMENTATIONS` (None: transformers'
-            default, ``sdpa``); ``flex_attention`` makes packed rows skip their masked tiles
-            on GPUs (:mod:`mrpo.logprobs.attention`).
+        attn_implementation: one of :data:`mrpo.models.attention.ATTENTION_KERNELS` (None:
+            transformers' default, ``sdpa``); ``flex_attention`` makes packed rows skip their
+            masked tiles on GPUs (:mod:`mrpo.logprobs.attention`).
         quantization: a :data:`mrpo.models.quantization.QUANTIZATIONS` name (``nf4``, ...)
             to load the linear layers quantized by bitsandbytes, or None. A trainable
             quantized model is prepared for k-bit training (peft) and needs ``lora``.

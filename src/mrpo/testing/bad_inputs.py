@@ -445,13 +445,24 @@ CASES: Sequence[BadInput] = (
     ),
 )
 
-if _no_gpu():  # on a GPU machine this input is a good one
+if _no_gpu():  # on a GPU machine these inputs are good ones
     CASES = (
         *CASES,
         BadInput(
             "trainer_accelerator",
             ("trainer.accelerator=gpu",),
             r"config error: trainer.accelerator: is 'gpu' but this machine has no CUDA GPU",
+        ),
+        BadInput(
+            "attention_flex_on_cpu",
+            ("model.attn_implementation=flex_attention",),
+            r"config error: model.attn_implementation: 'flex_attention' cannot train on the CPU",
+        ),
+        BadInput(
+            "attention_flash_on_cpu",
+            ("model.attn_implementation=flash_attention_2",),
+            r"config error: model.attn_implementation: 'flash_attention_2' cannot train on the "
+            r"CPU: flash-attention kernels run on CUDA GPUs only",
         ),
     )
 

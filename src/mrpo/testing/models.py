@@ -7,7 +7,7 @@ exercises the same code paths (attention masks, position ids, generation, LoRA t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -147,6 +147,28 @@ def save_tiny_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def greedy_text(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    stops: Sequence[str],
+    max_new_tokens: int,
+) -> str:
+    """transformers' own greedy ``generate`` on ``prompt`` alone (lm-eval's harness at batch
+    size 1), cut at the first end-of-sequence token and then at the earliest stop string: the
+    text :func:`mrpo.evals.generate.generate_until` must give."""
+    from mrpo.evals.generate import cut_at_stops, eos_token_ids
+
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    out = model.generate(  # type: ignore[operator]
+        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0
+    )
+    new = out[0, len(ids) :].tolist()
+    eos = set(eos_token_ids(model, tokenizer))
+    end = next((i for i, t in enumerate(new) if t in eos), len(new))
+    return cut_at_stops(str(tokenizer.decode(new[:end], skip_special_tokens=True)), stops)
 
 
 class AllLogits(torch.nn.Module):
