@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import struct
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lightning.pytorch.loggers import MLFlowLogger
@@ -37,8 +39,8 @@ def tensorboard_names(run_dir: Path) -> set[str]:
     return set(events.Tags()["scalars"])
 
 
-def wandb_offline_names(run_dir: Path) -> set[str]:
-    """The history keys in the W&B offline run file (the records ``wandb sync`` uploads).
+def wandb_records(path: Path) -> list[Any]:
+    """The protobuf records of a W&B offline run file (what ``wandb sync`` uploads).
 
     The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB
     blocks of chunks, each a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle,
@@ -46,10 +48,9 @@ def wandb_offline_names(run_dir: Path) -> set[str]:
     """
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    pos, pending, names = 7, b"", set()
+    pos, pending, records = 7, b"", []
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
             pos += 32768 - pos % 32768
@@ -58,11 +59,29 @@ def wandb_offline_names(run_dir: Path) -> set[str]:
         pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
+            records.append(wandb_internal_pb2.Record.FromString(pending))
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                names |= {i.key or "/".join(i.nested_key) for i in record.history.item}
+    return records
+
+
+def wandb_offline_names(run_dir: Path, timeout: float = 60.0) -> set[str]:
+    """The metric names in the run's W&B offline file, once W&B's service has written the
+    run's end into it (it writes after ``finish()`` returns)."""
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "exit" in kinds, f"{path}: no exit record after {timeout} s"
+    names = {
+        item.key or "/".join(item.nested_key)
+        for record, kind in zip(records, kinds, strict=True)
+        if kind == "history"
+        for item in record.history.item
+    }
     # W&B's own bookkeeping (_step, ...) and Lightning's step axis for W&B alone.
     return {n for n in names if not n.startswith("_")} - {"trainer/global_step"}
 
