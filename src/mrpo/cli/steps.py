@@ -217,11 +217,7 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
     references score training batches as they come. Moving references (``source: moving``)
     are left out: they are scored live, with their weights of the moment.
     """
-    specs = reference_specs(cfg)
-    static = [s for s in specs if not s.is_moving]
-    if len(static) < len(specs):
-        moving = [s.name for s in specs if s.is_moving]
-        log.info("references %s follow the policy: scored live, never cached", moving)
+    static = [s for s in reference_specs(cfg) if not s.is_moving]
     if not static:
         return PreparedReferences(None, None, {})
     ensemble = build_ensemble(cfg, static)
@@ -248,8 +244,7 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     strategy = objective.weighting
     if not strategy.fits_on_validation:
         return
-    # Refused with moving references by the config checks (mrpo.config.moving).
-    assert refs.ensemble is not None, "validation weights need every reference cached"
+    assert refs.ensemble is not None, "refused with moving references (mrpo.config.moving)"
     val = refs.ensemble.precompute(data.val_examples, progress=False).logps
     index = torch.tensor([ex.index for ex in data.val_examples])
     rows = [ref.select(index) for ref in val]
