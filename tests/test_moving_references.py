@@ -323,7 +323,7 @@ def test_trdpo_with_the_moving_reference_alone_caches_nothing(compose_train) -> 
         compose_train(["references.pool.0.source=moving", "references.pool.0.every_n_steps=1"])
     )
     assert summary["global_step"] == 2
-    assert summary["reference_cache"] == {}
+    assert summary["reference_cache"] == {"not_cached": ["self"]}
     # Before training the moving reference is the policy itself: zero reward margins.
     assert summary["before/val/rewards/margin"] == pytest.approx(0.0, abs=1e-6)
 
@@ -416,6 +416,7 @@ def test_stage_cache_fills_the_static_references_only(compose_train, tmp_path: P
     summary = train(cfg)
     assert summary["stage"] == "cache"
     assert summary["misses"] == 1  # the static reference only
+    assert summary["not_cached"] == ["harmless"]
 
 
 @pytest.mark.slow

@@ -217,16 +217,20 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
     references score training batches as they come. Moving references (``source: moving``)
     are left out: they are scored live, with their weights of the moment.
     """
-    static = [s for s in reference_specs(cfg) if not s.is_moving]
+    specs = reference_specs(cfg)
+    static = [s for s in specs if not s.is_moving]
+    # The run's record names the references it never cached (stage=cache included).
+    moving = (
+        {"not_cached": [s.name for s in specs if s.is_moving]} if len(static) < len(specs) else {}
+    )
     if not static:
-        return PreparedReferences(None, None, {})
+        return PreparedReferences(None, None, moving)
     ensemble = build_ensemble(cfg, static)
-    rows = data.all_examples
     if cfg.references.mode == "live":
         pre = ensemble.precompute(data.val_examples)
-        return PreparedReferences(ensemble, None, asdict(pre.stats))
-    table = ensemble.table(rows)
-    return PreparedReferences(ensemble, table, asdict(ensemble.stats))
+        return PreparedReferences(ensemble, None, {**asdict(pre.stats), **moving})
+    table = ensemble.table(data.all_examples)
+    return PreparedReferences(ensemble, table, {**asdict(ensemble.stats), **moving})
 
 
 def live_references(
