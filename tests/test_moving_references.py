@@ -323,7 +323,7 @@ def test_trdpo_with_the_moving_reference_alone_caches_nothing(compose_train) -> 
         compose_train(["references.pool.0.source=moving", "references.pool.0.every_n_steps=1"])
     )
     assert summary["global_step"] == 2
-    assert summary["reference_cache"] == {}
+    assert summary["reference_cache"] == {"not_cached": ["self"]}
     # Before training the moving reference is the policy itself: zero reward margins.
     assert summary["before/val/rewards/margin"] == pytest.approx(0.0, abs=1e-6)
 
@@ -416,3 +416,44 @@ def test_stage_cache_fills_the_static_references_only(compose_train, tmp_path: P
     summary = train(cfg)
     assert summary["stage"] == "cache"
     assert summary["misses"] == 1  # the static reference only
+    assert summary["not_cached"] == ["harmless"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_moves_the_reference_like_one_process_accumulating(
+    tiny_model_dir: Path, hh_file: Path, tmp_path: Path
+) -> None:
+    # 20 training pairs in batches of 2: 5 optimizer steps of 2 batches each way (2 ranks, or
+    # 1 process accumulating 2), the reference updated after steps 2 and 4 only.
+    args = [
+        "debug=tiny",
+        f"model.source={tiny_model_dir}",
+        "data=local_file",
+        f"data.source={hh_file}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "logger=none",
+        "data.max_samples=24",
+        "data.val_size=4",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "trainer.max_steps=-1",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        *TWO_WITH_MOVING,
+        "references.pool.1.alpha=0.5",
+        "references.pool.1.every_n_steps=2",
+        "weights=arwc",  # stateless: a windowed strategy would see only its rank's batches
+        "save_model=false",
+    ]
+    single = run_train_cli([*args, "trainer.accumulate_grad_batches=2"], tmp_path / "single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_train_cli([*args, "trainer=ddp", "trainer.accelerator=cpu"], tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = last_state(tmp_path / "single"), last_state(tmp_path / "ddp")
+    moving = [k for k in a if k.startswith("moving_references.")]
+    assert moving and sorted(a) == sorted(b)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+    initial = load_model(str(tiny_model_dir)).state_dict()
+    prefix = "moving_references.copies.0."
+    assert any(not torch.equal(a[prefix + n], initial[n]) for n in initial if prefix + n in a)

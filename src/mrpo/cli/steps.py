@@ -221,18 +221,18 @@ def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferenc
     """
     specs = reference_specs(cfg)
     static = [s for s in specs if not s.is_moving]
-    if len(static) < len(specs):
-        moving = [s.name for s in specs if s.is_moving]
-        log.info("references %s follow the policy: scored live, never cached", moving)
+    # The run's record names the references it never cached (stage=cache included).
+    moving = (
+        {"not_cached": [s.name for s in specs if s.is_moving]} if len(static) < len(specs) else {}
+    )
     if not static:
-        return PreparedReferences(None, None, {})
+        return PreparedReferences(None, None, moving)
     ensemble = build_ensemble(cfg, static)
-    rows = data.all_examples
     if cfg.references.mode == "live":
         pre = ensemble.precompute(data.val_examples)
-        return PreparedReferences(ensemble, None, asdict(pre.stats))
-    table = ensemble.table(rows)
-    return PreparedReferences(ensemble, table, asdict(ensemble.stats))
+        return PreparedReferences(ensemble, None, {**asdict(pre.stats), **moving})
+    table = ensemble.table(data.all_examples)
+    return PreparedReferences(ensemble, table, {**asdict(ensemble.stats), **moving})
 
 
 def live_references(
@@ -250,8 +250,7 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     strategy = objective.weighting
     if not strategy.fits_on_validation:
         return
-    # Refused with moving references by the config checks (mrpo.config.moving).
-    assert refs.ensemble is not None, "validation weights need every reference cached"
+    assert refs.ensemble is not None, "refused with moving references (mrpo.config.moving)"
     val = refs.ensemble.precompute(data.val_examples, progress=False).logps
     index = torch.tensor([ex.index for ex in data.val_examples])
     rows = [ref.select(index) for ref in val]

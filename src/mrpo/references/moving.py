@@ -15,6 +15,7 @@ reference is never cached: its numbers change with every update.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch
 from mrpo.data.tokenize import TokenizedPairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.references.ensemble import ReferenceEnsemble
+
+log = logging.getLogger("mrpo.references")
 
 StaticReferences = Callable[[PreferenceBatch], tuple[torch.Tensor, torch.Tensor]]
 """A batch -> the static references' ``(ref_chosen, ref_rejected)``, each (K_static, B)."""
@@ -60,6 +63,11 @@ class MovingReferences(torch.nn.Module):
                     f"the policy's ({sorted(got ^ want)[:3]} ...); it follows a whole policy "
                     "without LoRA adapters"
                 )
+            log.info(
+                "reference %s follows the policy (%s), scored live, never cached",
+                ensemble.specs[k].name,
+                ensemble.specs[k].schedule(),
+            )
 
     def model(self, k: int) -> torch.nn.Module:
         """The current model of moving reference ``k`` (its position in the ensemble)."""
