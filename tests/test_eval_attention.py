@@ -59,7 +59,7 @@ def greedy_texts(family: str, attention: str, tokenizer) -> list[str]:
     """transformers' greedy text of each prompt alone, once per family and implementation."""
     if (family, attention) not in _greedy:
         model = configured(family, attention, len(tokenizer))
-        _greedy[family, attention] = [greedy_text(model, tokenizer, p, [], 16) for p in PROMPTS]
+        _greedy[family, attention] = [greedy_text(model, tokenizer, p, [], 12) for p in PROMPTS]
     return _greedy[family, attention]
 
 
@@ -68,13 +68,14 @@ def greedy_texts(family: str, attention: str, tokenizer) -> list[str]:
 def test_every_attention_implementation_decodes_greedy_text(
     tokenizer, family, attention, draft_tokens
 ) -> None:
-    """Prompts of unequal lengths in 3 slots refilled as rows finish, rows near the context's
-    end (positions of padding clamped), with and without guessed tokens. A flash-attention
-    model cannot run its configured attention on this machine at all: its decoding shows that
-    no call of the decoder reaches the configured kernel."""
+    """Prompts of unequal lengths in 3 slots refilled as rows finish, with and without guessed
+    tokens; the longest prompt (25 tokens) and its 12 new ones end one position before the
+    context's end (38 positions), so the positions of its later guesses are clamped. A
+    flash-attention model cannot run its configured attention on this machine at all: its
+    decoding shows that no call of the decoder reaches the configured kernel."""
     model = configured(family, attention, len(tokenizer))
     out = generate_until(
-        model, tokenizer, PROMPTS, stop=[], max_new_tokens=16, batch_size=3, max_length=64,
+        model, tokenizer, PROMPTS, stop=[], max_new_tokens=12, batch_size=3, max_length=38,
         draft_tokens=draft_tokens,
     )  # fmt: skip
     reference = attention if attention in RUN_ON_CPU else "sdpa"

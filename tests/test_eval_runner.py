@@ -63,6 +63,24 @@ def test_run_evals_metrics_and_batch_independence(data_dir: Path, tokenizer) -> 
             assert single.metrics[key] == pytest.approx(value, abs=1e-5), key
 
 
+def test_a_policy_with_eager_attention_evaluates_as_with_sdpa(data_dir: Path, tokenizer) -> None:
+    """A policy trained with ``model.attn_implementation=eager``: GSM8K texts (slots of
+    unequal 5-shot prompts, guessed tokens) and TruthfulQA scores equal those of the same
+    weights under sdpa, and the policy keeps its setting."""
+    sdpa, eager = tiny_model(tokenizer), tiny_model(tokenizer)
+    eager.set_attn_implementation("eager")
+    kwargs = {"limit": 2, "data_dir": data_dir, "max_new_tokens": 12, "batch_size": 2}
+    want = run_eval_suite(sdpa, tokenizer, ["gsm8k", "truthfulqa"], **kwargs)
+    got = run_eval_suite(eager, tokenizer, ["gsm8k", "truthfulqa"], **kwargs)
+    texts = [s["generation"] for s in got.samples["gsm8k"]]
+    assert texts == [s["generation"] for s in want.samples["gsm8k"]] and all(texts)
+    for key in ("mc1", "mc2"):
+        assert got.metrics[f"eval/truthfulqa/{key}"] == pytest.approx(
+            want.metrics[f"eval/truthfulqa/{key}"], abs=1e-5
+        )
+    assert eager.config._attn_implementation == "eager"
+
+
 def test_run_evals_rejects_bad_arguments_before_work(
     tmp_path: Path, data_dir: Path, tokenizer
 ) -> None:
