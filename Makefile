@@ -95,7 +95,8 @@ device-kit: setup
 
 # The plan rehearsed on this CPU: a fresh Python 3.12 environment of the image's packages, the
 # checkout without ../shared, pip and the hub offline, every command at CPU size.
-REHEARSAL_PYTHON ?= $(shell command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python)
+# Python 3.12 (the image's minor version): a pyenv build if there is one, else python3.12.
+REHEARSAL_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) python3.12)
 REHEARSAL_ROOT ?= /tmp/mrpo-rehearsal-$(notdir $(CURDIR))
 device-rehearsal: device-kit
 	$(PY) benchmarks/device_rehearsal.py --python $(REHEARSAL_PYTHON) --root $(REHEARSAL_ROOT)

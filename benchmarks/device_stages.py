@@ -64,6 +64,10 @@ def model_dir(ctx: Any, arch: str) -> tuple[Path, dict[str, Any]]:
 
 
 def arms_for(name: str, smoke: bool) -> list[str]:
+    """The arms of a ``train_*`` stage. The CPU smoke runs every arm's code at 135M and only
+    TRL's and mrpo's main arms at the larger shapes: what those add is their model classes."""
+    if smoke and name != "train_135m":
+        return ["trl_precompute", "mrpo_cached"]
     arms = list(SMOKE_ARMS if smoke else GPU_ARMS)
     if name == "train_135m":
         arms.append(PACK_ARM[smoke])

@@ -21,6 +21,9 @@ from typing import Any
 
 import torch
 
+from mrpo.config.build import reference_specs
+from mrpo.config.schema import TrainConfig
+
 # (category, module regex) of warnings about the libraries' own internals.
 LIBRARY_NOISE: tuple[tuple[type[Warning], str], ...] = (
     # torch's LeafSpec deprecation, raised where Lightning's copy of tree_flatten builds one.
@@ -75,3 +78,9 @@ def _ram_gb() -> float:
     import psutil  # type: ignore[import-untyped]  # no stubs installed
 
     return float(psutil.virtual_memory().available) / 2**30
+
+
+def is_quantizing(cfg: TrainConfig) -> bool:
+    """Whether the policy or a reference loads quantized weights."""
+    specs = reference_specs(cfg)
+    return cfg.model.quantization is not None or any(s.quantization for s in specs)

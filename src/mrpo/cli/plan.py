@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import resource
+import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +30,15 @@ from mrpo.models.parallel import wants_cuda
 from mrpo.planning.batches import epoch_tokens, largest_batch
 from mrpo.planning.memory import GB, MemoryPlan, ModelShape, RunShape, estimate_memory, memory_fixes
 from mrpo.planning.shapes import model_shape
-from mrpo.planning.speed import estimate_seconds, format_duration, read_speed, speed_key
+from mrpo.planning.speed import (
+    estimate_seconds,
+    format_duration,
+    read_speed,
+    record_speed,
+    speed_key,
+)
 from mrpo.references import ReferenceEnsemble
+from mrpo.tracking.card import render_card, write_card
 
 log = logging.getLogger("mrpo.train")
 
@@ -300,3 +309,36 @@ def check_memory(cfg: TrainConfig, plan: RunPlan) -> None:
         log.warning("force_memory: %s", message)
         return
     raise ConfigError("force_memory", message)
+
+
+def memory_record(plan: RunPlan | None, measured: float | None) -> dict[str, Any]:
+    """The plan's estimate beside the measured peak, and its error (estimate / measured - 1)."""
+    if plan is None:
+        return {}
+    record = {**plan.record(), "measured_peak_gb": measured}
+    if measured:
+        record["error"] = plan.memory.total_gb / measured - 1
+    return record
+
+
+def remember_speed(cfg: TrainConfig, plan: RunPlan, summary: dict[str, Any]) -> None:
+    """Keep the finished run's training speed for the time estimates of later runs."""
+    speed = summary.get("throughput", {}).get("tokens_per_second", 0.0)
+    record_speed(cfg.paths.cache_dir, run_speed_key(cfg, plan.device), speed)
+
+
+def save_card(
+    model_dir: Path, plan: RunPlan, resolved: dict[str, Any], summary: dict[str, Any]
+) -> Path:
+    """Write the model card of the saved policy (:mod:`mrpo.tracking.card`)."""
+    refs = [asdict(r) for r in plan.references]
+    return write_card(model_dir, render_card(resolved, summary, refs, run_command()))
+
+
+def run_command() -> str:
+    """The command line that reproduces this run: ``mrpo-train`` and its overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed in Python: the overrides are not known
+        return "mrpo-train  # with the overrides of this run's config.yaml"
+    return shlex.join(["mrpo-train", *HydraConfig.get().overrides.task])

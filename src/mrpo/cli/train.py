@@ -16,11 +16,10 @@ tells at the end which failed).
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
 from mrpo.callbacks import EvalCallback
-from mrpo.cli.console import hardware_line, quiet_bitsandbytes, quiet_libraries
+from mrpo.cli.console import hardware_line, is_quantizing, quiet_bitsandbytes, quiet_libraries
 from mrpo.cli.moving import reference_scoring
-from mrpo.cli.plan import RunPlan, announce_plan, run_speed_key
+from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
@@ -52,14 +51,12 @@ from mrpo.cli.steps import (
     throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
-from mrpo.config.build import build_objective, num_references, reference_specs
+from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
-from mrpo.planning.speed import record_speed
-from mrpo.tracking.card import render_card, write_card
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import AtomicCheckpointIO, last_checkpoints
@@ -254,16 +251,6 @@ def summarize(
     }
 
 
-def memory_record(plan: RunPlan | None, measured: float | None) -> dict[str, Any]:
-    """The plan's estimate beside the measured peak, and its error (estimate / measured - 1)."""
-    if plan is None:
-        return {}
-    record = {**plan.record(), "measured_peak_gb": measured}
-    if measured:
-        record["error"] = plan.memory.total_gb / measured - 1
-    return record
-
-
 def gather_policy(run: TrainingRun) -> dict[str, Any] | None:
     """The whole trained policy's state dict on rank 0 when training sharded it (every rank
     must call this together), None when the policy in memory is whole."""
@@ -292,29 +279,12 @@ def finish(
         model_dir = _save_policy(cfg, run.module, output_dir / "model")
         summary["model_dir"] = str(model_dir)
         if run.plan is not None:
-            refs = [asdict(r) for r in run.plan.references]
-            write_card(model_dir, render_card(run.resolved, summary, refs, run_command()))
+            save_card(model_dir, run.plan, run.resolved, summary)
     if run.plan is not None:
-        speed = summary.get("throughput", {}).get("tokens_per_second", 0.0)
-        record_speed(cfg.paths.cache_dir, run_speed_key(cfg, run.plan.device), speed)
+        remember_speed(cfg, run.plan, summary)
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     _print_summary(summary)
-
-
-def is_quantizing(cfg: TrainConfig) -> bool:
-    """Whether the policy or a reference loads quantized weights."""
-    specs = reference_specs(cfg)
-    return cfg.model.quantization is not None or any(s.quantization for s in specs)
-
-
-def run_command() -> str:
-    """The command line that reproduces this run: ``mrpo-train`` and its overrides."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():  # composed in Python: the overrides are not known
-        return "mrpo-train  # with the overrides of this run's config.yaml"
-    return shlex.join(["mrpo-train", *HydraConfig.get().overrides.task])
 
 
 def _validate(run: TrainingRun) -> dict[str, float]:
