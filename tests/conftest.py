@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,6 +14,14 @@ from omegaconf import DictConfig
 from mrpo.testing.configs import compose_config
 from mrpo.testing.models import QUANTIZABLE_HIDDEN_SIZE
 from mrpo.testing.runs import write_hh_pairs, write_tiny_model
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # CI's time budget (.ci/run sets MRPO_TEST_DEADLINE, seconds since the epoch): tests not
+    # started by then are reported as skipped for the budget, never silently dropped.
+    deadline = os.environ.get("MRPO_TEST_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip("CI time budget reached before this test started (MRPO_TEST_DEADLINE)")
 
 
 @pytest.fixture(autouse=True, scope="session")

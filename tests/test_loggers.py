@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -176,7 +177,6 @@ def test_missing_logger_package_is_refused_before_any_load(
     module: str,
     compose_train,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # import lookup finds nothing
 
@@ -190,15 +190,24 @@ def test_missing_logger_package_is_refused_before_any_load(
     assert err.value.key == f"logger.{flag}"
     assert f"pip install 'mrpo[{flag}]'" in err.value.detail
 
-    # Through the real command line (in this process): exit status 2, the message, no traceback.
+    # Through the real command line, in its own process with the package blocked: exit status 2,
+    # the message, no traceback (in this process Hydra's log handlers would outlive the test).
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; "
+        "from mrpo.cli.train import main; sys.argv = ['mrpo-train', *sys.argv[1:]]; main()"
+    )
     cfg = compose_train([f"logger.{flag}=true"])
-    monkeypatch.setattr(sys, "argv", ["mrpo-train", *_cli_overrides(cfg, flag)])
-    with pytest.raises(SystemExit) as exit_info:
-        train_cli.main()
-    assert exit_info.value.code == 2
-    printed = "".join(capsys.readouterr())  # Hydra's log handler writes to the console
+    done = subprocess.run(
+        [sys.executable, "-c", code, *_cli_overrides(cfg, flag)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 2, printed
     assert f"config error: logger.{flag}: needs the '{module}' package" in printed
     assert f"pip install 'mrpo[{flag}]'" in printed and "Traceback" not in printed
+    assert not (Path(cfg.paths.output_dir).parent / "cli" / "summary.json").exists()
 
 
 def _cli_overrides(cfg, flag: str) -> list[str]:
