@@ -21,6 +21,7 @@ from mrpo.logprobs.sequence import (
     hidden_sequence_logprobs,
     model_sequence_logprobs,
     position_ids_from_mask,
+    reduce_rows,
     scored_window,
     sequence_logprobs,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "packed_sequence_logprobs",
     "pair_shared_tokens",
     "position_ids_from_mask",
+    "reduce_rows",
     "scored_token_counts",
     "scored_window",
     "sequence_logprobs",

@@ -135,18 +135,27 @@ def sequence_logprobs(
 
     # where (not multiply) so that a non-finite value at an ignored position cannot leak in.
     token_logps = torch.where(mask, token_logps, token_logps.new_zeros(()))
-    return _reduce(token_logps, mask, average, shared_tokens)
+    return reduce_rows(token_logps, mask, average, shared_tokens)
 
 
-def _reduce(
+def reduce_rows(
     token_logps: torch.Tensor,
     mask: torch.Tensor,
     average: bool,
     shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
-    """Row sums (or means) of (N, T) float32 token log-probs that are 0 where ``mask`` is off,
-    and, given (N,) ``shared_tokens``, the sums of each row's first ``shared_tokens`` scored
-    tokens (divided by the row's full count when ``average``)."""
+    """Row sums (or means) of (N, T) float32 token log-probs that are 0 where ``mask`` is off.
+
+    Args:
+        token_logps: (N, T) float32, 0 where ``mask`` is off.
+        mask: (N, T) bool, the scored positions.
+        average: divide each row's sums by its scored token count (at least 1).
+        shared_tokens: (N,) int64: also sum each row's first ``shared_tokens`` scored tokens
+            (:func:`~mrpo.logprobs.shared.shared_prefix_mask`) into ``shared_logps``.
+
+    Returns:
+        ``SequenceLogProbs`` of the N rows.
+    """
     total = token_logps.sum(dim=-1)
     num_tokens = mask.sum(dim=-1, dtype=torch.int64)
     shared = None
@@ -289,7 +298,7 @@ def hidden_sequence_logprobs(
     picked = head_logprobs(hidden[:, :-1][mask], weight, bias, targets, chunk_tokens=chunk_tokens)
     # masked_scatter keeps the rows tied to the graph even when no token is scored.
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
-    return _reduce(token_logps, mask, average, shared_tokens)
+    return reduce_rows(token_logps, mask, average, shared_tokens)
 
 
 def _logits_logprobs(
