@@ -139,3 +139,27 @@ def test_tiny_run_with_ld_alpha_and_two_cached_references(compose_train, tmp_pat
     assert plain["reference_cache"]["misses"] == 2 and plain["reference_cache"]["hits"] == 0
     again = train(compose_train([*refs, "loss.ld_alpha=0.5"], output_dir=tmp_path / "again"))
     assert again["reference_cache"]["hits"] == 2 and again["reference_cache"]["misses"] == 0
+
+
+def test_live_moving_and_cached_references_give_the_same_ld_losses(
+    compose_train, tmp_path: Path
+) -> None:
+    """A static reference scored live and one read from the cache, beside a moving (TR-DPO)
+    one, give the same LD-DPO losses: every scorer sums up to the same shared lengths."""
+    run = [
+        "references=prompted",
+        "references.num_refs=2",
+        "references.pool.1.source=moving",
+        "references.pool.1.alpha=0.5",
+        "references.pool.1.every_n_steps=2",
+        "weights=sliding_window",
+        "trainer.max_steps=4",
+        "trainer.max_epochs=2",
+        "loss.ld_alpha=0.3",
+    ]
+    train(compose_train(run, output_dir=tmp_path / "cached"))
+    train(compose_train([*run, "references.mode=live"], output_dir=tmp_path / "live"))
+    cached, live = (read_metrics(tmp_path / d)["train/loss"] for d in ("cached", "live"))
+    assert sorted(cached) == sorted(live) == list(range(4))
+    for step in range(4):
+        assert live[step] == pytest.approx(cached[step], abs=1e-5), step
