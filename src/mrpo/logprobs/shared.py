@@ -1,9 +1,10 @@
 """Log-probs up to a pair's shared length, and LD-DPO's length-desensitized log-prob.
 
-LD-DPO (Liu et al. 2024, arXiv 2409.06411; TRL's ``DPOConfig.ld_alpha``) splits each response
-of a preference pair at the pair's *shared length* ℓ_s = min(|y_w|, |y_l|), counted in scored
-response tokens of the model that scores them: the first ℓ_s tokens are the public part, the
-rest the response's own excess. The response's log-prob becomes
+LD-DPO (length desensitization of DPO, arXiv 2409.06411; TRL's ``DPOConfig.ld_alpha``)
+splits each response of a preference pair at the pair's *shared length*
+ℓ_s = min(|y_w|, |y_l|), counted in scored response tokens of the model that scores them: the
+first ℓ_s tokens are the public part, the rest the response's own excess. The response's
+log-prob becomes
 
     ℓ^LD(y) = ℓ_public(y) + α · (ℓ(y) − ℓ_public(y)),
 
