@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mrpo.logprobs import ld_logps, pair_shared_tokens, reduce_rows
+from mrpo.logprobs.packed import reduce_by_owner
 from mrpo.objectives import LOSS_TYPES, get_objective
 
 if sys.version_info < (3, 11):  # the pinned trl has no release for 3.10 (pyproject.toml)
@@ -192,3 +194,92 @@ def test_f_divergences_equal_trl(loss_type: str, divergence: str, alpha: float) 
         f_alpha_divergence_coef=alpha,
         label_smoothing=smoothing,
     )
+
+
+# --- LD-DPO (TRL's ld_alpha, arXiv 2409.06411) ------------------------------------------------
+
+
+def make_ld_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy and reference per-token log-probs (2B, T−1) and a completion mask (2B, T) whose
+    pairs have unequal lengths (and one pair equal ones)."""
+    per_token, mask, _, _ = make_batch(seed)
+    mask[BATCH - 1] = mask[2 * BATCH - 1]  # an equal-length pair: LD-DPO leaves it alone
+    gen = torch.Generator().manual_seed(seed + 100)
+    ref_per_token = per_token + 0.5 * torch.randn(per_token.shape, generator=gen)
+    return per_token, ref_per_token, mask
+
+
+def trl_ld_loss_and_grad(trainer: DPOTrainer, per_token, ref_per_token, mask):
+    """TRL's own ``_compute_loss`` with ``ld_alpha`` set: its shared/tail masks from the
+    completion mask, applied to the policy's and (not precomputed) the reference's log-probs."""
+    leaf = per_token.clone().requires_grad_(True)
+    trainer.__dict__.update(
+        precompute_ref_logps=False, ref_model=LogProbSource(ref_per_token, mask)
+    )
+    source = LogProbSource(leaf, mask)
+    trainer.model = source
+    inputs = {
+        "input_ids": torch.zeros_like(mask),
+        "attention_mask": torch.ones_like(mask),
+        "completion_mask": mask,
+    }
+    loss = trainer._compute_loss(source, inputs, return_outputs=False)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+def mrpo_ld_sums(per_token, mask, alpha, average: bool, by_owner: bool) -> torch.Tensor:
+    """(2B,) LD-DPO log-probs through mrpo's padded-row (``reduce_rows``) or packed
+    (``reduce_by_owner``) reduction, then :func:`ld_logps`."""
+    scored = mask[:, 1:].bool()
+    shared_tokens = pair_shared_tokens(scored.sum(dim=1))
+    token_logps = torch.where(scored, per_token, per_token.new_zeros(()))
+    if by_owner:
+        owner = torch.arange(scored.shape[0])[:, None].expand_as(scored)[scored]
+        out = reduce_by_owner(token_logps[scored], owner, scored.shape[0], average, shared_tokens)
+    else:
+        out = reduce_rows(token_logps, scored, average, shared_tokens)
+    return ld_logps(out.logps, out.shared_logps, alpha)
+
+
+@pytest.mark.parametrize("by_owner", [False, True], ids=["rows", "packed"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize("loss_type", [t for t in TRL_LOSS_TYPES if t != "sft"])
+def test_ld_alpha_equals_trl(loss_type: str, alpha: float, by_owner: bool) -> None:
+    """LD-DPO against TRL 1.16's ``DPOTrainer._compute_loss`` with ``ld_alpha`` (its shared
+    and tail masks, on the policy's and the live reference's per-token log-probs), K = 1.
+
+    ``sft`` is left out: TRL's reads the full per-token log-probs, mrpo's the LD-DPO ones
+    (docs/objectives.md)."""
+    per_token, ref_per_token, mask = make_ld_batch(seed=7)
+    smoothing = {"exo_pair": 1e-3, "robust": 0.1, "aot": 0.05}.get(loss_type, 0.0)
+    trainer = trl_trainer([loss_type], None, beta=0.5, label_smoothing=smoothing)
+    trainer.ld_alpha = alpha
+    expected, expected_grad = trl_ld_loss_and_grad(trainer, per_token, ref_per_token, mask)
+    normalize = loss_type == "ipo"  # TRL's ipo divides by the token counts (see above)
+    objective = get_objective(
+        "dpo",
+        beta=0.5,
+        loss_type=[loss_type],
+        label_smoothing=smoothing,
+        length_normalize=normalize,
+        ld_alpha=alpha,
+    )
+    leaf = per_token.clone().requires_grad_(True)
+    policy = mrpo_ld_sums(leaf, mask, alpha, normalize, by_owner)
+    refs = mrpo_ld_sums(ref_per_token, mask, alpha, normalize, by_owner)
+    counts = mask[:, 1:].sum(dim=1)
+    out = objective(
+        policy[:BATCH],
+        policy[BATCH:],
+        refs[None, :BATCH],
+        refs[None, BATCH:],
+        token_counts=(counts[:BATCH], counts[BATCH:]),
+    )
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(leaf.grad, expected_grad, rtol=1e-6, atol=1e-6)
+    # Not vacuous: TRL without ld_alpha gives another loss on the same tensors.
+    trainer.ld_alpha = None
+    full, _ = trl_ld_loss_and_grad(trainer, per_token, ref_per_token, mask)
+    assert not torch.allclose(full, expected, atol=1e-5, rtol=0)

@@ -48,8 +48,9 @@ _OPTIMIZER_STATES = {"SGD": 1, "Adagrad": 1, "RMSprop": 1, "Adafactor": 1}
 
 @dataclass(frozen=True)
 class ReferencePlan:
-    """A reference of the run: its name, weights source, state (``cached``, ``to score`` or
-    ``live``), weights fingerprint and the cache key of its log-probs on this run's rows."""
+    """A reference of the run: its name, weights source, state (``cached``, ``to score``,
+    ``live`` or ``moving``), weights fingerprint and the cache key of its log-probs on this
+    run's rows (empty for a moving one)."""
 
     name: str
     source: str
@@ -264,6 +265,9 @@ def reference_plans(
     (tokenizers and weight-file hashes only; no model is loaded)."""
     rows, memo, plans = data.all_examples, {}, []  # type: ignore[var-annotated]
     for k, name in enumerate(ensemble.names):
+        if ensemble.specs[k].is_moving:  # follows the policy: scored live, never cached
+            plans.append(ReferencePlan(name, "policy", "moving", "", ""))
+            continue
         key = ensemble.key(k, ensemble.tokenize(k, rows, memo, keep=True).pairs)
         state = "cached" if ensemble.cache.path(key).is_file() else "to score"
         ref = ensemble.resolved[k]

@@ -207,6 +207,7 @@ def build_ensemble(
         tokenized_cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
         num_proc=cfg.data.num_proc,
         fused_head=cfg.model.fused_lm_head,
+        ld_alpha=cfg.loss.ld_alpha,
     )
 
 
@@ -253,10 +254,12 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     assert refs.ensemble is not None, "refused with moving references (mrpo.config.moving)"
     val = refs.ensemble.precompute(data.val_examples, progress=False).logps
     index = torch.tensor([ex.index for ex in data.val_examples])
+    # Summed log-probs (LD-DPO's where loss.ld_alpha is on): the strategy divides by length.
+    sums = [ref.select(index).values(ld_alpha=refs.ensemble.ld_alpha) for ref in val]
     rows = [ref.select(index) for ref in val]
     strategy.fit(  # type: ignore[attr-defined]  # declared by fits_on_validation
-        torch.stack([r.chosen for r in rows]),
-        torch.stack([r.rejected for r in rows]),
+        torch.stack([chosen for chosen, _ in sums]),
+        torch.stack([rejected for _, rejected in sums]),
         torch.stack([r.chosen_tokens for r in rows]),
         torch.stack([r.rejected_tokens for r in rows]),
     )

@@ -40,6 +40,7 @@ _LOSS_OPTION_KEYS = {
     "epsilon": "loss.epsilon",
     "adaptive_epsilon": "loss.adaptive_epsilon",
     "harmonic_pairing": "loss.harmonic_pairing",
+    "ld_alpha": "loss.ld_alpha",
     "num_refs": "references.num_refs",
     "weighting": "weights.strategy",
 }
@@ -159,6 +160,7 @@ def loss_options(cfg: TrainConfig) -> dict[str, Any]:
         "epsilon": loss.epsilon,
         "adaptive_epsilon": loss.adaptive_epsilon,
         "harmonic_pairing": loss.harmonic_pairing,
+        "ld_alpha": loss.ld_alpha,
     }
     with option_keys(_LOSS_OPTION_KEYS, "loss"):
         accepted = get_objective_spec(loss.name).options

@@ -148,6 +148,9 @@ class LossConfig:
     adaptive_epsilon: bool = True
     harmonic_pairing: str = "general"
     length_normalize: bool = False
+    # LD-DPO's α in [0, 1] (TRL's ld_alpha): response tokens past the pair's shared length
+    # count α-fold in every log-prob, the policy's and the references'; null (or 1): off.
+    ld_alpha: float | None = None
 
 
 @dataclass

@@ -7,7 +7,11 @@ from mrpo.logprobs._lm_head import (
     split_lm_head,
 )
 from mrpo.logprobs.attention import PACKED_MODEL_TYPES, packed_mask_builder
-from mrpo.logprobs.packed import batch_sequence_logprobs, packed_sequence_logprobs
+from mrpo.logprobs.packed import (
+    batch_sequence_logprobs,
+    packed_sequence_logprobs,
+    scored_token_counts,
+)
 from mrpo.logprobs.packing import Block, PackedRows, pack_blocks
 from mrpo.logprobs.sequence import (
     IGNORE_INDEX,
@@ -17,8 +21,16 @@ from mrpo.logprobs.sequence import (
     hidden_sequence_logprobs,
     model_sequence_logprobs,
     position_ids_from_mask,
+    reduce_rows,
     scored_window,
     sequence_logprobs,
+)
+from mrpo.logprobs.shared import (
+    ld_active,
+    ld_logps,
+    owner_ranks,
+    pair_shared_tokens,
+    shared_prefix_mask,
 )
 
 __all__ = [
@@ -34,12 +46,19 @@ __all__ = [
     "cache_argument",
     "head_logprobs",
     "hidden_sequence_logprobs",
+    "ld_active",
+    "ld_logps",
     "model_sequence_logprobs",
+    "owner_ranks",
     "pack_blocks",
     "packed_mask_builder",
     "packed_sequence_logprobs",
+    "pair_shared_tokens",
     "position_ids_from_mask",
+    "reduce_rows",
+    "scored_token_counts",
     "scored_window",
     "sequence_logprobs",
+    "shared_prefix_mask",
     "split_lm_head",
 ]

@@ -19,11 +19,13 @@ from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm
 from mrpo.logprobs.attention import packed_mask_builder
 from mrpo.logprobs.packing import PackedRows
 from mrpo.logprobs.sequence import (
+    IGNORE_INDEX,
     SequenceLogProbs,
     _check_vocab_range,
     _token_logps,
     model_sequence_logprobs,
 )
+from mrpo.logprobs.shared import owner_ranks, pair_shared_tokens
 
 
 class ScoredBatch(Protocol):
@@ -39,6 +41,13 @@ class ScoredBatch(Protocol):
     packed: PackedRows | None
 
 
+def scored_token_counts(batch: ScoredBatch) -> torch.Tensor:
+    """(N,) int64 scored tokens of each sequence of a batch, in either layout."""
+    if batch.packed is not None:
+        return batch.packed.token_counts()
+    return (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=-1)
+
+
 def batch_sequence_logprobs(
     model: torch.nn.Module,
     batch: ScoredBatch,
@@ -47,12 +56,17 @@ def batch_sequence_logprobs(
     chunk_size: int | None = None,
     fused_head: bool = True,
     head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    pair_shared: bool = False,
 ) -> SequenceLogProbs:
     """Log-probs of a batch's scored sequences, in its padded or packed layout.
 
     Args and returns as :func:`~mrpo.logprobs.model_sequence_logprobs` (``chunk_size`` applies
-    to the padded layout's logits path only).
+    to the padded layout's logits path only). With ``pair_shared``, the batch's 2B sequences
+    are B pairs (chosen first) and ``shared_logps`` sums each one's first
+    min(|y_w|, |y_l|) scored tokens (:func:`~mrpo.logprobs.shared.pair_shared_tokens`), in
+    the same forward pass.
     """
+    shared = pair_shared_tokens(scored_token_counts(batch)) if pair_shared else None
     if batch.packed is not None:
         return packed_sequence_logprobs(
             model,
@@ -60,6 +74,7 @@ def batch_sequence_logprobs(
             average=average,
             fused_head=fused_head,
             head_chunk_tokens=head_chunk_tokens,
+            shared_tokens=shared,
         )
     return model_sequence_logprobs(
         model,
@@ -70,6 +85,7 @@ def batch_sequence_logprobs(
         chunk_size=chunk_size,
         fused_head=fused_head,
         head_chunk_tokens=head_chunk_tokens,
+        shared_tokens=shared,
     )
 
 
@@ -80,6 +96,7 @@ def packed_sequence_logprobs(
     average: bool = False,
     fused_head: bool = True,
     head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
     """Run a causal LM on packed rows and reduce the log-probs of each scored sequence.
 
@@ -94,6 +111,8 @@ def packed_sequence_logprobs(
         average: mean per scored token instead of the sum.
         fused_head: take the fused LM-head path when the model allows it.
         head_chunk_tokens: scored tokens per LM-head tile on the fused path (>= 1).
+        shared_tokens: (S,) int64, also reduce each sequence's first ``shared_tokens`` scored
+            tokens into ``shared_logps`` (None: not).
 
     Returns:
         ``SequenceLogProbs`` (S,) float32 log-probs and (S,) int64 token counts; a sequence
@@ -129,19 +148,34 @@ def packed_sequence_logprobs(
         _check_vocab_range(packed.targets, logits.shape[-1])
         predicting = logits.reshape(-1, logits.shape[-1])[packed.predictor]
         token_logps = _token_logps(predicting[None], packed.targets[None])[0]
-    return reduce_by_owner(token_logps, packed.owner, packed.num_sequences, average)
+    return reduce_by_owner(token_logps, packed.owner, packed.num_sequences, average, shared_tokens)
 
 
 def reduce_by_owner(
-    token_logps: torch.Tensor, owner: torch.Tensor, num_sequences: int, average: bool
+    token_logps: torch.Tensor,
+    owner: torch.Tensor,
+    num_sequences: int,
+    average: bool,
+    shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
     """Per-sequence sums (or means) of (M,) float32 token log-probs owned by (M,) sequence ids.
+
+    Given (S,) ``shared_tokens``, also the sums of each sequence's first ``shared_tokens``
+    tokens (in listed order, :func:`~mrpo.logprobs.shared.owner_ranks`), divided by the
+    sequence's full count when ``average``.
 
     Returns:
         ``SequenceLogProbs`` of S = ``num_sequences`` rows; a sequence without tokens gets 0.
     """
     total = token_logps.new_zeros(num_sequences).index_add(0, owner, token_logps)
     num_tokens = torch.bincount(owner, minlength=num_sequences)
+    shared = None
+    if shared_tokens is not None:
+        prefix = owner_ranks(owner, num_sequences) < shared_tokens.to(owner.device)[owner]
+        kept = torch.where(prefix, token_logps, token_logps.new_zeros(()))
+        shared = token_logps.new_zeros(num_sequences).index_add(0, owner, kept)
     if average:
-        total = total / num_tokens.clamp(min=1).to(total.dtype)
-    return SequenceLogProbs(logps=total, num_tokens=num_tokens)
+        count = num_tokens.clamp(min=1).to(total.dtype)
+        total = total / count
+        shared = None if shared is None else shared / count
+    return SequenceLogProbs(logps=total, num_tokens=num_tokens, shared_logps=shared)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head, unwrapped
+from mrpo.logprobs.shared import shared_prefix_mask
 
 IGNORE_INDEX = -100
 """Label value of positions that are not scored (prompt and padding)."""
@@ -37,10 +38,15 @@ class SequenceLogProbs(NamedTuple):
     Attributes:
         logps: (N,) float32, the sum (or the per-token mean) of the scored token log-probs.
         num_tokens: (N,) int64, the number of scored tokens of each row.
+        shared_logps: (N,) float32, the log-probs of each row's first ``shared_tokens``
+            scored tokens (reduced as ``logps``: the sum, or divided by the row's full
+            ``num_tokens``), when the shared lengths were given (LD-DPO,
+            :mod:`mrpo.logprobs.shared`); None otherwise.
     """
 
     logps: torch.Tensor
     num_tokens: torch.Tensor
+    shared_logps: torch.Tensor | None = None
 
 
 def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -83,6 +89,7 @@ def sequence_logprobs(
     *,
     average: bool = False,
     chunk_size: int | None = None,
+    shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
     """Sum (or average) the log-probs of the labelled tokens of each sequence.
 
@@ -98,6 +105,8 @@ def sequence_logprobs(
             float32 values are alive at once (None: all rows together). When ``logits`` are not
             float32 and need a gradient, each chunk is recomputed in the backward pass instead
             of keeping its float32 copy.
+        shared_tokens: (N,) int64, also reduce each row's first ``shared_tokens`` scored
+            tokens into ``shared_logps`` (None: not).
 
     Returns:
         ``SequenceLogProbs`` with ``logps`` (N,) float32 and ``num_tokens`` (N,) int64. A row
@@ -126,17 +135,39 @@ def sequence_logprobs(
 
     # where (not multiply) so that a non-finite value at an ignored position cannot leak in.
     token_logps = torch.where(mask, token_logps, token_logps.new_zeros(()))
-    return _reduce(token_logps, mask, average)
+    return reduce_rows(token_logps, mask, average, shared_tokens)
 
 
-def _reduce(token_logps: torch.Tensor, mask: torch.Tensor, average: bool) -> SequenceLogProbs:
-    """Row sums (or means) of (N, T) float32 token log-probs that are 0 where ``mask`` is off."""
+def reduce_rows(
+    token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    average: bool,
+    shared_tokens: torch.Tensor | None = None,
+) -> SequenceLogProbs:
+    """Row sums (or means) of (N, T) float32 token log-probs that are 0 where ``mask`` is off.
+
+    Args:
+        token_logps: (N, T) float32, 0 where ``mask`` is off.
+        mask: (N, T) bool, the scored positions.
+        average: divide each row's sums by its scored token count (at least 1).
+        shared_tokens: (N,) int64: also sum each row's first ``shared_tokens`` scored tokens
+            (:func:`~mrpo.logprobs.shared.shared_prefix_mask`) into ``shared_logps``.
+
+    Returns:
+        ``SequenceLogProbs`` of the N rows.
+    """
     total = token_logps.sum(dim=-1)
     num_tokens = mask.sum(dim=-1, dtype=torch.int64)
+    shared = None
+    if shared_tokens is not None:
+        prefix = shared_prefix_mask(mask, shared_tokens)
+        shared = torch.where(prefix, token_logps, token_logps.new_zeros(())).sum(dim=-1)
     if average:
         # clamp: a row without scored tokens has total 0, so its mean is 0 rather than 0/0.
-        total = total / num_tokens.clamp(min=1).to(total.dtype)
-    return SequenceLogProbs(logps=total, num_tokens=num_tokens)
+        count = num_tokens.clamp(min=1).to(total.dtype)
+        total = total / count
+        shared = None if shared is None else shared / count
+    return SequenceLogProbs(logps=total, num_tokens=num_tokens, shared_logps=shared)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -159,6 +190,7 @@ def model_sequence_logprobs(
     chunk_size: int | None = None,
     fused_head: bool = True,
     head_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
     """Run a causal LM on a padded batch and reduce the log-probs of its labelled tokens.
 
@@ -177,6 +209,7 @@ def model_sequence_logprobs(
         chunk_size: see ``sequence_logprobs`` (logits path only).
         fused_head: take the fused LM-head path when the model allows it.
         head_chunk_tokens: scored tokens per LM-head tile on the fused path (>= 1).
+        shared_tokens: see :func:`sequence_logprobs` (the same forward pass gives both sums).
 
     Returns:
         ``SequenceLogProbs`` (N,) float32 log-probs and (N,) int64 token counts. Gradients
@@ -190,9 +223,11 @@ def model_sequence_logprobs(
     parts = split_lm_head(model) if fused_head else None
     if parts is not None:
         return _fused_head_logprobs(
-            *parts, input_ids, attention_mask, labels, average, head_chunk_tokens
+            *parts, input_ids, attention_mask, labels, average, head_chunk_tokens, shared_tokens
         )
-    return _logits_logprobs(model, input_ids, attention_mask, labels, average, chunk_size)
+    return _logits_logprobs(
+        model, input_ids, attention_mask, labels, average, chunk_size, shared_tokens
+    )
 
 
 def _fused_head_logprobs(
@@ -203,6 +238,7 @@ def _fused_head_logprobs(
     labels: torch.Tensor,
     average: bool,
     chunk_tokens: int,
+    shared_tokens: torch.Tensor | None,
 ) -> SequenceLogProbs:
     """``model_sequence_logprobs`` through the backbone and :func:`hidden_sequence_logprobs`."""
     hidden = backbone(
@@ -212,7 +248,13 @@ def _fused_head_logprobs(
         use_cache=False,
     )[0]
     return hidden_sequence_logprobs(
-        hidden, head.weight, head.bias, labels, average=average, chunk_tokens=chunk_tokens
+        hidden,
+        head.weight,
+        head.bias,
+        labels,
+        average=average,
+        chunk_tokens=chunk_tokens,
+        shared_tokens=shared_tokens,
     )
 
 
@@ -224,6 +266,7 @@ def hidden_sequence_logprobs(
     *,
     average: bool = False,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    shared_tokens: torch.Tensor | None = None,
 ) -> SequenceLogProbs:
     """``sequence_logprobs`` of the logits ``hidden @ weight.T + bias``, never made whole.
 
@@ -237,6 +280,7 @@ def hidden_sequence_logprobs(
         labels: (N, T) int64, ``IGNORE_INDEX`` where not scored (unshifted).
         average: mean per scored token instead of the sum.
         chunk_tokens: scored tokens per LM-head tile (>= 1).
+        shared_tokens: see :func:`sequence_logprobs`.
 
     Returns:
         ``SequenceLogProbs`` as :func:`sequence_logprobs`.
@@ -254,7 +298,7 @@ def hidden_sequence_logprobs(
     picked = head_logprobs(hidden[:, :-1][mask], weight, bias, targets, chunk_tokens=chunk_tokens)
     # masked_scatter keeps the rows tied to the graph even when no token is scored.
     token_logps = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
-    return _reduce(token_logps, mask, average)
+    return reduce_rows(token_logps, mask, average, shared_tokens)
 
 
 def _logits_logprobs(
@@ -264,6 +308,7 @@ def _logits_logprobs(
     labels: torch.Tensor,
     average: bool,
     chunk_size: int | None,
+    shared_tokens: torch.Tensor | None,
 ) -> SequenceLogProbs:
     """``model_sequence_logprobs`` through the model's own logits (the scored window's)."""
     width = input_ids.shape[1]
@@ -278,8 +323,13 @@ def _logits_logprobs(
         use_cache=False,
         **extra,
     )
+    # The window drops leading unscored columns only: each row's scored tokens keep their order.
     return sequence_logprobs(
-        outputs.logits, labels[:, width - keep :], average=average, chunk_size=chunk_size
+        outputs.logits,
+        labels[:, width - keep :],
+        average=average,
+        chunk_size=chunk_size,
+        shared_tokens=shared_tokens,
     )
 
 

@@ -123,6 +123,13 @@ def check_loss_params(names: tuple[str, ...], params: LossParams, length_normali
         )
 
 
+def check_ld_alpha(value: object) -> None:
+    """``ld_alpha`` (LD-DPO's weight of the tokens past a pair's shared length): None or in
+    [0, 1]."""
+    if value is not None:
+        check_range("ld_alpha", value, 0.0, 1.0, "in [0, 1], or null (off)")
+
+
 def check_aggregation(aggregation: object, harmonic_pairing: object) -> None:
     """``aggregation`` and ``harmonic_pairing``, and the pairing that needs the harmonic mean."""
     check_choice("aggregation", aggregation, tuple(AGGREGATIONS))

@@ -38,6 +38,7 @@ _DPO_OPTIONS = frozenset(
         "discopop_tau",
         "simpo_gamma",
         "length_normalize",
+        "ld_alpha",
     }
 )
 _MULTI_OPTIONS = (
@@ -115,7 +116,8 @@ def get_objective(
             ``loss_type`` (a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name or a list of
             them), ``loss_weights``, ``label_smoothing``, ``f_divergence_type``,
             ``f_alpha_divergence_coef``, ``discopop_tau``, ``simpo_gamma``,
-            ``length_normalize`` (see :class:`~mrpo.objectives.types.ObjectiveConfig`);
+            ``length_normalize``, ``ld_alpha`` (see
+            :class:`~mrpo.objectives.types.ObjectiveConfig`);
             multi_dpo and mrpo also take ``aggregation`` (an
             :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name; default "loss_mixture"
             for multi_dpo, "harmonic" for mrpo), ``weighting`` (a registered strategy name or a

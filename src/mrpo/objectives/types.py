@@ -14,6 +14,7 @@ from mrpo.objectives.loss_types import LOSS_TYPES, LossParams
 from mrpo.objectives.options import (
     HARMONIC_PAIRINGS,
     check_aggregation,
+    check_ld_alpha,
     check_loss_params,
     check_range,
     check_real,
@@ -86,6 +87,11 @@ class ObjectiveConfig:
         epsilon: CTRO band half-width ε in [0, 1].
         adaptive_epsilon: split ε between chosen and rejected by their mean reference log-probs.
         harmonic_pairing: one of :data:`HARMONIC_PAIRINGS` (``official`` needs ``harmonic``).
+        ld_alpha: LD-DPO's α in [0, 1] (arXiv 2409.06411), or None: the log-probs the objective
+            receives are ℓ_public + α(ℓ − ℓ_public), ℓ_public summing each response's first
+            min(|y_w|, |y_l|) tokens (:func:`mrpo.logprobs.ld_logps`). The trainer and the
+            references apply it where the log-probs are summed; None and 1 leave them as they
+            are.
 
     Raises:
         OptionError: naming the option, for any value outside its range or an unusable
@@ -106,6 +112,7 @@ class ObjectiveConfig:
     epsilon: float = 0.1
     adaptive_epsilon: bool = True
     harmonic_pairing: str = "general"
+    ld_alpha: float | None = None
 
     def __post_init__(self) -> None:
         check_real("beta", self.beta)
@@ -126,6 +133,7 @@ class ObjectiveConfig:
         check_loss_params(names, self.params, self.length_normalize)
         check_range("epsilon", self.epsilon, 0.0, 1.0, "in [0, 1]")
         check_aggregation(self.aggregation, self.harmonic_pairing)
+        check_ld_alpha(self.ld_alpha)
 
     @property
     def loss_terms(self) -> tuple[tuple[str, float], ...]:

@@ -22,6 +22,10 @@ Key parts (:class:`RefCacheKey`): everything that determines the numbers.
 - ``numerics``: what computed the numbers (:func:`numerics_label`): the torch and transformers
   versions (and bitsandbytes' for quantized weights) and the device type, so an upgrade or a
   move to a GPU never reuses log-probs it would not reproduce.
+- ``shared_logps``: the entry also holds each response's log-prob up to its pair's shared
+  length (LD-DPO, ``loss.ld_alpha``): two more columns. A key part only when set, so entries
+  without them keep their digests, and an entry without them is never read for a key that
+  asks for them (it has another digest: the columns are scored, not guessed).
 - ``format_version``: :data:`CACHE_FORMAT_VERSION`, bumped whenever the stored layout or the way
   the numbers are computed changes, so old entries are never misread.
 
@@ -73,7 +77,7 @@ from safetensors.torch import save as _st_save
 from mrpo import __version__
 from mrpo.atomic import TMP_SUFFIX, atomic_write, default_mode
 from mrpo.errors import InputError
-from mrpo.references.logps import FIELDS, RefLogps
+from mrpo.references.logps import FIELDS, SHARED_FIELDS, RefLogps
 
 log = logging.getLogger("mrpo.references.cache")
 
@@ -170,10 +174,19 @@ class RefCacheKey:
     dtype: str
     numerics: str
     format_version: int = CACHE_FORMAT_VERSION
+    shared_logps: bool = False
 
     def parts(self) -> dict[str, Any]:
-        """The key parts as a JSON-able dict."""
-        return asdict(self)
+        """The key parts as a JSON-able dict (``shared_logps`` only when set)."""
+        parts = asdict(self)
+        if not self.shared_logps:
+            del parts["shared_logps"]
+        return parts
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The tensor names an entry of this key holds."""
+        return FIELDS + SHARED_FIELDS if self.shared_logps else FIELDS
 
     @property
     def digest(self) -> str:
@@ -188,7 +201,7 @@ class CacheFileError(ValueError):
 def _checksum(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the metadata JSON and each tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(meta_json.encode("utf-8"))
-    for name in FIELDS:
+    for name in (n for n in FIELDS + SHARED_FIELDS if n in tensors):
         t = tensors[name].contiguous()
         h.update(canonical_json([name, str(t.dtype), list(t.shape)]).encode("ascii"))
         h.update(t.numpy().tobytes())
@@ -197,6 +210,8 @@ def _checksum(meta_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
 
 def encode_entry(key: RefCacheKey, value: RefLogps, meta: Mapping[str, Any] | None) -> bytes:
     """Serialize one entry (tensors + metadata + checksum) to safetensors bytes."""
+    if value.columns != key.columns:
+        raise ValueError(f"the key's entry holds {key.columns}, the value {value.columns}")
     tensors = value.tensors()
     info = {
         "key": key.parts(),
@@ -242,8 +257,8 @@ def decode_entry(data: bytes, key: RefCacheKey) -> tuple[RefLogps, dict[str, Any
         info = json.loads(meta_json)
     except Exception as err:  # safetensors raises its own error types for bad payloads
         raise CacheFileError(f"unreadable payload: {err}") from None
-    if set(tensors) != set(FIELDS):
-        raise CacheFileError(f"tensor names {sorted(tensors)} != {sorted(FIELDS)}")
+    if set(tensors) != set(key.columns):
+        raise CacheFileError(f"tensor names {sorted(tensors)} != {sorted(key.columns)}")
     if _checksum(meta_json, tensors) != checksum:
         raise CacheFileError("checksum mismatch")
     if info.get("digest") != key.digest or info.get("key") != key.parts():

@@ -21,6 +21,7 @@ from mrpo.data.prepare import prepare_pairs, tokenizer_fingerprint
 from mrpo.data.tokenize import TokenizedPairs, pair_token_lengths
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.errors import InputError
+from mrpo.logprobs import ld_active
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.models.quantization import precision_label
 from mrpo.references.cache import RefCache, RefCacheKey, canonical_json, numerics_label
@@ -97,6 +98,9 @@ def check_finite(scores: RefLogps, who: str) -> None:
         ReferenceScoreError: naming ``who`` and the first data set rows concerned.
     """
     bad = ~(torch.isfinite(scores.chosen) & torch.isfinite(scores.rejected))
+    for column in (scores.chosen_shared, scores.rejected_shared):
+        if column is not None:
+            bad |= ~torch.isfinite(column)
     if bool(bad.any()):
         rows = scores.index[bad].tolist()
         first = int(bad.nonzero()[0, 0])
@@ -142,6 +146,10 @@ class ReferenceEnsemble:
         num_proc: processes that tokenize the rows (None: as many as pay).
         fused_head: score through the fused LM head where a model allows it (False: from
             full logits, as ``model.fused_lm_head=false`` asks of the whole run).
+        ld_alpha: LD-DPO's α (``loss.ld_alpha``); when it changes the log-probs, every
+            reference also sums each response up to its pair's shared length (in its own
+            tokens), the cache stores those sums as two more columns (another key), and
+            :meth:`values` combines them.
 
     Raises:
         ValueError: no specs, an unusable spec (:class:`~mrpo.errors.OptionError`), repeated
@@ -168,6 +176,7 @@ class ReferenceEnsemble:
         tokenized_cache_dir: str | Path | None = None,
         num_proc: int | None = None,
         fused_head: bool = True,
+        ld_alpha: float | None = None,
     ) -> None:
         if not specs:
             raise ValueError("a reference ensemble needs at least one reference")
@@ -200,6 +209,8 @@ class ReferenceEnsemble:
         self.tokenized_cache_dir = tokenized_cache_dir
         self.num_proc = num_proc
         self.fused_head = fused_head
+        self.ld_alpha = ld_alpha
+        self.pair_shared = ld_active(ld_alpha)
         if device is None:
             device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -326,6 +337,7 @@ class ReferenceEnsemble:
             numerics=numerics_label(
                 self.device, self.specs[k].quantization, fused_head=self.fused_head
             ),
+            shared_logps=self.pair_shared,
         )
 
     def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
@@ -371,9 +383,16 @@ class ReferenceEnsemble:
             desc=f"reference {self.specs[k].name}",
             layout=self.layout,
             fused_head=self.fused_head,
+            pair_shared=self.pair_shared,
         )
         self.stats.forward_passes += num_forward_passes(len(pairs.pairs), self.batch_size)
         return scores
+
+    def values(self, k: int, scores: RefLogps) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference ``k``'s (N,) chosen and rejected log-probs from its scores, as the
+        objective takes them: LD-DPO's ``ld_alpha`` and the spec's ``length_normalize``
+        applied."""
+        return scores.values(average=self.specs[k].length_normalize, ld_alpha=self.ld_alpha)
 
     # --- cached mode -----------------------------------------------------------------------
 
@@ -468,7 +487,7 @@ class ReferenceEnsemble:
         self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
     ) -> RefLogps:
         if not pairs.pairs:  # nothing to score: no reason to load a model
-            return RefLogps.empty()
+            return RefLogps.empty(shared=self.pair_shared)
         if not loaded:
             loaded.append(self.load_model(k))
         # Stored sorted by row index, whatever the input order.
@@ -480,5 +499,8 @@ class ReferenceEnsemble:
         """A :class:`RefTable` over ``examples`` (precomputing what the cache lacks)."""
         pre = self.precompute(examples, progress=progress)
         return RefTable.from_logps(
-            pre.logps, length_normalize=[s.length_normalize for s in self.specs], names=self.names
+            pre.logps,
+            length_normalize=[s.length_normalize for s in self.specs],
+            names=self.names,
+            ld_alpha=self.ld_alpha,
         )

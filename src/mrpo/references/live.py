@@ -66,16 +66,17 @@ class LiveReferences:
         return self.ensemble.score(k, self._models[self.ensemble.resolved[k].model_group], pairs)
 
     def score(self, examples: Sequence[PreferenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs of ``examples``, each reference's ``length_normalize`` applied.
+        """Reference log-probs of ``examples``, each reference's ``length_normalize`` (and
+        LD-DPO's ``ld_alpha``) applied.
 
         Returns:
             ``(ref_chosen, ref_rejected)``, each (K, B) float32 on the CPU, rows in input order.
         """
         memo: dict[Any, TokenizedPairs] = {}
         chosen, rejected = [], []
-        for k, spec in enumerate(self.ensemble.specs):
+        for k in range(len(self.ensemble)):
             scores = self._scores(k, self.ensemble.tokenize(k, examples, memo))
-            c, r = scores.values(average=spec.length_normalize)
+            c, r = self.ensemble.values(k, scores)
             chosen.append(c)
             rejected.append(r)
         return torch.stack(chosen), torch.stack(rejected)

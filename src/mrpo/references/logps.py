@@ -1,5 +1,8 @@
 """``RefLogps``: one reference's summed log-probs and token counts on N preference rows.
 
+With LD-DPO (``loss.ld_alpha``) it also holds the sums up to each pair's shared length
+(:mod:`mrpo.logprobs.shared`), two more columns.
+
 The in-memory form of a reference cache entry (:mod:`mrpo.references.cache`), looked up by data set
 row index (indices may have gaps and come in any order).
 """
@@ -11,8 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mrpo.logprobs import ld_active, ld_logps
+
 FIELDS = ("index", "chosen", "rejected", "chosen_tokens", "rejected_tokens")
 """Names of the tensors of a :class:`RefLogps`, in a fixed order."""
+
+SHARED_FIELDS = ("chosen_shared", "rejected_shared")
+"""Names of the optional tensors of the sums up to each pair's shared length (LD-DPO)."""
 
 DTYPES = {
     "index": torch.int64,
@@ -20,6 +28,8 @@ DTYPES = {
     "rejected": torch.float32,
     "chosen_tokens": torch.int64,
     "rejected_tokens": torch.int64,
+    "chosen_shared": torch.float32,
+    "rejected_shared": torch.float32,
 }
 """dtype of each tensor of a :class:`RefLogps`."""
 
@@ -71,6 +81,10 @@ class RefLogps:
         rejected: (N,) float32 summed log-prob of each rejected response.
         chosen_tokens: (N,) int64 number of chosen response tokens scored.
         rejected_tokens: (N,) int64 number of rejected response tokens scored.
+        chosen_shared: (N,) float32 summed log-prob of the chosen response's first
+            min(chosen_tokens, rejected_tokens) tokens, or None when not scored (both or
+            neither of the shared columns are set).
+        rejected_shared: (N,) float32 likewise for the rejected response.
     """
 
     index: torch.Tensor
@@ -78,12 +92,26 @@ class RefLogps:
     rejected: torch.Tensor
     chosen_tokens: torch.Tensor
     rejected_tokens: torch.Tensor
+    chosen_shared: torch.Tensor | None = None
+    rejected_shared: torch.Tensor | None = None
     _order: torch.Tensor = field(init=False, repr=False, compare=False)
     _sorted_index: torch.Tensor = field(init=False, repr=False, compare=False)
 
+    @property
+    def has_shared(self) -> bool:
+        """Whether the sums up to the shared length are held (:data:`SHARED_FIELDS`)."""
+        return self.chosen_shared is not None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Names of the tensors held: :data:`FIELDS`, then :data:`SHARED_FIELDS` if set."""
+        return FIELDS + SHARED_FIELDS if self.has_shared else FIELDS
+
     def __post_init__(self) -> None:
+        if (self.chosen_shared is None) != (self.rejected_shared is None):
+            raise ValueError("RefLogps needs both shared-length columns or neither")
         n = None
-        for name in FIELDS:
+        for name in self.columns:
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"RefLogps.{name} must be a tensor, got {type(t).__name__}")
@@ -103,17 +131,18 @@ class RefLogps:
         object.__setattr__(self, "_sorted_index", sorted_index)
 
     @classmethod
-    def empty(cls) -> RefLogps:
-        """No rows."""
+    def empty(cls, shared: bool = False) -> RefLogps:
+        """No rows (with empty shared-length columns when ``shared``)."""
         ints, floats = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
-        return cls(ints, floats, floats.clone(), ints.clone(), ints.clone())
+        extra = {name: floats.clone() for name in SHARED_FIELDS} if shared else {}
+        return cls(ints, floats, floats.clone(), ints.clone(), ints.clone(), **extra)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
     def sorted(self) -> RefLogps:
         """The same rows in increasing row-index order (the order cache entries are stored in)."""
-        return RefLogps(**{name: getattr(self, name)[self._order] for name in FIELDS})
+        return RefLogps(**{name: getattr(self, name)[self._order] for name in self.columns})
 
     def positions(self, index: torch.Tensor | Iterable[int]) -> torch.Tensor:
         """Positions (into the stored tensors) of the given data set row indices.
@@ -142,25 +171,39 @@ class RefLogps:
             ValueError: if some index is missing or repeated.
         """
         rows = self.positions(index)
-        return RefLogps(**{name: getattr(self, name)[rows] for name in FIELDS})
+        return RefLogps(**{name: getattr(self, name)[rows] for name in self.columns})
 
-    def values(self, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def values(
+        self, average: bool = False, ld_alpha: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen and rejected log-probs, summed or averaged per response token.
 
         Args:
             average: if True, divide each sum by its token count (a response with 0 tokens,
                 possible only after truncation, gets 0).
+            ld_alpha: LD-DPO's α: each sum becomes ℓ_shared + α(ℓ − ℓ_shared) before the
+                division (:func:`mrpo.logprobs.ld_logps`); None or 1: the sums as they are.
 
         Returns:
             ``(chosen, rejected)``, each (N,) float32.
+
+        Raises:
+            ValueError: LD-DPO is on and the shared-length columns were not scored.
         """
+        if ld_active(ld_alpha) and not self.has_shared:
+            raise ValueError(
+                "ld_alpha needs the reference's log-probs up to the shared length; these were "
+                "scored without them"
+            )
+        chosen = ld_logps(self.chosen, self.chosen_shared, ld_alpha)
+        rejected = ld_logps(self.rejected, self.rejected_shared, ld_alpha)
         if not average:
-            return self.chosen, self.rejected
+            return chosen, rejected
         return (
-            mean_per_token(self.chosen, self.chosen_tokens),
-            mean_per_token(self.rejected, self.rejected_tokens),
+            mean_per_token(chosen, self.chosen_tokens),
+            mean_per_token(rejected, self.rejected_tokens),
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The five tensors by field name (contiguous CPU copies, for saving)."""
-        return {name: getattr(self, name).detach().cpu().contiguous() for name in FIELDS}
+        """The tensors held by field name (contiguous CPU copies, for saving)."""
+        return {name: getattr(self, name).detach().cpu().contiguous() for name in self.columns}

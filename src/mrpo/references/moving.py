@@ -127,7 +127,7 @@ class MixedReferences:
         for k in self.moving.positions:
             pairs = self.ensemble.tokenize(k, examples, memo)
             scores = self.ensemble.score(k, self.moving.model(k), pairs)  # no_grad, eval mode
-            out[k] = scores.values(average=self.ensemble.specs[k].length_normalize)
+            out[k] = self.ensemble.values(k, scores)
         return out
 
     def __call__(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,7 @@ def score_pairs(
     desc: str | None = None,
     layout: PairLayout = PADDED,
     fused_head: bool = True,
+    pair_shared: bool = False,
 ) -> RefLogps:
     """Score the chosen and rejected response of each pair with ``model``.
 
@@ -69,6 +70,8 @@ def score_pairs(
             cannot take packed rows uses the padded layout.
         fused_head: log-probs through the fused LM head where the model allows it (False:
             from full logits; ``model.fused_lm_head``).
+        pair_shared: also sum each response's first min(|y_w|, |y_l|) tokens (LD-DPO), into
+            the ``chosen_shared`` and ``rejected_shared`` columns (same forward passes).
 
     Returns:
         :class:`~mrpo.references.logps.RefLogps` of the N pairs, in input order, on the CPU
@@ -83,6 +86,7 @@ def score_pairs(
     collate = PreferenceCollator(pad_token_id, layout=layout_for(model, layout))
     device = model_device(model)
     logps = torch.zeros(2, n, dtype=torch.float32)
+    shared = torch.zeros(2, n, dtype=torch.float32)
     tokens = torch.zeros(2, n, dtype=torch.int64)
     was_training = model.training
     model.eval()
@@ -91,15 +95,20 @@ def score_pairs(
             for start in range(0, n, batch_size):
                 rows = torch.tensor(order[start : start + batch_size], dtype=torch.int64)
                 batch = collate([pairs[i] for i in rows.tolist()]).to(device)
-                out = batch_sequence_logprobs(model, batch, fused_head=fused_head)
+                out = batch_sequence_logprobs(
+                    model, batch, fused_head=fused_head, pair_shared=pair_shared
+                )
                 # Sequences [0, b) of the batch are the chosen responses, [b, 2b) the rejected.
                 logps[:, rows] = out.logps.float().cpu().view(2, -1)
+                if out.shared_logps is not None:
+                    shared[:, rows] = out.shared_logps.float().cpu().view(2, -1)
                 tokens[:, rows] = out.num_tokens.cpu().view(2, -1)
                 bar.update(len(rows))
     finally:
         model.train(was_training)
     index = torch.from_numpy(pair_indices(pairs).copy())
-    return RefLogps(index, logps[0], logps[1], tokens[0], tokens[1])
+    extra = {"chosen_shared": shared[0], "rejected_shared": shared[1]} if pair_shared else {}
+    return RefLogps(index, logps[0], logps[1], tokens[0], tokens[1], **extra)
 
 
 def num_forward_passes(num_pairs: int, batch_size: int) -> int:

@@ -36,7 +36,7 @@ from mrpo.references.cache import (
     encode_entry,
     read_entry,
 )
-from mrpo.references.logps import FIELDS, RefLogps
+from mrpo.references.logps import RefLogps
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,9 @@ class ShardStore:
             shards.append(shard)
         index = torch.cat([s.index for s in shards])
         order = torch.argsort(index)
-        columns = {name: torch.cat([getattr(s, name) for s in shards])[order] for name in FIELDS}
+        columns = {
+            name: torch.cat([getattr(s, name) for s in shards])[order] for name in self.key.columns
+        }
         return RefLogps(**columns)
 
     def remove(self) -> None:

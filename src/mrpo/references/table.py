@@ -14,7 +14,8 @@ from mrpo.references.logps import RefLogps, index_positions
 class RefTable:
     """Reference log-probs of K references on N rows, ready for batch lookup.
 
-    Each reference's ``length_normalize`` setting is already applied. An instance is the
+    Each reference's ``length_normalize`` setting (and LD-DPO's ``ld_alpha``) is already
+    applied. An instance is the
     ``ref_lookup`` of :class:`mrpo.data.collate.PreferenceCollator` (it is callable and
     picklable, so it also works in DataLoader worker processes).
 
@@ -37,6 +38,7 @@ class RefTable:
         *,
         length_normalize: Sequence[bool],
         names: Sequence[str],
+        ld_alpha: float | None = None,
     ) -> RefTable:
         """Stack K references' log-probs on the same rows.
 
@@ -44,9 +46,11 @@ class RefTable:
             logps: K :class:`RefLogps` covering the same row indices (in any order).
             length_normalize: per reference, whether to use per-token means instead of sums.
             names: the K reference names.
+            ld_alpha: LD-DPO's α, applied to every reference (:meth:`RefLogps.values`).
 
         Raises:
-            ValueError: K = 0, the argument lengths differ, or the references' rows differ.
+            ValueError: K = 0, the argument lengths differ, the references' rows differ, or
+                ``ld_alpha`` is on and a reference lacks its shared-length sums.
         """
         if not logps or not len(logps) == len(length_normalize) == len(names):
             raise ValueError(
@@ -62,7 +66,10 @@ class RefTable:
                 rows = ref.positions(index)
             except ValueError as err:
                 raise ValueError(f"reference {name!r} covers other rows: {err}") from None
-            c, r = ref.values(average=average)
+            try:
+                c, r = ref.values(average=average, ld_alpha=ld_alpha)
+            except ValueError as err:
+                raise ValueError(f"reference {name!r}: {err}") from None
             chosen.append(c[rows])
             rejected.append(r[rows])
         return cls(index, torch.stack(chosen), torch.stack(rejected), tuple(names))

@@ -53,4 +53,9 @@ LOSS_CASES: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("loss.f_divergence_type=alpha_divergence", "loss.f_alpha_divergence_coef=2"),
         r"config error: loss.f_alpha_divergence_coef: .*must be in \[0, 1\]",
     ),
+    (
+        "ld_alpha_above_one",
+        ("loss.ld_alpha=1.5",),
+        r"config error: loss.ld_alpha: option 'ld_alpha' must be in \[0, 1\], or null",
+    ),
 )

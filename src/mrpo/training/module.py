@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from mrpo.data.types import PreferenceBatch
-from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs
+from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs, ld_active, ld_logps
 from mrpo.objectives import Objective
 from mrpo.references.moving import MovingReferences
 from mrpo.training.gradients import clip_and_measure
@@ -122,7 +122,9 @@ class PreferenceModule(L.LightningModule):
 
     def forward_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Policy log-probs of chosen and rejected responses, each (B,), in one forward (the
-        batch's layout: padded rows, or packed ones)."""
+        batch's layout: padded rows, or packed ones); LD-DPO's (the objective's ``ld_alpha``)
+        from the same forward's sums up to each pair's shared length."""
+        alpha = self.objective.config.ld_alpha
         out = batch_sequence_logprobs(
             self.policy,
             batch,
@@ -130,9 +132,11 @@ class PreferenceModule(L.LightningModule):
             chunk_size=self.logprob_chunk_size,
             fused_head=self.fused_head,
             head_chunk_tokens=self.head_chunk_tokens,
+            pair_shared=ld_active(alpha),
         )
+        logps = ld_logps(out.logps, out.shared_logps, alpha)
         b = batch.num_pairs
-        return out.logps[:b], out.logps[b:]
+        return logps[:b], logps[b:]
 
     def reference_logps(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs (K, B) for chosen and rejected: cached in the batch, or live."""
