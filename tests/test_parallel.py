@@ -25,7 +25,7 @@ from mrpo.config.validation import ConfigError
 from mrpo.errors import OptionError
 from mrpo.models import LoraConfig, load_model
 from mrpo.models import parallel as par
-from mrpo.testing.configs import checked_train_config
+from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.runs import run_train_cli
 
@@ -103,7 +103,14 @@ def test_deepspeed_is_refused_without_its_package_or_cuda(monkeypatch: pytest.Mo
 
 
 def test_the_trainer_configs_carry_their_strategies(tmp_path: Path) -> None:
-    cfg = checked_train_config(["trainer=fsdp", "trainer.accelerator=cpu"], tmp_path)
+    fsdp_cpu = ["trainer=fsdp", "trainer.accelerator=cpu"]
+    if par.FSDP_RUNS_ON_CPU:
+        cfg = checked_train_config(fsdp_cpu, tmp_path)
+    else:  # torch 2.6 (the floor) cannot run FSDP on CPUs: refused by name, then composed
+        with pytest.raises(ConfigError) as refused:
+            checked_train_config(fsdp_cpu, tmp_path)
+        assert refused.value.key == "trainer.strategy.name"
+        cfg = compose_config([*fsdp_cpu, f"paths.output_dir={tmp_path}"])
     spec = cfg.trainer["strategy"]
     assert spec["name"] == "fsdp" and spec["activation_checkpointing"] is True
     assert spec["state_dict_type"] == "sharded" and spec["param_dtype"] == "bfloat16"
@@ -113,8 +120,6 @@ def test_the_trainer_configs_carry_their_strategies(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             checked_train_config([f"trainer={option}", "trainer.accelerator=cpu"], tmp_path)
         assert info.value.key == "trainer.strategy.name"
-        from mrpo.testing.configs import compose_config
-
         composed = compose_config([f"trainer={option}", f"paths.output_dir={tmp_path}"])
         assert composed.trainer.strategy.stage == stage
 
@@ -186,6 +191,12 @@ def _shard_and_score(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_fsdp_shards_every_decoder_layer_across_two_cpu_processes(tmp_path: Path) -> None:
+    if not par.FSDP_RUNS_ON_CPU:
+        # This torch (the declared floor, 2.6) cannot run FSDP2 on CPUs: refused by name.
+        with pytest.raises(ConfigError, match="'fsdp' on CPUs needs a torch") as info:
+            checked_train_config(["trainer=fsdp", "trainer.accelerator=cpu"], tmp_path)
+        assert info.value.key == "trainer.strategy.name"
+        return
     mp.spawn(_shard_and_score, args=(2, free_port(), str(tmp_path)), nprocs=2)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:

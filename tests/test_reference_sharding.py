@@ -10,11 +10,28 @@ import torch
 
 from mrpo.data.types import PreferenceExample
 from mrpo.references import ReferenceEnsemble, ReferenceSpec
+from mrpo.references import ensemble as ensemble_module
 from mrpo.references.cache import decode_entry
 from mrpo.references.sharding import RankInfo, ShardStore, ShardTimeoutError, detect_ranks
 from mrpo.testing.runs import write_tiny_model
 
 ROWS, BATCH = 10, 2
+
+
+@pytest.fixture(autouse=True)
+def _one_load_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests run ranks as threads of one process (real ranks are processes). Older
+    # transformers (4.56, the declared floor) load weights under accelerate's
+    # init_empty_weights, which patches torch.nn.Module for the whole process: two loads at once
+    # can leave it patched, and every later module is built on the meta device.
+    lock = threading.Lock()
+    load = ensemble_module.load_model
+
+    def locked_load(*args, **kwargs):
+        with lock:
+            return load(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble_module, "load_model", locked_load)
 
 
 @pytest.fixture(scope="module")

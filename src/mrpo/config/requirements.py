@@ -15,7 +15,7 @@ from mrpo.config.build import option_prefix, selected_references
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, OptionError
 from mrpo.models.attention import check_attention_runs
-from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
+from mrpo.models.parallel import FSDP, ShardedTraining, make_strategy, wants_cuda
 from mrpo.models.quantization import check_runs
 
 # Trainer precisions that cast the whole module (``module.to(dtype)``): quantized weights
@@ -32,6 +32,9 @@ def check_requirements(cfg: TrainConfig) -> None:
     _check_policy_quantization(cfg, sharding)
     _check_reference_quantization(cfg)
     _check_attention(cfg)
+    if isinstance(sharding, FSDP):
+        with option_prefix("trainer.strategy"):
+            sharding.check_cpu_streams(cfg.trainer)
 
 
 def _check_accelerator(cfg: TrainConfig) -> None:

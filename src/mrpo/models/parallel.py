@@ -40,6 +40,8 @@ from mrpo.errors import OptionError, reject_unknown_options
 from mrpo.models.loading import DTYPES, enable_gradient_checkpointing
 
 NAME_KEY = "name"
+# Whether this torch runs FSDP2 on CPUs (:meth:`FSDP.check_cpu_streams`).
+FSDP_RUNS_ON_CPU = hasattr(torch.cpu.Stream, "record_event")
 """The key of a ``trainer.strategy`` mapping that names the strategy."""
 
 
@@ -168,6 +170,21 @@ class FSDP(ShardedTraining):
             raise OptionError(
                 "state_dict_type",
                 f"must be one of {self.STATE_DICT_TYPES}, got {o['state_dict_type']!r}",
+            )
+
+    def check_cpu_streams(self, trainer_kwargs: Mapping[str, Any]) -> None:
+        """Raise :class:`OptionError` (``name``) where this torch cannot run FSDP on CPUs.
+
+        FSDP2 orders its collectives with stream events; torch 2.6's CPU stream records none
+        (``fully_shard`` stops at its first all-gather). Checked after every combination
+        refusal, so that those name their own keys on any torch.
+        """
+        on_cpu = not (wants_cuda(trainer_kwargs) and torch.cuda.is_available())
+        if on_cpu and not FSDP_RUNS_ON_CPU:
+            raise OptionError(
+                NAME_KEY,
+                f"'fsdp' on CPUs needs a torch whose CPU streams record events (this is "
+                f"{torch.__version__}; 2.13 has them); run it on CUDA GPUs or upgrade torch",
             )
 
     def strategy(self, trainer_kwargs: Mapping[str, Any]) -> Strategy:

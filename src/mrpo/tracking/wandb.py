@@ -141,6 +141,7 @@ def _start_wandb(
                 silent=True,
             ),
         )
+        _drop_unset_anonymous(logger)
         _ = logger.experiment  # start now: failures surface here, not mid-training
         return logger
     except Exception as err:  # network, auth and service errors all mean: go offline
@@ -150,8 +151,17 @@ def _start_wandb(
         # The failed start still holds the run id in the W&B service: stop the service.
         wandb.teardown()
         logger = WandbLogger(**kwargs, settings=wandb.Settings(mode="offline", silent=True))
+        _drop_unset_anonymous(logger)
         _ = logger.experiment
         return logger
+
+
+def _drop_unset_anonymous(logger: Any) -> None:
+    # Lightning passes anonymous=None to wandb.init always; wandb >= 0.2x prints a deprecation
+    # warning for the key itself, on every run. Unset, it means nothing: leave it out.
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
 
 
 def wandb_run_dir(loggers: Sequence[Logger]) -> str | None:

@@ -11,8 +11,10 @@ checks, the data loading and every later evaluation of the process share it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,9 @@ def _task_manager(include_path: tuple[str, ...], include_defaults: bool, root: s
     paths = list(include_path)
     if root is not None:
         # Kept for the life of the process: the manager reads the task files when it builds
-        # the tasks, which may be long after it was made.
+        # the tasks, which may be long after it was made. Removed when the process ends.
         folder = Path(tempfile.mkdtemp(prefix="mrpo-lm-eval-tasks-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         if write_local_tasks(folder, root, lm_eval_tasks_dir()):
             paths.insert(0, str(folder))
     return TaskManager(include_path=paths or None, include_defaults=include_defaults)
