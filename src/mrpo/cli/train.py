@@ -151,9 +151,7 @@ def build_run(
         policy,
         tokenizer,
         objective,
-        # Plain Python values (betas a list, not a ListConfig): they end up in the optimizer's
-        # state in every checkpoint, which torch.load(weights_only=True) must read back.
-        hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
+        hydra.utils.instantiate(cfg.optimizer, _convert_="all"),  # plain values: weights-only ckpts
         scheduler_name=cfg.scheduler.name,
         warmup_ratio=cfg.scheduler.warmup_ratio,
         length_normalize=cfg.loss.length_normalize,

@@ -95,11 +95,23 @@ class LiveReferences:
         Raises:
             ValueError: a row of the batch is not among the ``examples`` given.
         """
-        index = batch.index.tolist()
-        missing = [i for i in index if i not in self.examples]
-        if missing:
-            raise ValueError(f"live references were not given the batch rows {missing[:5]}")
+        rows = batch_examples(batch, self.examples, "live references")
         device = batch.input_ids.device
         self.to(device)
-        chosen, rejected = self.score([self.examples[i] for i in index])
+        chosen, rejected = self.score(rows)
         return chosen.to(device), rejected.to(device)
+
+
+def batch_examples(
+    batch: PreferenceBatch, examples: dict[int, PreferenceExample], owner: str
+) -> list[PreferenceExample]:
+    """The examples of ``batch``'s rows, in its order, found by ``PreferenceBatch.index``.
+
+    Raises:
+        ValueError: a row is not among ``examples`` (``owner`` names who was not given it).
+    """
+    index = batch.index.tolist()
+    missing = [i for i in index if i not in examples]
+    if missing:
+        raise ValueError(f"{owner} were not given the batch rows {missing[:5]}")
+    return [examples[i] for i in index]

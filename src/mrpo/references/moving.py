@@ -24,6 +24,7 @@ import torch
 from mrpo.data.tokenize import TokenizedPairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample
 from mrpo.references.ensemble import ReferenceEnsemble
+from mrpo.references.live import batch_examples
 
 log = logging.getLogger("mrpo.references")
 
@@ -137,17 +138,14 @@ class MixedReferences:
         Raises:
             ValueError: a row of the batch is not among the ``examples`` given.
         """
-        index = batch.index.tolist()
-        missing = [i for i in index if i not in self.examples]
-        if missing:
-            raise ValueError(f"moving references were not given the batch rows {missing[:5]}")
+        examples = batch_examples(batch, self.examples, "moving references")
         device = batch.input_ids.device
         rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.static is not None:
             chosen, rejected = self.static(batch)
             for j, k in enumerate(self.static_positions):
                 rows[k] = (chosen[j].to(device), rejected[j].to(device))
-        for k, (c, r) in self._moving_scores([self.examples[i] for i in index]).items():
+        for k, (c, r) in self._moving_scores(examples).items():
             rows[k] = (c.to(device), r.to(device))
         order = range(len(self.ensemble))
         return torch.stack([rows[k][0] for k in order]), torch.stack([rows[k][1] for k in order])
