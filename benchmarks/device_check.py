@@ -135,7 +135,7 @@ def check_train(overrides: Sequence[str], ctx: Context) -> dict[str, Any]:
 
     cpu = [o for o in overrides if not o.startswith(("hydra.", "trainer.devices"))]
     cfg = checked_train_config([*cpu, "trainer.accelerator=cpu"], ctx.work / "dry")
-    return {"status": "planned", "checks": "passed", "strategy": str(cfg.trainer.get("strategy"))}
+    return {"status": "planned", "checks": "passed", "strategy": str(cfg.trainer.strategy)}
 
 
 def check_eval(overrides: Sequence[str], ctx: Context) -> dict[str, Any]:

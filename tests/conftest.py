@@ -69,7 +69,7 @@ def compose_train(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> TrainC
             f"paths.output_dir={output_dir or tmp_path / 'run'}",
             f"paths.cache_dir={tmp_path / 'cache'}",
             "logger=none",
-            "+trainer.enable_model_summary=false",
+            "trainer.enable_model_summary=false",
         ]
         return compose_config([*base, *overrides])
 

@@ -25,6 +25,7 @@ from mrpo.config import CONFIG_DIR, EvalRunConfig
 from mrpo.config.schema import SWEEPS_GROUP
 from mrpo.config.validation import ConfigError
 from mrpo.evals import EVAL_NAMES
+from mrpo.groups.optimizer import build_optimizer
 from mrpo.models.parallel import FSDP_RUNS_ON_CPU
 from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.tracking.backends import OPTIONAL_LOGGERS, module_available
@@ -158,14 +159,14 @@ def test_group_choices_are_applied(pairs_file: Path, output_dir: Path) -> None:
     )  # fmt: skip
     assert run_cfg.loss.name == "multi_dpo"
     assert run_cfg.loss.ctro is False
-    assert run_cfg.weights["strategy"] == "vaw"
+    assert run_cfg.weights.strategy == "vaw"
     assert [r.name for r in run_cfg.references.pool] == [
         "self", "harmless", "concise", "empathetic"
     ]  # fmt: skip
     assert run_cfg.data.source == str(pairs_file)
-    assert run_cfg.optimizer["_target_"] == "torch.optim.SGD"
-    assert run_cfg.trainer["precision"] == "bf16-mixed"
-    assert run_cfg.trainer["max_epochs"] == 1  # from trainer/default, which gpu extends
+    assert run_cfg.optimizer._target_ == "torch.optim.SGD"
+    assert run_cfg.trainer.precision == "bf16-mixed"
+    assert run_cfg.trainer.max_epochs == 1  # from trainer/default, which gpu extends
 
 
 @pytest.mark.parametrize(
@@ -247,14 +248,14 @@ def test_quickstart_experiment_values(output_dir: Path) -> None:
     run_cfg = checked_train_config(["experiment=quickstart"], output_dir)
     assert run_cfg.references.num_refs == 3
     assert [r.name for r in run_cfg.references.pool[:3]] == ["self", "harmless", "concise"]
-    assert (run_cfg.loss.name, run_cfg.weights["strategy"]) == ("mrpo", "arwc")
+    assert (run_cfg.loss.name, run_cfg.weights.strategy) == ("mrpo", "arwc")
     assert run_cfg.data.max_samples == 88
 
 
 def test_debug_applies_after_experiment(output_dir: Path) -> None:
     run_cfg = checked_train_config(["experiment=quickstart", "debug=tiny"], output_dir)
     assert run_cfg.data.max_samples == 24  # debug wins over the experiment's 88
-    assert run_cfg.trainer["max_steps"] == 2
+    assert run_cfg.trainer.max_steps == 2
     assert run_cfg.references.num_refs == 3  # the experiment's value is kept
 
 
@@ -498,7 +499,7 @@ def test_optimizer_partial_instantiates(
     option: str, cls: type[torch.optim.Optimizer], output_dir: Path
 ) -> None:
     run_cfg = checked_train_config([f"optimizer={option}", "optimizer.lr=0.25"], output_dir)
-    factory = hydra.utils.instantiate(run_cfg.optimizer)  # what mrpo-train hands the module
+    factory = build_optimizer(run_cfg.optimizer)  # what mrpo-train hands the module
     params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.zeros(2, 2))]
     optimizer = factory(params)
     assert type(optimizer) is cls
@@ -508,7 +509,7 @@ def test_optimizer_partial_instantiates(
 
 def test_adamw_is_fused_and_steps_like_the_default_implementation(output_dir: Path) -> None:
     run_cfg = checked_train_config(["optimizer=adamw", "optimizer.weight_decay=0.1"], output_dir)
-    factory = hydra.utils.instantiate(run_cfg.optimizer)
+    factory = build_optimizer(run_cfg.optimizer)
     generator = torch.Generator().manual_seed(0)
     start = [torch.randn(4, 3, generator=generator), torch.randn(5, generator=generator)]
     grads = [[torch.randn(p.shape, generator=generator) for p in start] for _ in range(3)]

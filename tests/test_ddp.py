@@ -158,10 +158,10 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_by_both(
         *base_args(tiny_model_dir, hh_file, tmp_path / "cache"),
         "trainer=ddp",
         "trainer.accelerator=cpu",
-        "callbacks.nan_guard.action=skip",
-        "+callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep",
-        "+callbacks.nan.step=2",
-        "+callbacks.nan.rank=1",
+        "nan_guard.action=skip",
+        "+callbacks.extra.nan._target_=mrpo.testing.faults.NanLossAtStep",
+        "+callbacks.extra.nan.step=2",
+        "+callbacks.extra.nan.rank=1",
         f"hydra.run.dir={run_dir}",
     ]
     cmd = [

@@ -62,7 +62,10 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(
     full = run_train_cli(base_args, full_dir)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    kill = ["+callbacks.kill._target_=mrpo.testing.faults.KillAtStep", "+callbacks.kill.step=5"]
+    kill = [
+        "+callbacks.extra.kill._target_=mrpo.testing.faults.KillAtStep",
+        "+callbacks.extra.kill.step=5",
+    ]
     killed = run_train_cli([*base_args, *kill], killed_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (killed_dir / "summary.json").exists()
@@ -108,7 +111,10 @@ def test_wandb_that_cannot_start_online_falls_back_to_offline(
 def test_nan_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint(
     base_args: list[str], tmp_path: Path
 ) -> None:
-    nan = ["+callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep", "+callbacks.nan.step=5"]
+    nan = [
+        "+callbacks.extra.nan._target_=mrpo.testing.faults.NanLossAtStep",
+        "+callbacks.extra.nan.step=5",
+    ]
     run = run_train_cli([*base_args, *nan], tmp_path / "stop")
     assert run.returncode == 3, run.stderr[-3000:]
     log = run.stdout + run.stderr
@@ -118,7 +124,7 @@ def test_nan_loss_stops_naming_step_and_batch_and_keeps_the_last_good_checkpoint
     assert last["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
-    skip = run_train_cli([*base_args, *nan, "callbacks.nan_guard.action=skip"], tmp_path / "skip")
+    skip = run_train_cli([*base_args, *nan, "nan_guard.action=skip"], tmp_path / "skip")
     assert skip.returncode == 0, skip.stderr[-3000:]
     skipped = read_metrics(tmp_path / "skip")["train/skipped_batches"]
     assert min(skipped) == 5 and set(skipped.values()) == {1.0}  # one skip, at step 5

@@ -342,7 +342,10 @@ def test_a_killed_run_with_a_moving_reference_resumes_to_the_uninterrupted_one(
         *MOVING_RUN,
         "callbacks.checkpoint.every_n_train_steps=2",
     ]
-    kill = ["+callbacks.kill._target_=mrpo.testing.faults.KillAtStep", "+callbacks.kill.step=5"]
+    kill = [
+        "+callbacks.extra.kill._target_=mrpo.testing.faults.KillAtStep",
+        "+callbacks.extra.kill.step=5",
+    ]
     done = run_train_cli(args, tmp_path / "full")
     assert done.returncode == 0, done.stderr[-3000:]
     killed = run_train_cli([*args, *kill], tmp_path / "killed")
@@ -388,7 +391,7 @@ TWO_WITH_MOVING = [
         (["model.lora.enabled=true"], "references.pool.0.source", "LoRA"),
         (["trainer=fsdp"], "references.pool.0.source", "trainer.strategy=fsdp"),
         (["trainer=deepspeed"], "references.pool.0.source", "trainer.strategy=deepspeed"),
-        (["+trainer.strategy=deepspeed_stage_2"], "references.pool.0.source", "deepspeed"),
+        (["trainer.strategy=deepspeed_stage_2"], "references.pool.0.source", "deepspeed"),
         (["stage=cache"], "stage", "nothing to cache"),
         (["references.pool.0.update=hard", "references.pool.0.alpha=0.5"], None, "alpha"),
     ],

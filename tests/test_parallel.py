@@ -111,10 +111,10 @@ def test_the_trainer_configs_carry_their_strategies(tmp_path: Path) -> None:
             checked_train_config(fsdp_cpu, tmp_path)
         assert refused.value.key == "trainer.strategy.name"
         cfg = compose_config([*fsdp_cpu, f"paths.output_dir={tmp_path}"])
-    spec = cfg.trainer["strategy"]
+    spec = cfg.trainer.strategy
     assert spec["name"] == "fsdp" and spec["activation_checkpointing"] is True
     assert spec["state_dict_type"] == "sharded" and spec["param_dtype"] == "bfloat16"
-    assert cfg.trainer["precision"] == "32-true"  # FSDP's own mixed precision
+    assert cfg.trainer.precision == "32-true"  # FSDP's own mixed precision
     for option, stage in (("deepspeed", 2), ("deepspeed_zero3", 3)):
         # Refused on this machine (no CUDA), but the stage is what the file says.
         with pytest.raises(ConfigError) as info:

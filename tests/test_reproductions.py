@@ -87,7 +87,7 @@ def tiny(experiment: str, stand_ins: dict[str, Path], pool_size: int) -> list[st
         "data.max_samples=null",
         f"paths.cache_dir={stand_ins['cache']}",
         "logger=none",
-        "+trainer.enable_model_summary=false",
+        "trainer.enable_model_summary=false",
     ]
 
 
@@ -172,7 +172,7 @@ def test_wu_protocol_values(tmp_path: Path) -> None:
     assert all(r.dtype == "bfloat16" and r.length_normalize for r in cfg.references.pool)
     assert len({r.source for r in cfg.references.pool}) == 7
     assert (cfg.loss.beta, cfg.loss.ctro, cfg.loss.length_normalize) == (0.1, False, True)
-    assert (cfg.optimizer["lr"], cfg.scheduler.name, cfg.scheduler.warmup_ratio) == (
+    assert (cfg.optimizer.lr, cfg.scheduler.name, cfg.scheduler.warmup_ratio) == (
         1e-4, "constant", 0.0
     )  # fmt: skip
     assert (d.train_size, d.val_size, d.test_size, d.batch_size, d.max_length) == (
@@ -187,7 +187,7 @@ def test_wu_protocol_values(tmp_path: Path) -> None:
     seeded = checked_train_config(
         ["experiment=wu_saferlhf", "trainer.accelerator=cpu", "seed=3"], tmp_path
     )
-    assert seeded.data.split_seed == 3 and seeded.weights.get("strategy") == "vaw"
+    assert seeded.data.split_seed == 3 and seeded.weights.strategy == "vaw"
 
 
 # --- MRPO, K = 2 (Le et al.) -----------------------------------------------------------
@@ -227,8 +227,8 @@ def test_mrpo_k2_protocol_values(tmp_path: Path) -> None:
         "mrpo", 0.1, True, 0.1, True
     )  # fmt: skip
     assert cfg.weights == {"strategy": "arwc"}
-    assert (cfg.optimizer["lr"], cfg.scheduler.name) == (1e-5, "cosine")
-    effective = cfg.data.batch_size * cfg.trainer["accumulate_grad_batches"]
+    assert (cfg.optimizer.lr, cfg.scheduler.name) == (1e-5, "cosine")
+    effective = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches
     assert (effective, cfg.data.max_length) == (8, 1024)
     reverse = checked_train_config(
         ["experiment=mrpo_k2_mistral_from_llama", "trainer.accelerator=cpu"], tmp_path
@@ -296,7 +296,7 @@ def test_the_wu_sweeps_cover_the_study_and_their_jobs_pass_the_checks(tmp_path: 
         assert cfg.loss.ctro is False and cfg.references.select is None
     prior10 = next(j for j in multi if swept(j, "weights") == "thompson_prior10")
     cfg = checked_train_config([*prior10, CPU, "seed=4"], tmp_path)
-    assert (cfg.weights["prior"], cfg.weights["seed"]) == ([10.0, 10.0], 4)
+    assert (cfg.weights.prior, cfg.weights.seed) == ([10.0, 10.0], 4)
 
 
 @pytest.mark.parametrize("name", ["mrpo_k2", "wu_single_reference", "wu_multi_reference"])

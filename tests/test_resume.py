@@ -66,15 +66,15 @@ def run_ok(args: list[str], run_dir: Path) -> dict:
 
 def record(path: Path) -> list[str]:
     return [
-        "+callbacks.rec._target_=mrpo.testing.faults.RecordBatches",
-        f"+callbacks.rec.path={path}",
+        "+callbacks.extra.rec._target_=mrpo.testing.faults.RecordBatches",
+        f"+callbacks.extra.rec.path={path}",
     ]
 
 
 def kill_at(step: int) -> list[str]:
     return [
-        "+callbacks.kill._target_=mrpo.testing.faults.KillAtStep",
-        f"+callbacks.kill.step={step}",
+        "+callbacks.extra.kill._target_=mrpo.testing.faults.KillAtStep",
+        f"+callbacks.extra.kill.step={step}",
     ]
 
 
@@ -215,8 +215,8 @@ def test_a_multirun_goes_on_after_a_failed_job(args: list[str], tmp_path: Path) 
     sweep = tmp_path / "sweep"
     # Job 2 of 4 hits a NaN loss at its second step; the others never reach their step.
     nan = [
-        "+callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep",
-        "+callbacks.nan.step=50,51,1,52",
+        "+callbacks.extra.nan._target_=mrpo.testing.faults.NanLossAtStep",
+        "+callbacks.extra.nan.step=50,51,1,52",
     ]
     done = run_multirun([*args, "trainer.max_epochs=1", *nan, f"hydra.sweep.dir={sweep}"])
     output = done.stdout + done.stderr

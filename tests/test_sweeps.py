@@ -189,8 +189,8 @@ def test_grid_sweep_jobs_compose_and_pass_checks(name: str, planned: Callable[[s
         assert cfg.task_name == "quickstart"  # on top of the quickstart experiment
         assert f"sweep:{name}" in cfg.logger.tags
         # Scores only: no 1.6 GB checkpoints nor a final model directory per job.
-        assert cfg.callbacks["checkpoint"]["save_top_k"] == 0
-        assert cfg.callbacks["checkpoint"]["save_last"] is False
+        assert cfg.callbacks.checkpoint.save_top_k == 0
+        assert cfg.callbacks.checkpoint.save_last is False
         assert cfg.save_model is False
     # Every job is its own W&B run in one group: the tags must tell the jobs apart.
     assert len({tags_of(cfg) for cfg in plan.configs}) == len(plan.jobs)
@@ -223,7 +223,7 @@ def test_objectives_sweep_values(planned: Callable[[str], Plan]) -> None:
 def test_weighting_sweep_values(planned: Callable[[str], Plan]) -> None:
     cfgs = planned("weighting").configs
     strategies = ["uniform", "arwc", "vdw", "vaw", "sliding_window", "thompson"]
-    assert [(c.weights["strategy"], c.seed) for c in cfgs] == list(
+    assert [(c.weights.strategy, c.seed) for c in cfgs] == list(
         itertools.product(strategies, [0, 1, 2])
     )
     assert {c.loss.name for c in cfgs} == {"mrpo"}
@@ -248,7 +248,7 @@ def test_each_reference_sweep_selects_each_pool_entry_alone(
 def test_aggregation_sweep_values(planned: Callable[[str], Plan]) -> None:
     cfgs = planned("aggregation").configs
     aggregations = ["harmonic", "geometric", "arithmetic", "loss_mixture"]
-    assert [(c.loss.aggregation, c.weights["strategy"], c.seed) for c in cfgs] == list(
+    assert [(c.loss.aggregation, c.weights.strategy, c.seed) for c in cfgs] == list(
         itertools.product(aggregations, ["uniform", "arwc"], [0, 1, 2])
     )
     assert {(c.loss.name, c.loss.ctro, c.references.num_refs) for c in cfgs} == {("mrpo", False, 3)}
@@ -339,7 +339,7 @@ def test_optuna_sweep_composes_and_its_search_space_passes_checks(output_dir: Pa
     for beta, lr in itertools.product((0.01, 1.0), (1e-6, 1e-4)):
         job = [f"{k}={v}" for k, v in fixed.items()] + [f"loss.beta={beta}", f"optimizer.lr={lr}"]
         run_cfg = checked_train_config(job, output_dir)
-        assert (run_cfg.loss.beta, run_cfg.optimizer["lr"]) == (beta, lr)
+        assert (run_cfg.loss.beta, run_cfg.optimizer.lr) == (beta, lr)
         tags.add(tags_of(run_cfg))
     assert len(tags) == 4
 
@@ -384,7 +384,7 @@ def test_wandb_sweep_runs_compose_and_pass_checks(output_dir: Path) -> None:
             point["loss"], point["references.num_refs"], point["seed"]
         )  # fmt: skip
         assert run_cfg.task_name == "quickstart"
-        assert run_cfg.callbacks["checkpoint"]["save_top_k"] == 0
+        assert run_cfg.callbacks.checkpoint.save_top_k == 0
         assert run_cfg.save_model is False
         seen.add(tags_of(run_cfg))
     assert len(seen) == len(corners)

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mrpo.config.build import reference_specs
+from mrpo.config.compose import check_command_line
 from mrpo.config.schema import TrainConfig
+from mrpo.errors import InputError
 
 # (category, module regex) of warnings about the libraries' own internals.
 LIBRARY_NOISE: tuple[tuple[type[Warning], str], ...] = (
@@ -84,3 +88,14 @@ def is_quantizing(cfg: TrainConfig) -> bool:
     """Whether the policy or a reference loads quantized weights."""
     specs = reference_specs(cfg)
     return cfg.model.quantization is not None or any(s.quantization for s in specs)
+
+
+def exit_on_bad_command_line(config_dir: Path, config_name: str, logger: str) -> None:
+    """Compose the command line's configs before Hydra runs the job: a wrong type, an unknown
+    key or group option ends here with one line naming the key and exit status 2, as every
+    other bad value does (Hydra itself would exit 1 with several lines)."""
+    try:
+        check_command_line(config_dir, config_name, sys.argv[1:])
+    except InputError as err:
+        print(f"[{logger}][ERROR] - {err.kind}: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mrpo.atomic import write_text
 from mrpo.callbacks.eval import log_sample_tables
+from mrpo.cli.console import exit_on_bad_command_line
 from mrpo.cli.steps import model_cache_dir
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
@@ -249,6 +250,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Console script ``mrpo-eval``."""
     register_configs()
+    exit_on_bad_command_line(CONFIG_DIR, "eval", "mrpo.evaluate")
     _hydra_main()
 
 

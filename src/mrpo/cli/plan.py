@@ -106,11 +106,11 @@ def planned_steps(cfg: TrainConfig, train_pairs: int) -> int:
     """Optimizer steps the run will take: epochs of batches, accumulation, ``max_steps``."""
     trainer = cfg.trainer
     per_epoch = -(-train_pairs // max(cfg.data.batch_size, 1))
-    accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
-    epochs = int(trainer.get("max_epochs", 1) or 1)
+    accumulate = trainer.accumulate_grad_batches
+    epochs = int(trainer.max_epochs or 1)
     steps = -(-per_epoch * max(epochs, 1) // accumulate)
-    max_steps = trainer.get("max_steps", -1)
-    if isinstance(max_steps, int) and max_steps > 0:
+    max_steps = trainer.max_steps
+    if max_steps > 0:
         steps = min(steps, max_steps) if epochs > 0 else max_steps
     return steps
 
@@ -149,7 +149,7 @@ def make_plan(cfg: TrainConfig, data: PreparedData) -> RunPlan:
 
 
 def _accumulation(cfg: TrainConfig) -> int:
-    return int(cfg.trainer.get("accumulate_grad_batches", 1) or 1)
+    return int(cfg.trainer.accumulate_grad_batches)
 
 
 def layout_name(cfg: TrainConfig) -> str:
@@ -167,7 +167,7 @@ def run_speed_key(cfg: TrainConfig, device: str) -> str:
         "checkpointing": m.gradient_checkpointing,
         "lora": m.lora.enabled,
         "dtype": m.dtype,
-        "precision": cfg.trainer.get("precision", "32"),
+        "precision": cfg.trainer.precision,
         "references": cfg.references.mode,
     }
     return speed_key(device, m.source, settings)
@@ -181,15 +181,15 @@ def run_shapes(
     cache = model_cache_dir(cfg.paths.cache_dir)
     shape = model_shape(model_config(m.source, cache_dir=cache), m.lora)
     batch = largest_batch(data.train_pairs, pair_layout(cfg.data), cfg.data.batch_size)
-    cuda = wants_cuda(cfg.trainer)
+    cuda = wants_cuda(cfg.trainer.kwargs())
     run = RunShape(
         batch_tokens=batch.positions,
         rows=batch.rows,
         row_tokens=batch.row_tokens,
         scored_tokens=batch.scored,
         weight_bytes=_weight_bytes(m.dtype, m.quantization),
-        activation_bytes=2 if "16" in str(cfg.trainer.get("precision", "32")) else 4,
-        optimizer_states=_optimizer_states(cfg.optimizer),
+        activation_bytes=2 if "16" in str(cfg.trainer.precision) else 4,
+        optimizer_states=_optimizer_states(cfg.optimizer._target_),
         lora=m.lora.enabled,
         gradient_checkpointing=m.gradient_checkpointing,
         fused_head=m.fused_lm_head,
@@ -209,20 +209,20 @@ def _weight_bytes(dtype: str, quantization: str | None) -> float:
     return float(torch_dtype.itemsize) if isinstance(torch_dtype, torch.dtype) else 4.0
 
 
-def _optimizer_states(spec: dict[str, Any]) -> int:
-    name = str(spec.get("_target_", "")).rsplit(".", 1)[-1]
+def _optimizer_states(target: str) -> int:
+    name = target.rsplit(".", 1)[-1]
     return _OPTIMIZER_STATES.get(name, 2)
 
 
 def _shards(cfg: TrainConfig) -> int:
     """Devices the policy is sharded over: FSDP's world (devices x nodes), else 1."""
-    strategy = cfg.trainer.get("strategy")
+    strategy = cfg.trainer.strategy
     if not isinstance(strategy, dict) or strategy.get("name") != "fsdp":
         return 1
-    devices = cfg.trainer.get("devices", 1)
+    devices = cfg.trainer.devices
     count = torch.cuda.device_count() if devices in (-1, "auto") else devices
     count = len(count) if isinstance(count, list) else int(count)
-    return max(count, 1) * int(cfg.trainer.get("num_nodes", 1) or 1)
+    return max(count, 1) * int(cfg.trainer.num_nodes)
 
 
 def live_models(cfg: TrainConfig, ensemble: ReferenceEnsemble) -> int:
@@ -249,7 +249,7 @@ def resident_bytes() -> int:
 def device_capacity(cfg: TrainConfig) -> tuple[str, float, int]:
     """(device name, bytes one device offers this run, devices visible): a GPU's memory, or
     the memory available on this machine plus what the process holds already."""
-    if wants_cuda(cfg.trainer) and torch.cuda.is_available():
+    if wants_cuda(cfg.trainer.kwargs()) and torch.cuda.is_available():
         _, total = torch.cuda.mem_get_info()
         return torch.cuda.get_device_name(), float(total), torch.cuda.device_count()
     import psutil

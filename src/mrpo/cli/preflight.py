@@ -25,7 +25,6 @@ surely a mistake is a warning in the log.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import pickle
 import tempfile
@@ -39,9 +38,10 @@ import torch
 from mrpo.cli.rundir import identity_differences
 from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import TrainConfig
-from mrpo.config.validation import import_target
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
+from mrpo.groups.callbacks import check_callbacks
+from mrpo.groups.optimizer import check_optimizer, check_scheduler
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.attention import check_attention_model
 from mrpo.models.integrity import check_weight_files
@@ -59,8 +59,6 @@ from mrpo.training.module import RUN_IDENTITY_KEY
 
 log = logging.getLogger("mrpo.train")
 
-CHECKPOINT_OPTIONS = ("monitor", "mode", "save_last", "save_top_k", "every_n_train_steps")
-NAN_GUARD_ACTIONS = ("stop", "skip")
 _PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
 
 
@@ -94,10 +92,7 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
     found = Preflight()
     check_writable(output_dir, "hydra.run.dir")
     check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
-    check_optimizer(cfg.optimizer)
-    check_scheduler(cfg)
-    check_trainer(cfg.trainer, strategy=_sharded_strategy_factory(cfg))
-    check_callbacks(cfg)
+    check_built_objects(cfg)
     if cfg.eval.tasks:
         found.eval_data = _load_eval_data(cfg)
     found.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
@@ -112,6 +107,16 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
     return found
 
 
+def check_built_objects(cfg: TrainConfig) -> None:
+    """What torch, transformers and Lightning would refuse later, built now on dummies: the
+    optimizer, the scheduler, the Trainer, the callbacks (no file is read)."""
+    check_optimizer(cfg.optimizer)
+    check_scheduler(cfg.scheduler)
+    check_trainer(cfg.trainer.kwargs(), strategy=_sharded_strategy_factory(cfg))
+    logged = logged_metric_names(num_references(cfg))
+    check_callbacks(cfg.callbacks, logged, cfg.eval.tasks)
+
+
 def check_writable(folder: Path, key: str) -> None:
     """Create ``folder`` if needed and write a probe file into it."""
     try:
@@ -122,40 +127,6 @@ def check_writable(folder: Path, key: str) -> None:
         raise ConfigError(key, f"{folder} is not writable ({err.strerror or err})") from None
 
 
-def check_optimizer(spec: Mapping[str, Any]) -> None:
-    """The optimizer's class imports, takes the given arguments and accepts their values."""
-    import hydra
-
-    target = spec.get("_target_")
-    if not target:
-        raise ConfigError("optimizer._target_", "is missing: name an optimizer class")
-    cls = import_target(str(target), "optimizer._target_")
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError("optimizer._target_", f"{target} is not a torch optimizer")
-    accepted = set(inspect.signature(cls).parameters)
-    for key in spec:
-        if not key.startswith("_") and key not in accepted and "kwargs" not in accepted:
-            raise ConfigError(f"optimizer.{key}", f"is not an argument of {target}")
-    try:
-        hydra.utils.instantiate(dict(spec))([torch.nn.Parameter(torch.zeros(1))])
-    except Exception as err:  # torch names the value it refuses ("Invalid learning rate")
-        raise ConfigError("optimizer", f"{target} refuses these arguments: {err}") from None
-
-
-def check_scheduler(cfg: TrainConfig) -> None:
-    """The schedule's name is a ``transformers.get_scheduler`` name and its warm-up a fraction."""
-    from transformers import get_scheduler
-
-    ratio = cfg.scheduler.warmup_ratio
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError("scheduler.warmup_ratio", f"must be in [0, 1), got {ratio}")
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    try:
-        get_scheduler(cfg.scheduler.name, optimizer, num_warmup_steps=0, num_training_steps=10)
-    except Exception as err:
-        raise ConfigError("scheduler.name", str(err)) from None
-
-
 def _sharded_strategy_factory(cfg: TrainConfig) -> Callable[[], Any] | None:
     """Builds the strategy object of a sharded strategy's mapping (``trainer=fsdp``,
     ``deepspeed``) as :func:`mrpo.cli.train.build_run` does; None for a strategy name."""
@@ -164,7 +135,7 @@ def _sharded_strategy_factory(cfg: TrainConfig) -> Callable[[], Any] | None:
     sharding = build_sharding(cfg)
     if sharding is None:
         return None
-    return lambda: sharding.strategy(cfg.trainer)
+    return lambda: sharding.strategy(cfg.trainer.kwargs())
 
 
 def check_trainer(kwargs: Mapping[str, Any], strategy: Callable[[], Any] | None = None) -> None:
@@ -204,53 +175,6 @@ def check_trainer(kwargs: Mapping[str, Any], strategy: Callable[[], Any] | None 
 
 def _subset(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
     return {k: mapping[k] for k in keys if k in mapping}
-
-
-def check_callbacks(cfg: TrainConfig) -> None:
-    """Checkpoint options and their monitored metric, the non-finite-loss guard, and the extra
-    callbacks (instantiated once, as the run will)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from mrpo.cli.steps import instantiate_callback
-
-    ckpt = cfg.callbacks.get("checkpoint") or {}
-    for key in ckpt:
-        if key not in CHECKPOINT_OPTIONS:
-            raise ConfigError(
-                f"callbacks.checkpoint.{key}", f"unknown option; known: {CHECKPOINT_OPTIONS}"
-            )
-    every = ckpt.get("every_n_train_steps")
-    if every is not None and (not isinstance(every, int) or every < 1):
-        raise ConfigError(
-            "callbacks.checkpoint.every_n_train_steps", f"must be >= 1 or null, got {every!r}"
-        )
-    monitor = ckpt.get("monitor")
-    if ckpt and monitor and ckpt.get("save_top_k", 1) != 0:
-        try:
-            ModelCheckpoint(
-                monitor=monitor, mode=ckpt.get("mode", "max"), save_top_k=ckpt.get("save_top_k", 1)
-            )
-        except Exception as err:
-            raise ConfigError("callbacks.checkpoint", str(err)) from None
-        logged = logged_metric_names(num_references(cfg))
-        from_eval = str(monitor).split("/")[:2] in ([["eval", t] for t in cfg.eval.tasks])
-        if monitor not in logged and not from_eval:
-            raise ConfigError(
-                "callbacks.checkpoint.monitor",
-                f"{monitor!r} is never logged by this run; validation logs "
-                f"{sorted(m for m in logged if m.startswith('val/'))}"
-                + (
-                    f", evaluation logs eval/<task>/<metric> for {cfg.eval.tasks}"
-                    if cfg.eval.tasks
-                    else ""
-                ),
-            )
-    action = (cfg.callbacks.get("nan_guard") or {}).get("action", "stop")
-    if action not in NAN_GUARD_ACTIONS:
-        raise ConfigError("callbacks.nan_guard.action", f"must be one of {NAN_GUARD_ACTIONS}")
-    for name, spec in cfg.callbacks.items():
-        if isinstance(spec, Mapping) and "_target_" in spec:
-            instantiate_callback(name, spec)
 
 
 def _load_eval_data(cfg: TrainConfig) -> EvalData:
@@ -422,7 +346,7 @@ def check_prepared_data(
         if needs_val:
             raise ConfigError(
                 "data.val_size",
-                f"gives 0 validation pairs, but weighting {cfg.weights.get('strategy')!r} "
+                f"gives 0 validation pairs, but weighting {cfg.weights.strategy!r} "
                 "needs them; raise data.val_size",
             )
         total = train_pairs + val_pairs

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
@@ -31,15 +31,14 @@ from mrpo.data.splits import split_counts, split_rows
 from mrpo.data.tokenize import pair_token_lengths
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.data.validation import DataValidationError
-from mrpo.errors import ConfigError
 from mrpo.evals.runner import EvalData
+from mrpo.groups.callbacks import build_extra_callbacks, checkpoint_callbacks
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
 from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.objectives import Objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
 from mrpo.references.sharding import detect_ranks
-from mrpo.training.checkpointing import BEST_FILENAME, LastCheckpoint
 
 log = logging.getLogger("mrpo.train")
 
@@ -271,14 +270,14 @@ def policy_device(cfg: TrainConfig) -> torch.device:
 
     Only a quantized policy is loaded there directly; the Trainer moves any other policy.
     """
-    if not wants_cuda(cfg.trainer):
+    if not wants_cuda(cfg.trainer.kwargs()):
         return torch.device("cpu")
     return torch.device(f"cuda:{detect_ranks().local_rank}")
 
 
 def build_sharding(cfg: TrainConfig) -> ShardedTraining | None:
     """The sharded strategy of a ``trainer.strategy`` mapping, None for a strategy name."""
-    spec = cfg.trainer.get("strategy")
+    spec = cfg.trainer.strategy
     if not isinstance(spec, Mapping):
         return None
     with option_prefix("trainer.strategy"):
@@ -322,12 +321,11 @@ def build_callbacks(
     weighting's feedback loop, and any other callback the config names by ``_target_``."""
     # First, so that a step's time ends before later callbacks (evaluation) run.
     callbacks: list[Callback] = [ThroughputMonitor()]
-    if cfg.trainer.get("enable_progress_bar", True):
+    if cfg.trainer.enable_progress_bar:
         callbacks.append(RunProgressBar())  # loss, tokens/s and step time, never cut
-    ckpt = cfg.callbacks.get("checkpoint")
-    if ckpt:
-        callbacks.extend(checkpoint_callbacks(ckpt, output_dir / "checkpoints"))
-    if cfg.callbacks.get("lr_monitor"):
+    if cfg.callbacks.checkpoint is not None:
+        callbacks.extend(checkpoint_callbacks(cfg.callbacks.checkpoint, output_dir / "checkpoints"))
+    if cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.eval.tasks:
         ev = cfg.eval
@@ -354,11 +352,8 @@ def build_callbacks(
             ThompsonFeedback(feedback_batches(data, tokenizer, size, cfg.data.eval_batch_size))
         )
     # Any other Lightning callback, lightning-hydra-template style:
-    # +callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
-    for name, spec in cfg.callbacks.items():
-        if isinstance(spec, Mapping) and "_target_" in spec:
-            callbacks.append(instantiate_callback(name, spec))
-    return callbacks
+    # +callbacks.extra.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
+    return [*callbacks, *build_extra_callbacks(cfg.callbacks)]
 
 
 def throughput_summary(callbacks: list[Callback]) -> dict[str, float]:
@@ -367,45 +362,6 @@ def throughput_summary(callbacks: list[Callback]) -> dict[str, float]:
         if isinstance(callback, ThroughputMonitor):
             return callback.totals.summary()
     return {}
-
-
-def checkpoint_callbacks(ckpt: Mapping[str, Any], dirpath: Path) -> list[Callback]:
-    """``last.ckpt`` (resumable, periodic) and the best checkpoints by the monitored metric.
-
-    Two callbacks, because a monitoring ``ModelCheckpoint`` defers every save until the
-    monitored validation metric exists: a run killed in its first epoch would have no
-    checkpoint at all. ``last.ckpt`` is written every ``every_n_train_steps`` steps (if set)
-    and at the end of every epoch, whatever the metrics (:class:`LastCheckpoint`);
-    ``best-step_<n>.ckpt`` files keep the ``save_top_k`` best validations.
-    """
-    callbacks: list[Callback] = []
-    if ckpt.get("save_last", True):
-        callbacks.append(LastCheckpoint(dirpath, ckpt.get("every_n_train_steps")))
-    if ckpt.get("save_top_k", 1) != 0 and ckpt.get("monitor"):
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(dirpath),
-                monitor=ckpt["monitor"],
-                mode=ckpt.get("mode", "max"),
-                save_top_k=ckpt.get("save_top_k", 1),
-                save_last=False,
-                filename=BEST_FILENAME,
-                auto_insert_metric_name=False,  # no "=" in the name: pass it as it is
-            )
-        )
-    return callbacks
-
-
-def instantiate_callback(name: str, spec: Mapping[str, Any]) -> Callback:
-    """Instantiate ``callbacks.<name>`` (its class was checked by the config checks)."""
-    import hydra
-
-    try:
-        return hydra.utils.instantiate(dict(spec))
-    except Exception as err:  # bad arguments
-        raise ConfigError(
-            f"callbacks.{name}", f"cannot instantiate {spec['_target_']}: {err}"
-        ) from None
 
 
 def feedback_batches(
@@ -434,7 +390,7 @@ def logger_labels(cfg: TrainConfig) -> dict[str, Any]:
     tags = [
         f"loss:{cfg.loss.name}",
         f"num_refs:{num_references(cfg)}",
-        f"weights:{cfg.weights.get('strategy')}",
+        f"weights:{cfg.weights.strategy}",
         f"seed:{cfg.seed}",
     ]
     return {"name": name, "group": group, "tags": tags}

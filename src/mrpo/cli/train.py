@@ -31,7 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
 from mrpo.callbacks import EvalCallback
-from mrpo.cli.console import hardware_line, is_quantizing, quiet_bitsandbytes, quiet_libraries
+from mrpo.cli.console import (
+    exit_on_bad_command_line,
+    hardware_line,
+    is_quantizing,
+    quiet_bitsandbytes,
+    quiet_libraries,
+)
 from mrpo.cli.moving import reference_scoring
 from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
@@ -55,6 +61,7 @@ from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
+from mrpo.groups.optimizer import build_optimizer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
@@ -95,7 +102,7 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     output_dir = Path(run_cfg.paths.output_dir)
     claim_run_dir(output_dir, resuming=run_cfg.ckpt_path is not None)
     progress.output_dir = output_dir
-    log.info("%s", hardware_line(wants_cuda(run_cfg.trainer)))
+    log.info("%s", hardware_line(wants_cuda(run_cfg.trainer.kwargs())))
     quiet_bitsandbytes(quantizing=is_quantizing(run_cfg))
     found = preflight_train(run_cfg, output_dir)
     resolved = resolved_container(cfg)
@@ -151,7 +158,7 @@ def build_run(
         policy,
         tokenizer,
         objective,
-        hydra.utils.instantiate(cfg.optimizer, _convert_="all"),  # plain values: weights-only ckpts
+        build_optimizer(cfg.optimizer),
         scheduler_name=cfg.scheduler.name,
         warmup_ratio=cfg.scheduler.warmup_ratio,
         length_normalize=cfg.loss.length_normalize,
@@ -159,7 +166,7 @@ def build_run(
         fused_head=cfg.model.fused_lm_head,
         head_chunk_tokens=cfg.model.lm_head_chunk_tokens,
         live_references=scorer,
-        on_nonfinite=cfg.callbacks.get("nan_guard", {}).get("action", "stop"),
+        on_nonfinite=cfg.nan_guard.action,
         run_identity=identity,
         parallelize=None if sharding is None else sharding.parallelize,
         moving_references=moving,
@@ -180,7 +187,7 @@ def build_run(
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective, found.eval_data)
-    trainer_kwargs = dict(cfg.trainer)
+    trainer_kwargs = cfg.trainer.kwargs()
     if not any(isinstance(c, Checkpoint) for c in callbacks):
         # No checkpoints configured: keep Lightning from adding its default one.
         trainer_kwargs["enable_checkpointing"] = False
@@ -189,7 +196,7 @@ def build_run(
         # through the atomic writer.
         trainer_kwargs["plugins"] = [AtomicCheckpointIO()]
     if sharding is not None:  # built from the trainer.strategy mapping, knowing the policy
-        trainer_kwargs["strategy"] = sharding.strategy(cfg.trainer)
+        trainer_kwargs["strategy"] = sharding.strategy(cfg.trainer.kwargs())
     trainer = L.Trainer(
         **trainer_kwargs,
         # The data module's samplers split batches across ranks themselves.
@@ -236,7 +243,7 @@ def summarize(
         "wandb_dir": wandb_run_dir(run.loggers),
         "loss": cfg.loss.name,
         "num_refs": num_references(cfg),
-        "weighting": cfg.weights.get("strategy"),
+        "weighting": cfg.weights.strategy,
         "seed": cfg.seed,
         "global_step": trainer.global_step,
         "seconds": seconds,
@@ -393,6 +400,7 @@ def main() -> None:
     """Console script ``mrpo-train``."""
     quiet_libraries()
     register_configs()
+    exit_on_bad_command_line(CONFIG_DIR, "train", "mrpo.train")
     _hydra_main()
 
 

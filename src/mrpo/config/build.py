@@ -12,40 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from omegaconf import ListConfig
 
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, OptionError
+from mrpo.groups.objective import loss_option_keys, weighting_params
 from mrpo.objectives import Objective, WeightStrategy, get_objective, get_objective_spec
 from mrpo.objectives import make_weighting as _make_weighting
 from mrpo.references.spec import ReferenceSpec
 
-# Library option -> config key, for the options that are not the weighting's own parameters.
+# Library option -> config key: ``loss.<option>``, and the two options other groups give.
 _LOSS_OPTION_KEYS = {
-    "name": "loss.name",
-    "beta": "loss.beta",
-    "loss_type": "loss.loss_type",
-    "loss_weights": "loss.loss_weights",
-    "aggregation": "loss.aggregation",
-    "label_smoothing": "loss.label_smoothing",
-    "f_divergence_type": "loss.f_divergence_type",
-    "f_alpha_divergence_coef": "loss.f_alpha_divergence_coef",
-    "discopop_tau": "loss.discopop_tau",
-    "simpo_gamma": "loss.simpo_gamma",
-    "length_normalize": "loss.length_normalize",
-    "ctro": "loss.ctro",
-    "epsilon": "loss.epsilon",
-    "adaptive_epsilon": "loss.adaptive_epsilon",
-    "harmonic_pairing": "loss.harmonic_pairing",
-    "ld_alpha": "loss.ld_alpha",
+    **loss_option_keys(),
     "num_refs": "references.num_refs",
     "weighting": "weights.strategy",
 }
-STRATEGY_KEY = "strategy"
-"""The key of ``weights`` that names the strategy; every other key is one of its parameters."""
 
 
 @contextmanager
@@ -121,13 +105,9 @@ def reference_specs(cfg: TrainConfig) -> list[ReferenceSpec]:
     return specs
 
 
-def weighting_params(cfg: TrainConfig) -> dict[str, Any]:
-    """The ``weights`` keys other than ``strategy``: the strategy's parameters."""
-    return {k: v for k, v in cfg.weights.items() if k != STRATEGY_KEY}
-
-
 def _option_keys(cfg: TrainConfig) -> dict[str, str]:
-    return {**_LOSS_OPTION_KEYS, **{p: f"weights.{p}" for p in weighting_params(cfg)}}
+    params = [f.name for f in fields(cfg.weights) if f.name != "strategy"]
+    return {**_LOSS_OPTION_KEYS, **{p: f"weights.{p}" for p in params}}
 
 
 def build_weighting(cfg: TrainConfig) -> WeightStrategy:
@@ -137,7 +117,7 @@ def build_weighting(cfg: TrainConfig) -> WeightStrategy:
         ConfigError: naming ``weights.strategy`` or the ``weights.<param>`` that is unusable.
     """
     with option_keys(_option_keys(cfg), "weights"):
-        return _make_weighting(cfg.weights.get(STRATEGY_KEY, "uniform"), **weighting_params(cfg))
+        return _make_weighting(cfg.weights.strategy, **weighting_params(cfg.weights))
 
 
 def loss_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -146,21 +126,11 @@ def loss_options(cfg: TrainConfig) -> dict[str, Any]:
     DPO takes no weighting or CTRO options; ``None`` means "the objective's own default".
     """
     loss = cfg.loss
+    # Every loss field but name and beta is an objective option of the same name.
     candidates = {
-        "loss_type": _plain(loss.loss_type),
-        "loss_weights": _plain(loss.loss_weights),
-        "aggregation": loss.aggregation,
-        "label_smoothing": loss.label_smoothing,
-        "f_divergence_type": loss.f_divergence_type,
-        "f_alpha_divergence_coef": loss.f_alpha_divergence_coef,
-        "discopop_tau": loss.discopop_tau,
-        "simpo_gamma": loss.simpo_gamma,
-        "length_normalize": loss.length_normalize,
-        "ctro": loss.ctro,
-        "epsilon": loss.epsilon,
-        "adaptive_epsilon": loss.adaptive_epsilon,
-        "harmonic_pairing": loss.harmonic_pairing,
-        "ld_alpha": loss.ld_alpha,
+        f.name: _plain(getattr(loss, f.name))
+        for f in fields(loss)
+        if f.name not in ("name", "beta")
     }
     with option_keys(_LOSS_OPTION_KEYS, "loss"):
         accepted = get_objective_spec(loss.name).options

@@ -32,7 +32,7 @@ def check_moving_references(cfg: TrainConfig) -> None:
             "LoRA adapters (model.lora.enabled=true); train the full model, or use a static "
             "reference (source: self)",
         )
-    strategy = cfg.trainer.get("strategy")
+    strategy = cfg.trainer.strategy
     if isinstance(strategy, Mapping) or any(n in str(strategy).lower() for n in SHARDED_NAMES):
         name = strategy.get("name") if isinstance(strategy, Mapping) else strategy
         raise ConfigError(
@@ -44,7 +44,7 @@ def check_moving_references(cfg: TrainConfig) -> None:
     if build_objective(cfg).weighting.fits_on_validation:
         raise ConfigError(
             "weights.strategy",
-            f"{cfg.weights.get('strategy')!r} fits the weights once on every reference's "
+            f"{cfg.weights.strategy!r} fits the weights once on every reference's "
             f"cached validation log-probs, and {key}=moving is never cached (its log-probs "
             "change as it moves); use an online or fixed weighting",
         )

@@ -9,6 +9,8 @@ on one rank. Each refusal is a :class:`~mrpo.errors.ConfigError` naming the key 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from mrpo.config.build import option_prefix, selected_references
@@ -34,11 +36,11 @@ def check_requirements(cfg: TrainConfig) -> None:
     _check_attention(cfg)
     if isinstance(sharding, FSDP):
         with option_prefix("trainer.strategy"):
-            sharding.check_cpu_streams(cfg.trainer)
+            sharding.check_cpu_streams(cfg.trainer.kwargs())
 
 
 def _check_accelerator(cfg: TrainConfig) -> None:
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    accelerator = str(cfg.trainer.accelerator)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             "trainer.accelerator",
@@ -48,12 +50,12 @@ def _check_accelerator(cfg: TrainConfig) -> None:
 
 
 def _check_strategy(cfg: TrainConfig) -> ShardedTraining | None:
-    spec = cfg.trainer.get("strategy")
-    if not isinstance(spec, dict):
+    spec = cfg.trainer.strategy
+    if not isinstance(spec, Mapping):
         return None
     with option_prefix("trainer.strategy"):
         sharding = make_strategy(spec)
-        sharding.check_machine(cfg.trainer)
+        sharding.check_machine(cfg.trainer.kwargs())
     if sharding.shards_parameters and cfg.eval.tasks:
         raise ConfigError(
             "eval.tasks",
@@ -71,9 +73,9 @@ def _check_strategy(cfg: TrainConfig) -> ShardedTraining | None:
 def _check_mixed_precision_clipping(cfg: TrainConfig, sharding: ShardedTraining | None) -> None:
     # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that
     # unscales them itself (fused AdamW) -- at the first optimizer step, after every load.
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    clipping = float(cfg.trainer.get("gradient_clip_val") or 0.0) > 0
-    fused = cfg.optimizer.get("fused") is True
+    precision = str(cfg.trainer.precision)
+    clipping = float(cfg.trainer.gradient_clip_val or 0.0) > 0
+    fused = cfg.optimizer.fused is True
     if precision in _MIXED_PRECISIONS and clipping and sharding is None and fused:
         raise ConfigError(
             "optimizer.fused",
@@ -98,14 +100,14 @@ def _check_policy_quantization(cfg: TrainConfig, sharding: ShardedTraining | Non
             f"a quantized policy is not supported with trainer.strategy.name={sharding.name}; "
             "use trainer=ddp (each rank holds the quantized policy) or a bf16 policy with LoRA",
         )
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    precision = str(cfg.trainer.precision)
     if precision in _CASTING_PRECISIONS:
         raise ConfigError(
             "trainer.precision",
             f"{precision} casts every weight, which quantized weights cannot take; use "
             "bf16-mixed (the quantized layers compute in model.dtype)",
         )
-    device = torch.device("cuda" if wants_cuda(cfg.trainer) else "cpu")
+    device = torch.device("cuda" if wants_cuda(cfg.trainer.kwargs()) else "cpu")
     try:
         check_runs(method, device)
     except OptionError as err:
@@ -128,7 +130,7 @@ def _check_attention(cfg: TrainConfig) -> None:
     name = cfg.model.attn_implementation
     if name is None:
         return
-    device = torch.device("cuda" if wants_cuda(cfg.trainer) else "cpu")
+    device = torch.device("cuda" if wants_cuda(cfg.trainer.kwargs()) else "cpu")
     try:
         check_attention_runs(name, device)
     except OptionError as err:

@@ -12,9 +12,10 @@ copy: a reference is a :class:`mrpo.references.ReferenceSpec`, LoRA settings a
 :class:`mrpo.models.LoraConfig`, the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`,
 the length filters a :class:`mrpo.data.filters.LengthFilter`, the lm-eval settings a
 :class:`mrpo.evals.harness.HarnessOptions`.
-Groups whose keys depend on the choice (``weights``: the strategy's own parameters;
-``optimizer``, ``trainer``, ``callbacks``: keyword arguments of the objects they build) are
-plain dicts, checked against what they configure by :mod:`mrpo.config.validation`.
+Every group's settings live in its module under :mod:`mrpo.groups`, each field with its
+declared domain (:mod:`mrpo.domains`); keyword arguments mrpo does not model pass through a
+group's ``extra`` mapping (``trainer.extra``, ``optimizer.extra``, ``callbacks.extra``),
+checked against what they configure.
 """
 
 from __future__ import annotations
@@ -27,165 +28,46 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from mrpo.config.compose import check_known_keys
 from mrpo.config.resolvers import register_resolvers
-from mrpo.data.filters import LengthFilter
+from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import ConfigError
-from mrpo.evals.harness.options import HarnessOptions
-from mrpo.models.lora import LoraConfig
-from mrpo.references.spec import ReferenceSpec
+from mrpo.groups.callbacks import CallbacksConfig
+from mrpo.groups.data import DataConfig
+from mrpo.groups.eval import EvalConfig
+from mrpo.groups.model import ModelConfig
+from mrpo.groups.objective import LossConfig, WeightsConfig
+from mrpo.groups.optimizer import OptimizerConfig, SchedulerConfig
+from mrpo.groups.references import ReferencesConfig
+from mrpo.groups.trainer import TrainerConfig
 from mrpo.tracking.wandb import LoggerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 """The config tree shipped inside the package (``mrpo/conf``; a checkout links ``conf/`` to it)."""
+
+STAGES = ("train", "cache")
+NONFINITE_ACTIONS = ("stop", "skip")
+"""What a non-finite training loss does: stop the run, or skip that optimizer step."""
 
 SWEEPS_GROUP = "sweeps"
 """The config group of the sweep files (``mrpo/conf/sweeps``): ``mrpo-train -m +sweeps=<name>``."""
 
 
 @dataclass
-class ModelConfig:
-    """The policy: a hub id, a local directory or ``packaged:smollm2-135m-instruct``."""
-
-    source: str = MISSING
-    tokenizer: str | None = None
-    chat_template: str | None = None
-    dtype: str = "float32"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
-    compile: bool = False  # torch.compile the policy's backbone (see docs/scaling.md)
-    # The policy's transformers attention (null: its default, sdpa). flex_attention (GPUs):
-    # packed rows skip their masked tiles; flash_attention_* take no mask: padded layout.
-    attn_implementation: str | None = None
-    # Log-probs from the last hidden states through the LM head in tiles, without logits
-    # (mrpo.logprobs); models it cannot serve exactly keep the logits path on their own.
-    fused_lm_head: bool = True
-    lm_head_chunk_tokens: int = 1024  # scored tokens per LM-head tile on the fused path
-    # Logits path only: rows of logits turned into float32 log-probs at a time (None: all at
-    # once); with bf16 logits this bounds the float32 copy, recomputed in backward.
-    logprob_chunk_size: int | None = None
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    # Load the linear layers quantized by bitsandbytes (a mrpo.models.quantization name:
-    # nf4, fp4, int8) and train LoRA adapters on them (QLoRA); null: full precision.
-    quantization: str | None = None
-
-
-@dataclass
-class ReferencesConfig:
-    """The reference ensemble: the first ``num_refs`` entries of ``pool`` (all when null)."""
-
-    pool: list[ReferenceSpec] = MISSING
-    num_refs: int | None = None
-    # Pool entries to use, by name and in this order, instead of the first num_refs.
-    select: list[str] | None = None
-    mode: str = "cached"  # cached | live
-    batch_size: int = 8
-    # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
-    split_across_ranks: bool = True
-    shard_timeout_s: float = 7200.0  # how long a rank waits for the others' shards
-    # How long a job waits for another job filling the same cache entry (null: forever).
-    lock_timeout_s: float | None = 10800.0
-
-
-@dataclass
-class DataConfig:
-    """Preference data: source, format, split and tokenization limits."""
-
-    source: str = MISSING
-    subset: str | None = None
-    split: str = "train"
-    format: str | None = None  # a mrpo.data.formats.FORMATS name; null: told by the fields
-    data_dir: str | None = None
-    drop_invalid: bool = False
-    max_samples: int | None = None
-    # Source field -> the field a format reads, e.g. {instruction: prompt} (mrpo.data.formats).
-    columns: dict[str, str] = field(default_factory=dict)
-    # Filters on the loaded pairs before the split (mrpo.data.filters).
-    length_filter: LengthFilter = field(default_factory=LengthFilter)
-    # Split sizes: below 1 a fraction of the pairs, from 1 up a number of pairs. The test
-    # split (0: none) is scored after training only; train_size null takes the rest.
-    val_size: float = 0.1
-    test_size: float = 0.0
-    train_size: float | None = None
-    split_seed: int = 0
-    max_length: int = 512
-    max_prompt_length: int | None = 256
-    batch_size: int = 4
-    eval_batch_size: int = 8
-    group_by_length: bool = True
-    num_workers: int = 0
-    # Processes that tokenize the pairs (mrpo.data.prepare; null: one per 5,000 pairs up to
-    # the CPU count; more did not pay on 2 shared cores, docs/scaling.md). Tokenized tables
-    # are kept in <paths.cache_dir>/tokenized and reused by later runs.
-    num_proc: int | None = 1
-    # How a batch's pairs become rows (mrpo.data.layout, docs/scaling.md), for the policy and
-    # the references: the prompt computed once per pair, and sequences packed padding-free
-    # into rows of at most pack_row_tokens tokens (null: the batch's longest). A model outside
-    # the allow-list of mrpo.logprobs.attention keeps the padded layout on its own.
-    prefix_sharing: bool = True
-    packing: bool = False
-    pack_row_tokens: int | None = None
-    # Training batches cut by a token budget (the layout's tokens) instead of batch_size pairs.
-    max_tokens_per_batch: int | None = None
-
-
-@dataclass
-class LossConfig:
-    """The objective (a name in ``mrpo.objectives``) and its options."""
-
-    name: str = MISSING
-    beta: float = 0.1
-    # A mrpo.objectives.LOSS_TYPES name, or a list of them combined with loss_weights.
-    loss_type: Any = "sigmoid"
-    loss_weights: list[float] | None = None
-    # How K references combine (mrpo.objectives.AGGREGATIONS); null: the objective's own.
-    aggregation: str | None = None
-    label_smoothing: float = 0.0
-    f_divergence_type: str = "reverse_kl"
-    f_alpha_divergence_coef: float = 0.5
-    discopop_tau: float = 0.05
-    simpo_gamma: float = 0.5
-    ctro: bool | None = None  # None: the objective's own default
-    epsilon: float = 0.1
-    adaptive_epsilon: bool = True
-    harmonic_pairing: str = "general"
-    length_normalize: bool = False
-    # LD-DPO's α in [0, 1] (TRL's ld_alpha): response tokens past the pair's shared length
-    # count α-fold in every log-prob, the policy's and the references'; null (or 1): off.
-    ld_alpha: float | None = None
-
-
-@dataclass
-class SchedulerConfig:
-    """Learning-rate schedule: a ``transformers.get_scheduler`` name plus warm-up."""
-
-    name: str = "cosine"
-    warmup_ratio: float = 0.1
-
-
-@dataclass
-class EvalConfig:
-    """Benchmarks: run by the evaluation callback during training, and by ``mrpo-eval``
-    (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens``, ``draft_tokens``,
-    ``log_samples`` and ``harness``; ``every_n_steps`` and ``final_limit`` concern training
-    only). A task name that is not built in is an lm-evaluation-harness task, run with
-    ``harness``'s settings."""
-
-    tasks: list[str] = field(default_factory=list)
-    every_n_steps: int = 0
-    limit: int | None = 50
-    final_limit: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 256
-    draft_tokens: int = 8
-    log_samples: bool = True
-    harness: HarnessOptions = field(default_factory=HarnessOptions)
-
-
-@dataclass
 class PathsConfig:
-    root_dir: str = "."
-    output_dir: str = MISSING
-    data_dir: str | None = None
-    cache_dir: str = MISSING
+    """Where a run reads data and writes its record and caches."""
+
+    root_dir: str = setting(".", Text())
+    output_dir: str = setting(MISSING, Text())
+    data_dir: str | None = setting(None, Text(nullable=True))
+    cache_dir: str = setting(MISSING, Text())
+
+
+@dataclass
+class NanGuardConfig:
+    """What a non-finite training loss does (:class:`mrpo.training.PreferenceModule`)."""
+
+    action: str = setting("stop", Choice(NONFINITE_ACTIONS))
 
 
 @dataclass
@@ -196,22 +78,25 @@ class TrainConfig:
     references: ReferencesConfig = field(default_factory=ReferencesConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    # ``strategy`` (a mrpo.objectives.WEIGHTINGS name) and that strategy's own parameters.
-    weights: dict[str, Any] = field(default_factory=lambda: {"strategy": "uniform"})
-    optimizer: dict[str, Any] = field(default_factory=dict)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    trainer: dict[str, Any] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: dict[str, Any] = field(default_factory=dict)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    stage: str = "train"  # train | cache
-    seed: int = 0
-    ckpt_path: str | None = None  # last | best | a .ckpt file
-    force_resume: bool = False  # resume even when the checkpoint's settings or data differ
-    force_memory: bool = False  # train even when the memory plan says the device is too small
-    save_model: bool = True
-    task_name: str = "train"
+    stage: str = setting("train", Choice(STAGES))  # cache: fill the reference cache and stop
+    # Lightning seeds numpy too, whose seeds are unsigned 32-bit integers.
+    seed: int = setting(0, Number(int, ge=0, lt=2**32))
+    ckpt_path: str | None = setting(None, Text(nullable=True))  # last | best | a .ckpt file
+    # Resume even when the checkpoint's settings or data differ.
+    force_resume: bool = setting(False, Flag())
+    # Train even when the memory plan says the device is too small.
+    force_memory: bool = setting(False, Flag())
+    save_model: bool = setting(True, Flag())
+    task_name: str = setting("train", Text())
 
 
 @dataclass
@@ -220,11 +105,11 @@ class EvalRunConfig:
     harness's fixed few-shot seed, so there is no ``seed``)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    checkpoint: str | None = None
+    checkpoint: str | None = setting(None, Text(nullable=True))
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    task_name: str = "eval"
+    task_name: str = setting("eval", Text())
 
 
 Schema = TypeVar("Schema", TrainConfig, EvalRunConfig)
@@ -237,6 +122,7 @@ def to_dataclass(cfg: DictConfig, schema: type[Schema]) -> Schema:
         ConfigError: a required value (``???``) was left unset (naming its key), or the
             config was composed from another primary config than ``schema``'s.
     """
+    check_known_keys(cfg)
     try:
         result = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as err:

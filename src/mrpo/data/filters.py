@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import torch
 
+from mrpo.domains import Flag, Number, setting
 from mrpo.errors import OptionError
 
 Row = TypeVar("Row")
@@ -38,8 +39,8 @@ class LengthFilter:
             every reference fits ``data.max_length``.
     """
 
-    min_percentile: float | None = None
-    fit_all_references: bool = False
+    min_percentile: float | None = setting(None, Number(float, ge=0, lt=100, nullable=True))
+    fit_all_references: bool = setting(False, Flag())
 
     def check(self) -> None:
         """Raise :class:`~mrpo.errors.OptionError` naming an unusable setting."""

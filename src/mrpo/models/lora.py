@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from mrpo.domains import Flag, Items, Number, Text, setting
 from mrpo.errors import OptionError
 
 ALL_LINEAR = "all-linear"
@@ -24,12 +25,12 @@ class LoraConfig:
             default), or ``["all-linear"]`` for every linear layer but the output head.
     """
 
-    enabled: bool = False
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    enabled: bool = setting(False, Flag())
+    r: int = setting(16, Number(int, ge=1))
+    alpha: float = setting(32.0, Number(float, gt=0))
+    dropout: float = setting(0.0, Number(float, ge=0, lt=1))
+    target_modules: list[str] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj"], Items(Text(), min_len=1)
     )
 
     def modules(self) -> tuple[str, ...]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import OptionError
 from mrpo.models import DTYPES
 from mrpo.models.quantization import QUANTIZATIONS, precision_label
-from mrpo.references.updates import MOVING, MovingSchedule, moving_schedule
+from mrpo.references.updates import MOVING, UPDATES, MovingSchedule, moving_schedule
 
 SELF = "self"
 """Reference source meaning the policy's initial weights (and the policy's tokenizer)."""
@@ -42,17 +43,17 @@ class ReferenceSpec:
         every_n_steps: optimizer steps between a moving reference's updates (None: TRL's 512).
     """
 
-    name: str  # no default: required in the configs too (``???``)
-    source: str = SELF
-    tokenizer: str | None = None
-    chat_template: str | None = None
-    system_prompt: str | None = None
-    dtype: str = "float32"
-    length_normalize: bool = False
-    quantization: str | None = None
-    update: str | None = None
-    alpha: float | None = None
-    every_n_steps: int | None = None
+    name: str = setting(domain=Text())  # no default: required in the configs too (``???``)
+    source: str = setting(SELF, Text())
+    tokenizer: str | None = setting(None, Text(nullable=True))
+    chat_template: str | None = setting(None, Text(nullable=True))
+    system_prompt: str | None = setting(None, Text(empty=True, nullable=True))
+    dtype: str = setting("float32", Choice(list(DTYPES)))
+    length_normalize: bool = setting(False, Flag())
+    quantization: str | None = setting(None, Choice(list(QUANTIZATIONS), nullable=True))
+    update: str | None = setting(None, Choice(lambda: list(UPDATES), nullable=True))
+    alpha: float | None = setting(None, Number(float, gt=0, le=1, nullable=True))
+    every_n_steps: int | None = setting(None, Number(int, ge=1, nullable=True))
 
     @property
     def is_moving(self) -> bool:

@@ -2,8 +2,10 @@
 
 Both are Lightning callbacks, added to any ``mrpo-train`` run from the command line::
 
-    mrpo-train ... +callbacks.kill._target_=mrpo.testing.faults.KillAtStep +callbacks.kill.step=3
-    mrpo-train ... +callbacks.nan._target_=mrpo.testing.faults.NanLossAtStep +callbacks.nan.step=3
+    mrpo-train ... +callbacks.extra.kill._target_=mrpo.testing.faults.KillAtStep \\
+        +callbacks.extra.kill.step=3
+    mrpo-train ... +callbacks.extra.nan._target_=mrpo.testing.faults.NanLossAtStep \\
+        +callbacks.extra.nan.step=3
 
 and :class:`RecordBatches` writes the data rows of every training batch, to check the order.
 """

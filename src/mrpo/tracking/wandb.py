@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from mrpo.atomic import write_text
 from mrpo.compare.records import flatten_config
+from mrpo.domains import Choice, Flag, Items, Number, Text, setting
 from mrpo.tracking.backends import LoggerRun, optional_loggers
 from mrpo.tracking.mode import WANDB_MODES, resolve_wandb_mode
 from mrpo.tracking.record import WANDB_ID_FILE, next_attempt
@@ -51,17 +52,17 @@ class LoggerConfig:
         init_timeout: seconds an online start may take before the run falls back to offline.
     """
 
-    wandb: bool = True
-    tensorboard: bool = False
-    mlflow: bool = False
-    mlflow_dir: str = "outputs/mlruns"
-    project: str = "mrpo"
-    entity: str | None = None
-    group: str | None = None
-    job_type: str = "train"
-    tags: list[str] = field(default_factory=list)
-    mode: str = "auto"
-    init_timeout: float = 60.0
+    wandb: bool = setting(True, Flag())
+    tensorboard: bool = setting(False, Flag())
+    mlflow: bool = setting(False, Flag())
+    mlflow_dir: str = setting("outputs/mlruns", Text())
+    project: str = setting("mrpo", Text())
+    entity: str | None = setting(None, Text(nullable=True))
+    group: str | None = setting(None, Text(nullable=True))
+    job_type: str = setting("train", Text())
+    tags: list[str] = setting([], Items(Text()))
+    mode: str = setting("auto", Choice(WANDB_MODES))
+    init_timeout: float = setting(60.0, Number(float, gt=0))
 
 
 def make_loggers(

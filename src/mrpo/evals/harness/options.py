@@ -6,7 +6,9 @@ type of ``eval.harness``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from mrpo.domains import Flag, Items, Table, Text, setting
 
 
 @dataclass
@@ -27,8 +29,8 @@ class HarnessOptions:
             lm-eval tasks it holds (the overrides in ``mrpo/evals/harness/local_tasks``).
     """
 
-    include_path: list[str] = field(default_factory=list)
-    include_defaults: bool = True
-    num_fewshot: dict[str, int] = field(default_factory=dict)
-    apply_chat_template: bool = False
-    local_data: bool = True
+    include_path: list[str] = setting([], Items(Text()))
+    include_defaults: bool = setting(True, Flag())
+    num_fewshot: dict[str, int] = setting({}, Table())
+    apply_chat_template: bool = setting(False, Flag())
+    local_data: bool = setting(True, Flag())

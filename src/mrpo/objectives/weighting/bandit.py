@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from mrpo.domains import Domain, Items, Number
 from mrpo.errors import OptionError
 from mrpo.objectives.weighting.strategies import WeightStrategy, broadcast_weights
 
@@ -68,7 +69,11 @@ class ThompsonSampling(WeightStrategy):
     """
 
     name = "thompson"
-    params = ("prior", "seed", "feedback_size")
+    params: ClassVar[Mapping[str, Domain]] = {
+        "prior": Items(Number(float, gt=0), min_len=2, max_len=2),
+        "seed": Number(int, ge=0, lt=2**64),
+        "feedback_size": Number(int, ge=1),
+    }
     stateful = True
     needs_feedback = True
 

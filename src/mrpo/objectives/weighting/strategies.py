@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mrpo.domains import Domain, Flag, Items, Number
 from mrpo.errors import OptionError
 from mrpo.objectives.weighting.formulas import (
     arwc_weights,
@@ -45,8 +46,9 @@ class WeightStrategy:
     """Base class of the weight strategies (see the module docstring for the protocol)."""
 
     name: ClassVar[str] = ""
-    params: ClassVar[tuple[str, ...]] = ()
-    """Keyword options the strategy accepts (``get_objective`` options, ``weights.<param>``)."""
+    params: ClassVar[Mapping[str, Domain]] = {}
+    """Keyword options the strategy accepts (``get_objective`` options, ``weights.<param>``),
+    each with its domain (checked before the strategy is built)."""
     stateful: ClassVar[bool] = False
     fits_on_validation: ClassVar[bool] = False
     """True: the trainer calls ``fit(val_chosen, val_rejected, chosen_tokens, rejected_tokens)``
@@ -113,7 +115,9 @@ class FixedWeights(WeightStrategy):
     """A given weight list, normalized to sum to 1 (``fixed_weights=[...]``, one per reference)."""
 
     name = "fixed"
-    params = ("fixed_weights",)
+    params: ClassVar[Mapping[str, Domain]] = {
+        "fixed_weights": Items(Number(float, ge=0), min_len=1)
+    }
 
     def __init__(self, fixed_weights: Sequence[float] | None = None) -> None:
         if fixed_weights is None:
@@ -241,7 +245,7 @@ class SlidingWindowARWC(WeightStrategy):
     """
 
     name = "sliding_window"
-    params = ("window", "one_hot")
+    params: ClassVar[Mapping[str, Domain]] = {"window": Number(int, ge=1), "one_hot": Flag()}
     stateful = True
 
     def __init__(self, window: int = 1, one_hot: bool = False) -> None:

@@ -1,0 +1,104 @@
+"""The ``trainer`` group: the Lightning ``Trainer``'s arguments.
+
+The common ones carry domains (epochs, steps, accumulation, clipping, precision, devices,
+validation interval); any other ``lightning.Trainer`` argument goes under ``trainer.extra``
+and is checked against ``Trainer``'s signature. ``strategy`` is a Lightning strategy name or
+the mapping of a sharded strategy (``trainer=fsdp``, ``deepspeed``; :mod:`mrpo.models.parallel`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from mrpo.domains import AnyOf, Choice, Flag, Items, Number, Table, setting
+from mrpo.errors import ConfigError
+
+__all__ = ["TrainerConfig", "check_trainer_extra"]
+
+# Arguments mrpo always sets itself (its loggers, callbacks, run directory and samplers).
+MRPO_SET = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler")
+
+
+def _precisions() -> list[Any]:
+    from lightning.fabric.connector import _PRECISION_INPUT
+
+    def flatten(hint: Any) -> list[Any]:
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Literal:
+            return list(args)
+        return [v for arg in args for v in flatten(arg)]
+
+    return flatten(_PRECISION_INPUT)
+
+
+def _accelerators() -> list[str]:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+
+
+def _strategies() -> list[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+COUNT = Number(int, ge=1)
+UNLIMITED = Number(int, ge=1, also=(-1,))  # Lightning's -1: no limit
+
+
+@dataclass
+class TrainerConfig:
+    """Keyword arguments of ``lightning.Trainer`` (CPU, float32 by default)."""
+
+    accelerator: str = setting("auto", Choice(_accelerators))
+    # A number of devices (-1: all), their indices, or "auto".
+    devices: Any = setting(1, AnyOf((UNLIMITED, Items(Number(int, ge=0), 1), Choice(["auto"]))))
+    num_nodes: int = setting(1, COUNT)
+    precision: Any = setting("32-true", Choice(_precisions))
+    # A strategy name, or a sharded strategy's mapping (mrpo.models.parallel.STRATEGIES).
+    strategy: Any = setting("auto", AnyOf((Choice(_strategies), Table())))
+    max_epochs: int | None = setting(1, Number(int, ge=1, also=(-1,), nullable=True))
+    max_steps: int = setting(-1, UNLIMITED)
+    accumulate_grad_batches: int = setting(1, COUNT)
+    gradient_clip_val: float | None = setting(1.0, Number(float, ge=0, nullable=True))
+    log_every_n_steps: int = setting(1, COUNT)
+    # Validate every N training batches (an int), or at this fraction of an epoch (<= 1.0).
+    val_check_interval: Any = setting(
+        None, AnyOf((COUNT, Number(float, gt=0, le=1)), nullable=True)
+    )
+    check_val_every_n_epoch: int | None = setting(1, Number(int, ge=1, nullable=True))
+    num_sanity_val_steps: int = setting(0, Number(int, ge=0, also=(-1,)))
+    deterministic: Any = setting(False, AnyOf((Flag(), Choice(["warn"]))))
+    enable_progress_bar: bool = setting(True, Flag())
+    enable_model_summary: bool = setting(True, Flag())
+    # Any other lightning.Trainer argument (limit_train_batches, max_time, profiler, ...).
+    extra: dict[str, Any] = setting({}, Table())
+
+    def kwargs(self) -> dict[str, Any]:
+        """The ``Trainer`` keyword arguments: the modeled ones and ``extra``."""
+        modeled = {k: v for k, v in vars(self).items() if k != "extra"}
+        return {**modeled, **self.extra}
+
+
+def check_trainer_extra(extra: dict[str, Any]) -> None:
+    """``trainer.extra`` holds only ``Trainer`` arguments mrpo neither models nor sets."""
+    import lightning as L
+
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    modeled = set(TrainerConfig.__dataclass_fields__) - {"extra"}
+    for key in extra:
+        name = f"trainer.extra.{key}"
+        if key not in accepted:
+            raise ConfigError(name, "is not a lightning.Trainer argument")
+        if key in modeled:
+            raise ConfigError(name, f"is modeled: set trainer.{key} instead")
+        if key in MRPO_SET:
+            raise ConfigError(
+                name,
+                "is set by mrpo itself (its loggers, callbacks, run "
+                "directory and batch samplers); remove it",
+            )
