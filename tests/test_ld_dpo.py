@@ -23,7 +23,7 @@ from mrpo.logprobs import (
     reduce_rows,
     shared_prefix_mask,
 )
-from mrpo.logprobs.packed import reduce_by_owner
+from mrpo.logprobs.packed_logprobs import reduce_by_owner
 from mrpo.objectives import get_objective
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import score_pairs

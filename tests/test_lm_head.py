@@ -9,14 +9,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel
 
-import mrpo.logprobs._lm_head
+import mrpo.logprobs.fused_head
 from mrpo.logprobs import (
     IGNORE_INDEX,
     hidden_sequence_logprobs,
     model_sequence_logprobs,
     sequence_logprobs,
 )
-from mrpo.logprobs._lm_head import head_logprobs, split_lm_head
+from mrpo.logprobs.fused_head import head_logprobs, split_lm_head
 from mrpo.testing.models import AllLogits, make_tiny_model
 
 VOCAB = 37
@@ -203,9 +203,9 @@ def test_fused_path_equals_the_logits_path(family, average, monkeypatch):
     ids, mask, labels = batch()
     upstream = torch.tensor([1.0, -2.0, 0.5, 3.0])
     tiles = []
-    project = mrpo.logprobs._lm_head._project_into
+    project = mrpo.logprobs.fused_head._project_into
     monkeypatch.setattr(
-        mrpo.logprobs._lm_head,
+        mrpo.logprobs.fused_head,
         "_project_into",
         lambda tile, h, *a: tiles.append(h.shape[0]) or project(tile, h, *a),
     )

@@ -26,7 +26,7 @@ from mrpo.logprobs import (
     packed_sequence_logprobs,
 )
 from mrpo.logprobs.attention import additive_mask, allowed_attention, block_mask
-from mrpo.logprobs.packing import assign_rows
+from mrpo.logprobs.packed_rows import assign_rows
 from mrpo.models import enable_gradient_checkpointing
 from mrpo.references.scoring import score_pairs
 from mrpo.testing.models import AllLogits, make_tiny_family_model

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from mrpo.logprobs import ld_logps, pair_shared_tokens, reduce_rows
-from mrpo.logprobs.packed import reduce_by_owner
+from mrpo.logprobs.packed_logprobs import reduce_by_owner
 from mrpo.objectives import LOSS_TYPES, get_objective
 
 if sys.version_info < (3, 11):  # the pinned trl has no release for 3.10 (pyproject.toml)

@@ -2,7 +2,7 @@
 
 The padded layout (:class:`~mrpo.data.collate.PreferenceCollator` without a layout) gives each
 of the 2B sequences ``prompt + chosen`` and ``prompt + rejected`` a row, padded to the longest.
-A :class:`PairLayout` lays them out as :class:`~mrpo.logprobs.packing.PackedRows` instead:
+A :class:`PairLayout` lays them out as :class:`~mrpo.logprobs.packed_rows.PackedRows` instead:
 
 - ``share_prefix``: one block per pair, ``prompt, chosen, rejected``, the rejected tokens
   attending to the prompt and to themselves (not to the chosen ones) at positions continuing
@@ -28,8 +28,7 @@ import torch
 
 from mrpo.data.table import id_lengths
 from mrpo.data.types import TokenizedPair
-from mrpo.logprobs.attention import packed_mask_builder
-from mrpo.logprobs.packing import Block, PackedRows, pack_blocks
+from mrpo.logprobs import Block, PackedRows, pack_blocks, packed_mask_builder
 
 log = logging.getLogger("mrpo.data")
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from mrpo.logprobs import IGNORE_INDEX
-from mrpo.logprobs.packing import PackedRows
+from mrpo.logprobs import IGNORE_INDEX, PackedRows
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""

@@ -1,18 +1,23 @@
-"""Sequence log-probabilities from a causal LM: the one place that shifts and masks."""
+"""Sequence log-probabilities from a causal LM: the one place that shifts and masks.
 
-from mrpo.logprobs._lm_head import (
+Most callers want :func:`batch_sequence_logprobs`: the log-probs of a batch in either layout.
+The modules, one job each: ``batch`` (a batch, padded or packed), ``sequence`` (padded rows,
+one sequence a row), ``packed_rows`` (building packed rows: blocks of a shared prefix and
+branches), ``packed_logprobs`` (log-probs of packed rows), ``attention`` (packed rows' masks,
+and the model families that take them), ``fused_head`` (log-probs from hidden states without
+logits, and the families that allow it), ``shared`` (sums up to a pair's shared length, LD-DPO).
+"""
+
+from mrpo.logprobs.attention import PACKED_MODEL_TYPES, packed_mask_builder
+from mrpo.logprobs.batch import ScoredBatch, batch_sequence_logprobs, scored_token_counts
+from mrpo.logprobs.fused_head import (
     DEFAULT_CHUNK_TOKENS,
     PLAIN_HEAD_MODEL_TYPES,
     head_logprobs,
     split_lm_head,
 )
-from mrpo.logprobs.attention import PACKED_MODEL_TYPES, packed_mask_builder
-from mrpo.logprobs.packed import (
-    batch_sequence_logprobs,
-    packed_sequence_logprobs,
-    scored_token_counts,
-)
-from mrpo.logprobs.packing import Block, PackedRows, pack_blocks
+from mrpo.logprobs.packed_logprobs import packed_sequence_logprobs
+from mrpo.logprobs.packed_rows import Block, PackedRows, pack_blocks
 from mrpo.logprobs.sequence import (
     IGNORE_INDEX,
     SequenceLogProbs,
@@ -40,6 +45,7 @@ __all__ = [
     "PLAIN_HEAD_MODEL_TYPES",
     "Block",
     "PackedRows",
+    "ScoredBatch",
     "SequenceLogProbs",
     "accepts_logits_to_keep",
     "batch_sequence_logprobs",

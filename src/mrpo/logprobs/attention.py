@@ -1,9 +1,10 @@
-"""Attention masks for :class:`~mrpo.logprobs.packing.PackedRows`, and which models take them.
+"""Attention masks for :class:`~mrpo.logprobs.packed_rows.PackedRows`; which models take them.
 
 A packed row needs a mask that is not plain causal: a token attends to the earlier tokens of
-its own block that are shared or on its own branch (:mod:`mrpo.logprobs.packing`). transformers
-models pass a 4-D mask given as ``attention_mask`` straight to their attention, so the mask is
-made here, in the form the model's attention implementation takes (:data:`MASK_BUILDERS`):
+its own block that are shared or on its own branch (:mod:`mrpo.logprobs.packed_rows`).
+transformers models pass a 4-D mask given as ``attention_mask`` straight to their attention,
+so the mask is made here, in the form the model's attention implementation takes
+(:data:`MASK_BUILDERS`):
 
 - ``sdpa`` and ``eager`` (CPU, and GPUs without FlexAttention): a dense additive float mask
   (R, 1, T, T), 0 where attention is allowed and the dtype's minimum elsewhere; SDPA and the
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mrpo.logprobs._lm_head import unwrapped
+from mrpo.logprobs.fused_head import unwrapped
 
 # Families whose decoder takes a 4-D ``attention_mask`` as is and positions from
 # ``position_ids`` (rotary or learned absolute), nothing else that mixes tokens (no ALiBi built

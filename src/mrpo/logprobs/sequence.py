@@ -13,7 +13,7 @@ span of a sequence. The convention, shared with ``PreferenceBatch.labels``:
 
 From a model, the log-probs come either from its logits (:func:`sequence_logprobs`) or, for
 models whose logits are ``lm_head(last hidden state)``, from the hidden states through the
-fused LM head of :mod:`mrpo.logprobs._lm_head` (:func:`hidden_sequence_logprobs`), which never
+fused LM head of :mod:`mrpo.logprobs.fused_head` (:func:`hidden_sequence_logprobs`), which never
 makes the logits tensor; both give the same values.
 """
 
@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from mrpo.logprobs._lm_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head, unwrapped
+from mrpo.logprobs.fused_head import DEFAULT_CHUNK_TOKENS, head_logprobs, split_lm_head, unwrapped
 from mrpo.logprobs.shared import shared_prefix_mask
 
 IGNORE_INDEX = -100
@@ -271,7 +271,7 @@ def hidden_sequence_logprobs(
     """``sequence_logprobs`` of the logits ``hidden @ weight.T + bias``, never made whole.
 
     Only the positions that score a label go through the LM head, ``chunk_tokens`` at a time
-    (:func:`mrpo.logprobs._lm_head.head_logprobs`).
+    (:func:`mrpo.logprobs.fused_head.head_logprobs`).
 
     Args:
         hidden: (N, T, H) last hidden states of a causal LM's backbone.
@@ -358,8 +358,5 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 def cache_argument(model: torch.nn.Module) -> str:
     """The name under which the model's forward takes a KV cache: ``cache`` (transformers 5,
     where ``past_key_values`` is deprecated) or ``past_key_values`` (earlier versions)."""
-    return (
-        "cache"
-        if "cache" in inspect.signature(unwrapped(model).forward).parameters
-        else ("past_key_values")
-    )
+    parameters = inspect.signature(unwrapped(model).forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

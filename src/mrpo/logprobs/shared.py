@@ -10,9 +10,9 @@ log-prob becomes
 
 where ℓ_public sums the token log-probs of the first ℓ_s scored tokens. α = 1 is ℓ itself.
 
-The log-prob reductions (:mod:`mrpo.logprobs.sequence`, :mod:`mrpo.logprobs.packed`) sum the
-public part in the same pass as the total when given the shared lengths; the functions here
-are the masks and the combination, pure and shape-documented. Pairs are laid out as
+The log-prob reductions (:mod:`mrpo.logprobs.sequence`, :mod:`mrpo.logprobs.packed_logprobs`)
+sum the public part in the same pass as the total when given the shared lengths; the functions
+here are the masks and the combination, pure and shape-documented. Pairs are laid out as
 everywhere in mrpo: 2B sequences, the B chosen ones first, then the B rejected ones.
 """
 

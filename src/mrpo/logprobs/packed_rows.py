@@ -23,7 +23,7 @@ explicitly: ``predictor`` (where the predicting hidden state is), ``targets`` (t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -88,20 +88,9 @@ class PackedRows:
 
     def to(self, device: torch.device | str) -> PackedRows:
         """A copy with every tensor on ``device``."""
+        tensors = [f.name for f in fields(self) if f.name != "num_sequences"]
         return replace(
-            self,
-            **{
-                name: getattr(self, name).to(device, non_blocking=True)
-                for name in (
-                    "input_ids",
-                    "position_ids",
-                    "segment",
-                    "branch",
-                    "predictor",
-                    "targets",
-                    "owner",
-                )
-            },
+            self, **{name: getattr(self, name).to(device, non_blocking=True) for name in tensors}
         )
 
 
