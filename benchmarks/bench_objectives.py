@@ -63,7 +63,9 @@ def objective_seconds(
     objective = get_objective(name, beta=0.1, **options)
 
     def forward() -> torch.Tensor:
-        return objective(policy[0], policy[1], ref_c, ref_r, update_state=True).losses.mean()
+        loss = objective(policy[0], policy[1], ref_c, ref_r).losses.mean()
+        objective.observe(ref_c, ref_r)  # a training batch's state update, as the trainer does
+        return loss
 
     def forward_backward() -> None:
         forward().backward()

@@ -125,7 +125,8 @@ def test_sliding_window_sequence(window: int, expected: list[list[float]]) -> No
     for chosen, rejected in SLIDING_BATCHES:
         # A validation call never changes the state.
         objective(policy, policy, chosen, rejected)
-        out = objective(policy, policy, chosen, rejected, update_state=True)
+        out = objective(policy, policy, chosen, rejected)
+        objective.observe(chosen, rejected)  # a training batch, recorded after its weights
         assert torch.equal(out.weights[0], out.weights[1])  # one weight vector per batch
         used.append(out.weights[0].tolist())
     used.append(objective.weighting.current(2).tolist())
@@ -148,7 +149,8 @@ def test_one_hot_sliding_window_takes_the_argmax_of_the_window(
     policy = torch.zeros(2, dtype=F64)
     used = []
     for chosen, rejected in SLIDING_BATCHES:
-        used.append(objective(policy, policy, chosen, rejected, update_state=True).weights[0])
+        used.append(objective(policy, policy, chosen, rejected).weights[0])
+        objective.observe(chosen, rejected)
     used.append(objective.weighting.current(2))
     assert [u.tolist() for u in used] == expected
     # One-hot weights make multi-DPO a single-reference DPO step against the argmax reference.
@@ -232,8 +234,27 @@ def test_thompson_errors_before_select_and_without_num_refs() -> None:
     policy, reference = torch.zeros(2), torch.zeros(2, 2)
     with pytest.raises(RuntimeError, match="before select"):
         objective(policy, policy, reference, reference)
+    assert objective.weighting.num_refs is None  # a batch only checks K, it sizes nothing
+    objective = get_objective("mrpo", weighting="thompson", num_refs=2)
+    with pytest.raises(RuntimeError, match="before select"):
+        objective(policy, policy, reference, reference)
     with pytest.raises(ValueError, match=r"arm must be an int in \[0, 2\)"):
         objective.weighting.update(2, improved=True)
+
+
+def test_k_is_taken_when_the_objective_is_built_and_only_checked_per_batch() -> None:
+    objective = get_objective("mrpo", weighting="thompson", num_refs=3)
+    assert (objective.weighting.alpha, objective.weighting.beta) == ([5.0] * 3, [5.0] * 3)
+    objective.weighting.select()
+    policy, reference = torch.zeros(2), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="has 3 arms, got K=2"):
+        objective(policy, policy, reference, reference)
+    with pytest.raises(ValueError, match="has 3 arms, got K=2"):
+        objective.check_num_refs(2)
+    assert objective.weighting.num_refs == 3
+    with pytest.raises(OptionError) as info:  # the check names the option that does not fit
+        get_objective("multi_dpo", weighting="fixed", fixed_weights=[1, 1]).check_num_refs(3)
+    assert info.value.option == "fixed_weights"
 
 
 @pytest.mark.parametrize(("a", "b"), [(2.0, 6.0), (0.5, 0.5), (5.0, 5.0)])

@@ -151,18 +151,26 @@ def test_cross_tokenizer_ensemble_trains(compose_train, tiny_zephyr_model_dir: P
     assert 0 < read_metric(run_dir, "train/ref_weight/1")[0] < 1
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(compose_train, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("weighting", "accumulate"),
+    # Stateful weightings: the sliding window, and the bandit driven per accumulated step.
+    [("sliding_window", 1), ("thompson", 2)],
+)
+def test_resumed_run_reproduces_the_uninterrupted_losses(
+    compose_train, tmp_path: Path, weighting: str, accumulate: int
+) -> None:
     common = [
         "trainer.max_steps=6",
         "data.max_samples=16",
         "data.val_size=4",
-        "data.batch_size=2",
+        f"data.batch_size={2 // accumulate}",
+        f"trainer.accumulate_grad_batches={accumulate}",
         "callbacks.checkpoint.every_n_train_steps=3",
         "save_model=false",
         "trainer.max_epochs=2",
         "references=prompted",
         "references.num_refs=2",
-        "weights=sliding_window",
+        f"weights={weighting}",
         # The interrupted attempt stops early through max_steps; a constant schedule keeps its
         # learning rates equal to the full run's (a schedule's length depends on max_steps).
         "scheduler=constant",
@@ -178,6 +186,10 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(compose_train, tmp_path
     resumed = read_metric(resumed_dir, "train/loss")
     for step in range(6):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+    if weighting == "thompson":  # the same arms drawn after the resume, one per step
+        arms = read_metric(Path(full["run_dir"]), "train/bandit/arm")
+        assert sorted(arms) == list(range(6))
+        assert read_metric(resumed_dir, "train/bandit/arm") == arms
 
 
 def test_train_evaluates_native_and_lm_eval_tasks_offline(compose_train, tmp_path: Path) -> None:

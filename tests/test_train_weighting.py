@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from mrpo.callbacks import ThompsonFeedback
 from mrpo.cli.steps import build_ensemble, prepare_data
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
 from mrpo.config import TrainConfig, to_dataclass
-from mrpo.objectives import vaw_weights, vdw_weights
+from mrpo.data.collate import PreferenceCollator
+from mrpo.data.preference import load_preference_data
+from mrpo.data.tokenize import tokenize_pairs
+from mrpo.models import load_model, load_tokenizer
+from mrpo.objectives import get_objective, vaw_weights, vdw_weights
+from mrpo.training.module import PreferenceModule
 
 PRIOR = (5.0, 5.0)
 
@@ -45,6 +54,77 @@ def test_thompson_run_selects_and_rewards_arms(compose_train, accumulate: int) -
     for k in range(3):
         assert state["alpha"][k] + state["beta"][k] == sum(PRIOR) + pulls[k]
     assert sum(state["alpha"]) - 3 * PRIOR[0] + sum(state["beta"]) - 3 * PRIOR[1] == 2
+
+
+def three_references(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, B) cached reference log-probs of chosen and rejected that differ per reference."""
+    rows = torch.arange(3, dtype=torch.float32)[:, None] + index[None, :].float()
+    return -10.0 - rows, -12.0 - 0.5 * rows
+
+
+def record_bandit(bandit, monkeypatch: pytest.MonkeyPatch, steps: Callable[[], int]) -> list:
+    """Record the bandit's draws, rewards (with the optimizer steps taken by then) and the arm
+    each weighted batch used, in call order."""
+    events: list[tuple[str, ...]] = []
+    select, update, weights = bandit.select, bandit.update, bandit.weights
+
+    def recorded_select() -> int:
+        events.append(("select", select()))
+        return events[-1][1]
+
+    def recorded_update(arm: int, improved: bool) -> None:
+        events.append(("update", arm, steps()))
+        update(arm, improved=improved)
+
+    def recorded_weights(ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
+        used = weights(ref_chosen, ref_rejected)
+        events.append(("weights", int(used[0].argmax())))
+        return used
+
+    monkeypatch.setattr(bandit, "select", recorded_select)
+    monkeypatch.setattr(bandit, "update", recorded_update)
+    monkeypatch.setattr(bandit, "weights", recorded_weights)
+    return events
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_thompson_draws_and_rewards_once_per_optimizer_step(
+    tiny_model_dir: Path, hh_file: Path, accumulate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N micro-batches at accumulate_grad_batches=a: N/a draws and N/a rewards, each reward after
+    its optimizer step, and every micro-batch of a step weighted by that step's arm alone."""
+    micro_batches = 8
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    examples = load_preference_data(str(hh_file)).examples[:micro_batches]
+    pairs = tokenize_pairs(examples, tokenizer, max_length=96).pairs
+    collate = PreferenceCollator(tokenizer.pad_token_id, ref_lookup=three_references)
+    objective = get_objective("multi_dpo", weighting="thompson", num_refs=3, seed=0)
+    events = record_bandit(objective.weighting, monkeypatch, lambda: module.global_step)
+    torch.manual_seed(0)
+    module = PreferenceModule(
+        load_model(str(tiny_model_dir)),
+        tokenizer,
+        objective,
+        lambda params: torch.optim.AdamW(params, lr=1e-2),
+        scheduler_name="constant",
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accumulate_grad_batches=accumulate,
+        callbacks=[ThompsonFeedback([collate(pairs[:2])])],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(pairs, batch_size=1, collate_fn=collate))
+    steps = micro_batches // accumulate
+    assert trainer.global_step == steps
+    expected: list[tuple[str, ...]] = []
+    for step in range(steps):
+        arm = events[len(expected)][1]  # whichever arm the bandit drew for this step
+        expected += [("select", arm), *[("weights", arm)] * accumulate, ("update", arm, step + 1)]
+    assert events == expected
 
 
 @pytest.mark.parametrize(("strategy", "formula"), [("vdw", vdw_weights), ("vaw", vaw_weights)])

@@ -1,12 +1,12 @@
-"""Drives the Thompson-sampling weighting: pick an arm before each step, reward it after.
+"""Drives the Thompson-sampling weighting: pick an arm for each optimizer step, reward it after.
 
 The bandit (:class:`mrpo.objectives.ThompsonSampling`) is explicit by design; this callback is
-the training loop's side of the protocol. Before the first micro-batch of an optimizer step it
-calls ``select()``, so every micro-batch of that step (``trainer.accumulate_grad_batches``) takes
-a single-reference DPO step against the same sampled reference. After the optimizer step it
-scores a fixed feedback subsample of the validation pairs and calls ``update(arm, improved)``
-with ``improved`` = the reference-free policy margin accuracy went up strictly (a tie is not an
-improvement): one draw and one reward per optimizer step, whatever the accumulation.
+the training loop's side of the protocol, one draw and one reward per optimizer step whatever
+``trainer.accumulate_grad_batches``: the first micro-batch of a step calls ``select()``, so all
+of them take a single-reference DPO step against the same arm; after the step (Lightning's
+``on_before_optimizer_step`` marks its micro-batch) it scores a fixed feedback subsample of the
+validation pairs and calls ``update(arm, improved)``, ``improved`` = the reference-free policy
+margin accuracy went up strictly (a tie is not an improvement).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class ThompsonFeedback(L.Callback):
         if not feedback_batches:
             raise ValueError("the Thompson feedback subsample is empty")
         self.feedback_batches = list(feedback_batches)
-        self.arm: int | None = None
+        self.arm: int | None = None  # drawn for the optimizer step under way
         self.previous: float | None = None
-        self._drawn_at_step = -1  # trainer.global_step when self.arm was drawn
+        self._stepping = False  # the optimizer step of self.arm ran in this micro-batch
 
     def _strategy(self, pl_module: L.LightningModule) -> Any:
         strategy: WeightStrategy = _preference_module(pl_module).objective.weighting
@@ -66,8 +66,7 @@ class ThompsonFeedback(L.Callback):
             self.previous = self.feedback_accuracy(pl_module)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Validation scores the objective against the arm the bandit last chose; before the
-        # first training step there is none yet, so draw one.
+        # Validation scores against the arm last drawn; before the first step there is none.
         strategy = self._strategy(pl_module)
         if strategy.current_arm is None:
             strategy.select()
@@ -75,10 +74,15 @@ class ThompsonFeedback(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # Lightning runs this for every micro-batch; the arm holds until the optimizer steps.
+        # Lightning runs this for every micro-batch; the arm holds until its optimizer step.
         if self.arm is None:
             self.arm = self._strategy(pl_module).select()
-            self._drawn_at_step = trainer.global_step
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # Once per step, after the window's last backward: reward at this micro-batch's end.
+        self._stepping = True
 
     def on_train_batch_end(
         self,
@@ -88,9 +92,9 @@ class ThompsonFeedback(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        # global_step counts optimizer steps: unchanged means a micro-batch inside the window.
-        if self.arm is None or trainer.global_step == self._drawn_at_step:
-            return
+        if not self._stepping or self.arm is None:
+            return  # a micro-batch inside the accumulation window: no step yet
+        self._stepping = False
         accuracy = self.feedback_accuracy(pl_module)
         improved = self.previous is not None and accuracy > self.previous
         self._strategy(pl_module).update(self.arm, improved=improved)

@@ -133,11 +133,9 @@ class Objective:
         return (self.spec.min_refs, self.spec.max_refs)
 
     def check_num_refs(self, num_refs: int) -> None:
-        """Raise :class:`~mrpo.errors.OptionError` if this objective (and its weighting)
-        cannot use K = ``num_refs``; the error names the option that does not fit K.
-
-        A K above ``max_refs`` is accepted: the objective uses the first ``max_refs`` rows.
-        """
+        """Raise :class:`~mrpo.errors.OptionError` (naming the option) or ValueError (the weighting
+        holds another K) if the objective cannot use K = ``num_refs``; a pure check, run on every
+        batch. A K above ``max_refs`` is accepted: the first ``max_refs`` rows are used."""
         low, _ = self.num_refs_required
         if num_refs < low:
             raise OptionError(
@@ -150,7 +148,7 @@ class Objective:
                 "option 'harmonic_pairing'='official' needs exactly K=2 references, "
                 f"got K={num_refs}",
             )
-        self.weighting.set_num_refs(num_refs)
+        self.weighting.check_num_refs(num_refs)
 
     def __call__(
         self,
@@ -160,10 +158,9 @@ class Objective:
         ref_rejected: torch.Tensor,
         weights: torch.Tensor | None = None,
         *,
-        update_state: bool = False,
         token_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ObjectiveOutput:
-        """Compute the objective on a batch.
+        """Compute the objective on a batch; changes no state (see :meth:`observe`).
 
         Args:
             policy_chosen: (B,) policy log-probs ℓθ(y_w) (summed over response tokens, or
@@ -175,9 +172,6 @@ class Objective:
             weights: None to use the configured strategy, or explicit (K,) / (B, K)
                 non-negative weights (rows are normalized to sum to 1). Refused by objectives
                 that use reference 0 only (DPO).
-            update_state: True for training batches: after taking this batch's weights, let a
-                stateful strategy record the batch (the sliding window). Leave False for
-                validation batches.
             token_counts: (B,) response token counts of y_w and y_l; needed by the loss types
                 that normalize by length or read the NLL (``config.needs_token_counts``).
 
@@ -205,7 +199,7 @@ class Objective:
             raise ValueError(
                 f"loss_type={self.config.loss_type!r} needs token_counts (response lengths)"
             )
-        output = self.spec.function(
+        return self.spec.function(
             policy_chosen,
             policy_rejected,
             ref_chosen,
@@ -214,16 +208,11 @@ class Objective:
             self.config,
             token_counts,
         )
-        if update_state:
-            self.observe(ref_chosen, ref_rejected)
-        return output
 
     def observe(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> None:
-        """Let a stateful weighting record a training batch's (K, B) reference log-probs.
-
-        The same as calling the objective with ``update_state=True``; for callers that first
-        check the loss (a skipped, non-finite batch must leave no trace in the state).
-        """
+        """Record a training batch's (K, B) reference log-probs in a stateful weighting, the one
+        way a batch reaches its state; only once the batch's loss is found finite (a skipped
+        batch must leave no trace)."""
         self.weighting.observe(ref_chosen, ref_rejected)
 
     def state_dict(self) -> dict[str, Any]:

@@ -145,6 +145,7 @@ def get_objective(
     config = ObjectiveConfig(beta=beta, **merged)
     strategy = make_weighting(weighting, **params) if spec.weighted else PrimaryReference()
     objective = Objective(spec, config, strategy)
-    if num_refs is not None:
+    if num_refs is not None:  # K taken once: checked, and Thompson sampling's arms sized
         objective.check_num_refs(num_refs)
+        strategy.set_num_refs(num_refs)
     return objective

@@ -65,7 +65,7 @@ class ThompsonSampling(WeightStrategy):
         seed: seed of the strategy's own generator.
         feedback_size: validation pairs the trainer scores after each step for the reward.
         num_refs: K; may instead be given later through :meth:`set_num_refs` (the objective
-            does so when ``get_objective(..., num_refs=K)`` is used or on the first batch).
+            does so when it is built with ``get_objective(..., num_refs=K)``).
     """
 
     name = "thompson"
@@ -118,16 +118,18 @@ class ThompsonSampling(WeightStrategy):
         """K once known, else None."""
         return len(self.alpha) or None
 
+    def check_num_refs(self, num_refs: int) -> None:
+        if self.num_refs is not None and self.num_refs != num_refs:
+            raise ValueError(
+                f"weighting 'thompson' has {self.num_refs} arms, got K={num_refs} references"
+            )
+
     def set_num_refs(self, num_refs: int) -> None:
         if self.num_refs is None:
             if num_refs < 1:
                 raise ValueError(f"weighting 'thompson' needs K >= 1 references, got {num_refs}")
-            self.alpha = [self.prior[0]] * num_refs
-            self.beta = [self.prior[1]] * num_refs
-        elif self.num_refs != num_refs:
-            raise ValueError(
-                f"weighting 'thompson' has {self.num_refs} arms, got K={num_refs} references"
-            )
+            self.alpha, self.beta = [self.prior[0]] * num_refs, [self.prior[1]] * num_refs
+        self.check_num_refs(num_refs)
 
     def select(self) -> int:
         """Sample θ_k ~ Beta(a_k, b_k) for every arm and select k* = argmax θ_k (ties: lowest k)."""
@@ -156,7 +158,7 @@ class ThompsonSampling(WeightStrategy):
         return [a / (a + b) for a, b in zip(self.alpha, self.beta, strict=True)]
 
     def weights(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
-        self.set_num_refs(ref_chosen.shape[0])
+        self.check_num_refs(ref_chosen.shape[0])
         if self.current_arm is None:
             raise RuntimeError(
                 "weighting 'thompson' is used before select(): call "

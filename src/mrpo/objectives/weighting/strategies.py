@@ -5,10 +5,10 @@ Protocol (:class:`WeightStrategy`):
 - ``weights(ref_chosen, ref_rejected) -> (B, K)``: the weights for this batch. Never changes
   the strategy's state, so validation batches can call it freely.
 - ``observe(ref_chosen, ref_rejected)``: record a *training* batch (only the sliding window
-  uses it). The objective calls it when invoked with ``update_state=True``, after the weights
-  of that batch have been taken.
-- ``set_num_refs(K)``: check K against the configuration (e.g. the length of fixed weights)
-  and size the state of strategies that need K before seeing a batch (Thompson sampling).
+  uses it), the one way a batch changes the state; called through ``Objective.observe``.
+- ``check_num_refs(K)``: raise if K does not fit the configuration or the state, changing
+  nothing (run on every batch); ``set_num_refs(K)``: the same, once, when the objective is built
+  with K, also sizing the state needed before the first batch (Thompson sampling's arms).
 - ``state_dict()`` / ``load_state_dict()``: plain data, so stateful strategies survive a
   checkpoint resume.
 
@@ -64,8 +64,12 @@ class WeightStrategy:
     def observe(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> None:
         """Record a training batch; a no-op for stateless strategies."""
 
+    def check_num_refs(self, num_refs: int) -> None:
+        """Raise if K does not fit the configuration or the state; changes nothing."""
+
     def set_num_refs(self, num_refs: int) -> None:
-        """Check the number of references K against the configuration."""
+        """Take K once, when the objective is built (Thompson sampling sizes its arms)."""
+        self.check_num_refs(num_refs)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state; ``name`` lets a checkpoint of another strategy be detected."""
@@ -129,7 +133,7 @@ class FixedWeights(WeightStrategy):
         total = sum(values)
         self.fixed_weights = tuple(v / total for v in values)
 
-    def set_num_refs(self, num_refs: int) -> None:
+    def check_num_refs(self, num_refs: int) -> None:
         if len(self.fixed_weights) != num_refs:
             raise OptionError(
                 "fixed_weights",
@@ -138,7 +142,7 @@ class FixedWeights(WeightStrategy):
             )
 
     def weights(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
-        self.set_num_refs(ref_chosen.shape[0])
+        self.check_num_refs(ref_chosen.shape[0])
         return broadcast_weights(ref_chosen, torch.tensor(self.fixed_weights, dtype=torch.float64))
 
     def __repr__(self) -> str:
@@ -187,7 +191,7 @@ class _ValidationWeights(WeightStrategy):
         self.fitted = tuple(float(v) for v in fitted)
         return fitted
 
-    def set_num_refs(self, num_refs: int) -> None:
+    def check_num_refs(self, num_refs: int) -> None:
         if self.fitted is not None and len(self.fitted) != num_refs:
             raise ValueError(
                 f"weighting {self.name!r} was fitted for K={len(self.fitted)} references, "
@@ -201,7 +205,7 @@ class _ValidationWeights(WeightStrategy):
                 "objective.weighting.fit(val_chosen, val_rejected, chosen_tokens, "
                 "rejected_tokens) with validation reference log-probs first"
             )
-        self.set_num_refs(ref_chosen.shape[0])
+        self.check_num_refs(ref_chosen.shape[0])
         return broadcast_weights(ref_chosen, torch.tensor(self.fitted, dtype=torch.float64))
 
     def state_dict(self) -> dict[str, Any]:
@@ -236,7 +240,7 @@ class SlidingWindowARWC(WeightStrategy):
     has been observed they are uniform. With the default ``window=1``, batch 1 uses uniform weights
     and batch t uses batch t−1's mean ARWC weights. A batch's own ARWC weights never weight its own
     loss, which removes ARWC's per-example label leakage. Only :meth:`observe` changes the state
-    (the objective calls it with ``update_state=True``); validation batches must not.
+    (through ``Objective.observe``, training batches only); validation batches never do.
 
     ``one_hot=True`` is the one-hot variant: all weight on the reference with the largest
     windowed weight (:func:`~mrpo.objectives.weighting.formulas.one_hot_argmax`, ties to the
@@ -257,7 +261,7 @@ class SlidingWindowARWC(WeightStrategy):
         self.one_hot = one_hot
         self.history: deque[tuple[float, ...]] = deque(maxlen=window)
 
-    def set_num_refs(self, num_refs: int) -> None:
+    def check_num_refs(self, num_refs: int) -> None:
         if self.history and len(self.history[0]) != num_refs:
             raise ValueError(
                 f"weighting 'sliding_window' has seen K={len(self.history[0])} references, "
@@ -266,7 +270,7 @@ class SlidingWindowARWC(WeightStrategy):
 
     def current(self, num_refs: int) -> torch.Tensor:
         """(K,) float64 weights the next batch will use."""
-        self.set_num_refs(num_refs)
+        self.check_num_refs(num_refs)
         if not self.history:
             windowed = torch.full((num_refs,), 1.0 / num_refs, dtype=torch.float64)
         else:
@@ -277,7 +281,7 @@ class SlidingWindowARWC(WeightStrategy):
         return broadcast_weights(ref_chosen, self.current(ref_chosen.shape[0]))
 
     def observe(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> None:
-        self.set_num_refs(ref_chosen.shape[0])
+        self.check_num_refs(ref_chosen.shape[0])
         batch_mean = arwc_weights(ref_chosen, ref_rejected).mean(dim=0)
         self.history.append(tuple(float(v) for v in batch_mean))
 
