@@ -22,7 +22,8 @@ from mrpo.references import (
     data_fingerprint,
     tokenizer_fingerprint,
 )
-from mrpo.references.cache import RefLogps, numerics_label
+from mrpo.references.cache_entry import numerics_label
+from mrpo.references.logps import RefLogps
 from mrpo.testing.models import make_tiny_model, save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
