@@ -16,7 +16,7 @@ from mrpo.data.prepare import prepare_pairs, resolve_num_proc, table_key
 from mrpo.data.table import PairTable, concat_tables, id_lengths, pairs_fingerprint
 from mrpo.data.tokenize import tokenize_pairs, truncate_columns
 from mrpo.data.types import PreferenceExample, TokenizedPair
-from mrpo.references.cache import canonical_json
+from mrpo.references.cache_entry import canonical_json
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
 PAIRS = [

@@ -20,7 +20,8 @@ from mrpo.config.build import build_objective
 from mrpo.config.schema import TrainConfig, to_dataclass
 from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError
-from mrpo.references.cache import RefCache, RefCacheKey, encode_entry
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import RefCacheKey, encode_entry
 from mrpo.references.logps import SHARED_FIELDS, RefLogps
 from mrpo.references.table import RefTable
 from mrpo.testing.bad_inputs import MODEL_LOADED, environment

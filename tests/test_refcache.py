@@ -1,4 +1,4 @@
-"""Tests for the on-disk reference log-prob cache (mrpo.references.cache)."""
+"""Tests for the on-disk reference log-prob cache (mrpo.references.cache, .cache_entry)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,9 @@ import torch
 from filelock import FileLock
 from safetensors.torch import save as st_save
 
-from mrpo.references.cache import (
-    CACHE_FORMAT_VERSION,
-    RefCache,
-    RefCacheKey,
-    RefLogps,
-    _checksum,
-    encode_entry,
-)
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import CACHE_FORMAT_VERSION, RefCacheKey, _checksum, encode_entry
+from mrpo.references.logps import RefLogps
 
 KEY = RefCacheKey(
     model="weights-sha",
@@ -251,7 +246,9 @@ import json, os, sys, time
 from pathlib import Path
 import torch
 from mrpo.atomic import atomic_write
-from mrpo.references.cache import RefCache, RefCacheKey, RefLogps, encode_entry
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import RefCacheKey, encode_entry
+from mrpo.references.logps import RefLogps
 key = RefCacheKey(**json.loads(sys.argv[1]))
 work = Path(sys.argv[2])
 cache = RefCache(work / "cache")

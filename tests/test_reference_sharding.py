@@ -11,7 +11,7 @@ import torch
 from mrpo.data.types import PreferenceExample
 from mrpo.references import ReferenceEnsemble, ReferenceSpec
 from mrpo.references import ensemble as ensemble_module
-from mrpo.references.cache import decode_entry
+from mrpo.references.cache_entry import decode_entry
 from mrpo.references.sharding import RankInfo, ShardStore, ShardTimeoutError, detect_ranks
 from mrpo.testing.runs import write_tiny_model
 

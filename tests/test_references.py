@@ -16,13 +16,16 @@ from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.models import LoraConfig, load_model, load_tokenizer
 from mrpo.references import (
     LiveReferences,
+    MixedReferences,
+    MovingReferences,
     ReferenceEnsemble,
     ReferenceSpec,
     RefTable,
     data_fingerprint,
     tokenizer_fingerprint,
 )
-from mrpo.references.cache import RefLogps, numerics_label
+from mrpo.references.cache_entry import numerics_label
+from mrpo.references.logps import RefLogps
 from mrpo.testing.models import make_tiny_model, save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
@@ -241,6 +244,48 @@ def test_fused_head_off_scores_references_from_logits_too(model_dirs, tmp_path, 
     assert asked and not any(asked)  # computed again, from logits: another cache entry
     assert logits.fingerprint(0, examples).numerics.endswith("; logits head")
     torch.testing.assert_close(first.chosen, second.chosen, atol=1e-5, rtol=1e-6)
+
+
+def score_references(mode: str, model_dirs, cache_dir, examples, fused_head: bool) -> None:
+    """Score ``examples`` with a ``self`` reference the way ``mode`` does in a run."""
+    if mode == "cached":
+        ensemble(model_dirs, cache_dir, [ReferenceSpec("self")], fused_head=fused_head).precompute(
+            examples, progress=False
+        )
+        return
+    tokenizer = make_tiny_tokenizer("chatml")
+    batch = PreferenceCollator(tokenizer.pad_token_id)(
+        tokenize_pairs(examples, tokenizer, max_length=96).pairs
+    )
+    if mode == "live":
+        ens = ensemble(model_dirs, cache_dir, [ReferenceSpec("self")], fused_head=fused_head)
+        LiveReferences(ens, examples=examples)(batch)
+        return
+    ens = ensemble(
+        model_dirs, cache_dir, [ReferenceSpec("trdpo", source="moving")], fused_head=fused_head
+    )
+    moving = MovingReferences(ens, load_model(model_dirs["chatml"]))
+    MixedReferences(ens, moving, examples)(batch)
+
+
+@pytest.mark.parametrize("mode", ["cached", "live", "moving"])
+def test_fused_head_off_never_splits_a_references_head(model_dirs, tmp_path, monkeypatch, mode):
+    # model.fused_lm_head=false must reach every reference scoring path: with it off, no
+    # reference model's LM head is split off for the fused path (logits only).
+    import mrpo.logprobs.packed as packed
+    import mrpo.logprobs.sequence as sequence
+
+    split: list[torch.nn.Module] = []
+    for module in (sequence, packed):
+        real = module.split_lm_head
+        monkeypatch.setattr(
+            module, "split_lm_head", lambda model, real=real: split.append(model) or real(model)
+        )
+    examples = make_examples(3)
+    for fused_head in (True, False):
+        split.clear()
+        score_references(mode, model_dirs, tmp_path / f"fused-{fused_head}", examples, fused_head)
+        assert bool(split) == fused_head, f"{mode}: fused_head={fused_head}"
 
 
 def test_damaged_entry_is_recomputed(model_dirs, tmp_path, caplog):

@@ -21,14 +21,10 @@ from mrpo.cli.rundir import claim_run_dir, identity_differences, run_identity
 from mrpo.config.resolvers import unique_suffix
 from mrpo.data.collate import LengthGroupedBatchSampler
 from mrpo.errors import ConfigError
-from mrpo.references.cache import (
-    CacheAccessError,
-    CacheLockTimeout,
-    RefCache,
-    RefCacheKey,
-    RefLogps,
-)
-from mrpo.references.ensemble import ReferenceScoreError, check_finite
+from mrpo.references.cache import CacheLockTimeout, RefCache
+from mrpo.references.cache_entry import CacheAccessError, RefCacheKey
+from mrpo.references.cached import ReferenceScoreError, check_finite
+from mrpo.references.logps import RefLogps
 from mrpo.training.checkpointing import AtomicCheckpointIO
 from mrpo.training.metrics import logged_metric_names, metric_names, preference_metrics
 
@@ -197,7 +193,8 @@ def test_the_metrics_a_checkpoint_may_monitor_are_the_ones_logged() -> None:
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from mrpo.references.cache import RefCache, RefCacheKey
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import RefCacheKey
 key = RefCacheKey(**__import__("json").loads(sys.argv[1]))
 cache = RefCache(sys.argv[2])
 with cache.locked(key):

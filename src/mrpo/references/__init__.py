@@ -18,21 +18,19 @@ training. Live mode (:class:`LiveReferences`) keeps the models in memory and sco
 on-policy data and for checking the cache.
 
 Modules: ``spec`` (what a reference is), ``logps`` (one reference's per-row log-probs),
-``scoring`` (batched scoring and fingerprints), ``cache`` (the on-disk cache), ``sharding``
-(scoring split across data-parallel ranks), ``ensemble`` (keys, cache, precompute), ``table``
-(K references' log-probs for batch lookup), ``live`` (live mode), ``updates`` and ``moving``
-(references that follow the policy, TR-DPO: scored live, never cached).
+``scoring`` (batched scoring and fingerprints), ``cache_entry`` (a cache entry: key, file
+format), ``cache`` (the directory of entries, its locks), ``sharding`` (scoring split across
+data-parallel ranks), ``ensemble`` (the references: keys, tokenization, models), ``cached``
+(cached mode: precompute, table), ``table`` (K references' log-probs for batch lookup), ``live``
+(live mode), ``updates`` and ``moving`` (references that follow the policy, TR-DPO: scored
+live, never cached).
 """
 
 from mrpo.data.prepare import tokenizer_fingerprint
-from mrpo.references.cache import RefCache, RefCacheKey
-from mrpo.references.ensemble import (
-    TRUNCATION,
-    Precomputed,
-    ReferenceEnsemble,
-    ReferenceStats,
-    check_distinct_indices,
-)
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import RefCacheKey
+from mrpo.references.cached import Precomputed, ReferenceStats, check_distinct_indices
+from mrpo.references.ensemble import TRUNCATION, ReferenceEnsemble
 from mrpo.references.live import LiveReferences
 from mrpo.references.logps import RefLogps
 from mrpo.references.moving import MixedReferences, MovingReferences

@@ -1,15 +1,12 @@
-"""``ReferenceEnsemble``: K references, tokenized their own way, scored once into the cache."""
+"""``ReferenceEnsemble``: K references, their identities (cache keys), tokenization and models.
+
+Cached mode is :mod:`mrpo.references.cached`, live mode :mod:`mrpo.references.live`."""
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +17,16 @@ from mrpo.data.layout import PADDED, PairLayout
 from mrpo.data.prepare import prepare_pairs, tokenizer_fingerprint
 from mrpo.data.tokenize import TokenizedPairs, pair_token_lengths
 from mrpo.data.types import PreferenceExample, TokenizedPair
-from mrpo.errors import InputError
 from mrpo.logprobs import ld_active
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
 from mrpo.models.quantization import precision_label
-from mrpo.references.cache import RefCache, RefCacheKey, canonical_json, numerics_label
+from mrpo.references import cached
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import RefCacheKey, canonical_json, numerics_label
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import data_fingerprint, num_forward_passes, score_pairs
-from mrpo.references.sharding import RankInfo, ShardStore, wait_for_entry
-from mrpo.references.spec import ReferenceSpec, resolve_reference
+from mrpo.references.sharding import RankInfo
+from mrpo.references.spec import ReferenceSpec, ResolvedReference, resolve_reference
 from mrpo.references.table import RefTable
 
 log = logging.getLogger("mrpo.references")
@@ -37,86 +35,20 @@ TRUNCATION = "prompt-keep-end,response-keep-start"
 """Name of the truncation rule of :mod:`mrpo.data.tokenize`; a part of every cache key."""
 
 
-@dataclass
-class ReferenceStats:
-    """Counters of reference work (one ``precompute`` call, or an ensemble's lifetime).
-
-    Attributes:
-        hits: references read from the cache.
-        misses: references computed (and stored).
-        model_loads: reference models loaded.
-        forward_passes: model forward calls made to score rows.
-        seconds: wall-clock time spent in ``precompute``.
-    """
-
-    hits: int = 0
-    misses: int = 0
-    model_loads: int = 0
-    forward_passes: int = 0
-    seconds: float = 0.0
-
-    def minus(self, other: ReferenceStats) -> ReferenceStats:
-        """The counters accumulated since the snapshot ``other``."""
-        return ReferenceStats(
-            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
-        )
-
-
-@dataclass
-class Precomputed:
-    """Result of :meth:`ReferenceEnsemble.precompute`.
-
-    Attributes:
-        logps: one :class:`RefLogps` per reference, in spec order.
-        stats: the work this call did.
-    """
-
-    logps: list[RefLogps]
-    stats: ReferenceStats = field(default_factory=ReferenceStats)
-
-
-def check_distinct_indices(examples: Sequence[PreferenceExample]) -> None:
-    """Raise ValueError naming repeated row indices (cached rows are keyed by index)."""
-    counts = Counter(ex.index for ex in examples)
-    repeated = sorted(index for index, n in counts.items() if n > 1)
+def _check_and_resolve(
+    specs: Sequence[ReferenceSpec], **policy: str | None
+) -> tuple[ResolvedReference, ...]:
+    """The specs checked (see :class:`ReferenceEnsemble`'s errors) and resolved against the
+    policy's ``policy_source``, ``policy_tokenizer`` and ``policy_chat_template``."""
+    if not specs:
+        raise ValueError("a reference ensemble needs at least one reference")
+    for spec in specs:
+        spec.check()
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(
-            f"preference rows must have distinct indices to be cached; repeated: {repeated[:5]}"
-        )
-
-
-class ReferenceScoreError(InputError):
-    """A reference model gives log-probs that cannot be used (NaN or infinite)."""
-
-    kind = "model error"
-
-
-def check_finite(scores: RefLogps, who: str) -> None:
-    """Refuse non-finite scores before they are cached (a cache entry is kept for good).
-
-    Raises:
-        ReferenceScoreError: naming ``who`` and the first data set rows concerned.
-    """
-    bad = ~(torch.isfinite(scores.chosen) & torch.isfinite(scores.rejected))
-    for column in (scores.chosen_shared, scores.rejected_shared):
-        if column is not None:
-            bad |= ~torch.isfinite(column)
-    if bool(bad.any()):
-        rows = scores.index[bad].tolist()
-        first = int(bad.nonzero()[0, 0])
-        raise ReferenceScoreError(
-            f"{who} gives non-finite log-probs on {len(rows)} row(s), data set rows "
-            f"{rows[:10]}{' ...' if len(rows) > 10 else ''} (row {rows[0]}: chosen "
-            f"{float(scores.chosen[first])}, rejected {float(scores.rejected[first])}); nothing "
-            "was cached. Check the reference's weights and dtype (float16 overflows; use "
-            "bfloat16 or float32)"
-        )
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        raise ValueError(f"reference names must be unique; repeated: {repeated}")
+    return tuple(resolve_reference(s, **policy) for s in specs)
 
 
 class ReferenceEnsemble:
@@ -178,25 +110,14 @@ class ReferenceEnsemble:
         fused_head: bool = True,
         ld_alpha: float | None = None,
     ) -> None:
-        if not specs:
-            raise ValueError("a reference ensemble needs at least one reference")
-        for spec in specs:
-            spec.check()
-        names = [s.name for s in specs]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"reference names must be unique; repeated: {repeated}")
         if batch_size < 1:
             raise ValueError(f"references batch_size must be >= 1, got {batch_size}")
         self.specs = tuple(specs)
-        self.resolved = tuple(
-            resolve_reference(
-                s,
-                policy_source=policy_source,
-                policy_tokenizer=policy_tokenizer,
-                policy_chat_template=policy_chat_template,
-            )
-            for s in specs
+        self.resolved = _check_and_resolve(
+            self.specs,
+            policy_source=policy_source,
+            policy_tokenizer=policy_tokenizer,
+            policy_chat_template=policy_chat_template,
         )
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
@@ -211,10 +132,9 @@ class ReferenceEnsemble:
         self.fused_head = fused_head
         self.ld_alpha = ld_alpha
         self.pair_shared = ld_active(ld_alpha)
-        if device is None:
-            device = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.stats = ReferenceStats()
+        default = f"cuda:{self.ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(default if device is None else device)
+        self.stats = cached.ReferenceStats()
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
         self._fingerprints: dict[tuple[str, Any], str] = {}
 
@@ -271,21 +191,18 @@ class ReferenceEnsemble:
             keep: read and keep the tokenized rows in ``tokenized_cache_dir`` (the data set's
                 rows, which later runs tokenize alike; not a live batch's).
         """
-        group = self.resolved[k].text_group
-        if memo is not None and group in memo:
-            return memo[group]
-        pairs = prepare_pairs(
-            examples,
-            self.tokenizer(k),
-            max_length=self.max_length,
-            max_prompt_length=self.max_prompt_length,
-            system_prompt=self.specs[k].system_prompt,
-            cache_dir=self.tokenized_cache_dir if keep else None,
-            num_proc=self.num_proc if keep else 1,
-        )
-        if memo is not None:
-            memo[group] = pairs
-        return pairs
+        memo, group = {} if memo is None else memo, self.resolved[k].text_group
+        if group not in memo:
+            memo[group] = prepare_pairs(
+                examples,
+                self.tokenizer(k),
+                max_length=self.max_length,
+                max_prompt_length=self.max_prompt_length,
+                system_prompt=self.specs[k].system_prompt,
+                cache_dir=self.tokenized_cache_dir if keep else None,
+                num_proc=self.num_proc if keep else 1,
+            )
+        return memo[group]
 
     def token_lengths(
         self,
@@ -295,15 +212,13 @@ class ReferenceEnsemble:
     ) -> list[tuple[int, int, int]]:
         """(prompt, chosen, rejected) token counts of ``examples`` as reference ``k`` sees
         them, before truncation (for length filters); ``memo`` as in :meth:`tokenize`."""
-        group = self.resolved[k].text_group
-        if memo is not None and group in memo:
-            return memo[group]
-        lengths = pair_token_lengths(
-            examples, self.tokenizer(k), system_prompt=self.specs[k].system_prompt
-        )
-        if memo is not None:
-            memo[group] = lengths
-        return lengths
+        memo, group = {} if memo is None else memo, self.resolved[k].text_group
+        if group not in memo:
+            system_prompt = self.specs[k].system_prompt
+            memo[group] = pair_token_lengths(
+                examples, self.tokenizer(k), system_prompt=system_prompt
+            )
+        return memo[group]
 
     def _identity(self, k: int, part: str) -> str:
         """Weights (``part="model"``) or tokenizer identity of reference ``k``, computed once."""
@@ -342,7 +257,7 @@ class ReferenceEnsemble:
 
     def fingerprint(self, k: int, examples: Sequence[PreferenceExample]) -> RefCacheKey:
         """The cache key of reference ``k`` on ``examples`` (tokenized its own way)."""
-        check_distinct_indices(examples)
+        cached.check_distinct_indices(examples)
         return self.key(k, self.tokenize(k, examples).pairs)
 
     # --- models and scoring ----------------------------------------------------------------
@@ -394,113 +309,15 @@ class ReferenceEnsemble:
         applied."""
         return scores.values(average=self.specs[k].length_normalize, ld_alpha=self.ld_alpha)
 
-    # --- cached mode -----------------------------------------------------------------------
+    # --- cached mode (:mod:`mrpo.references.cached`) -------------------------------------
 
     def precompute(
         self, examples: Sequence[PreferenceExample], *, progress: bool = True
-    ) -> Precomputed:
-        """Each reference's log-probs on ``examples``: from the cache, or computed and stored.
-
-        A model is loaded only for references missing from the cache, once for all the
-        references that share it (e.g. ``self`` and its prompted variants), and freed before
-        the next one is loaded. Each reference logs ``cache hit`` or ``computed N rows``.
-
-        Args:
-            examples: the rows (distinct ``index`` values).
-            progress: show a progress bar while scoring.
-
-        Returns:
-            :class:`Precomputed` with K :class:`RefLogps` (rows sorted by index) and counters.
-        """
-        check_distinct_indices(examples)
-        start, before = time.perf_counter(), replace(self.stats)
-        memo: dict[Any, TokenizedPairs] = {}
-        # Every reference's tokenizer and rows first: an unusable tokenizer or chat template
-        # fails here, before any model is loaded or any reference is scored.
-        tokenized = [self.tokenize(k, examples, memo, keep=True) for k in range(len(self))]
-        results: list[RefLogps] = [None] * len(self)  # type: ignore[list-item]
-        for members in self.model_groups().values():
-            loaded: list[torch.nn.Module] = []  # filled by the group's first miss
-            for k in members:
-                results[k] = self._get_or_compute(k, tokenized[k], loaded, progress)
-            if loaded:  # drop the group's model before the next group loads its own
-                loaded.clear()
-                _free_memory()
-        self.stats.seconds += time.perf_counter() - start
-        return Precomputed(results, self.stats.minus(before))
-
-    def _get_or_compute(
-        self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
-    ) -> RefLogps:
-        name, key, t0 = self.specs[k].name, self.key(k, pairs.pairs), time.perf_counter()
-        meta = {"reference": name, "source": self.resolved[k].weights, "rows": len(pairs.pairs)}
-        if self.ranks.world_size > 1:
-            value, hit = self._get_or_compute_shard(k, key, pairs, loaded, progress, meta)
-        else:
-            compute = partial(self._compute, k, pairs, loaded, progress)
-            value, hit = self.cache.get_or_compute(key, compute, meta)
-        if hit:
-            self.stats.hits += 1
-            log.info("reference %s: cache hit (%d rows, key %s)", name, len(value), key.digest[:12])
-        else:
-            self.stats.misses += 1
-            dt = time.perf_counter() - t0
-            log.info("reference %s: computed %d rows in %.1f s", name, len(value), dt)
-        return value
-
-    def _get_or_compute_shard(
-        self,
-        k: int,
-        key: RefCacheKey,
-        pairs: TokenizedPairs,
-        loaded: list[torch.nn.Module],
-        progress: bool,
-        meta: dict[str, Any],
-    ) -> tuple[RefLogps, bool]:
-        """Score this rank's share of a missing entry, then wait for (or join) the others'.
-
-        Returns ``(entry, hit)``; ``hit`` is False when this rank scored rows for it.
-        """
-        value = self.cache.get(key)
-        if value is not None:
-            return value, True
-        rank, world = self.ranks.rank, self.ranks.world_size
-        store = ShardStore(self.cache, key, world)
-        scored = store.read(rank) is None  # a shard left by an earlier run is reused
-        if scored:
-            # Rows are dealt out in row-index order: the same rank scores the same rows
-            # whatever order the examples came in (another split seed, another run).
-            ordered = sorted(pairs.pairs, key=lambda p: p.index)
-            mine = replace(pairs, pairs=ordered[rank::world])
-            store.write(rank, self._compute(k, mine, loaded, progress))
-            log.info(
-                "reference %s: rank %d of %d scored %d rows",
-                self.specs[k].name,
-                rank,
-                world,
-                len(mine.pairs),
-            )
-        value, _ = wait_for_entry(store, timeout=self.shard_timeout, meta=meta)
-        return value, not scored
-
-    def _compute(
-        self, k: int, pairs: TokenizedPairs, loaded: list[torch.nn.Module], progress: bool
-    ) -> RefLogps:
-        if not pairs.pairs:  # nothing to score: no reason to load a model
-            return RefLogps.empty(shared=self.pair_shared)
-        if not loaded:
-            loaded.append(self.load_model(k))
-        # Stored sorted by row index, whatever the input order.
-        scores = self.score(k, loaded[0], pairs, progress=progress).sorted()
-        check_finite(scores, f"reference {k} ({self.specs[k].name!r}, {self.resolved[k].weights})")
-        return scores
+    ) -> cached.Precomputed:
+        """Each reference's log-probs on ``examples``, from the cache or computed and stored
+        (:func:`mrpo.references.cached.precompute`)."""
+        return cached.precompute(self, examples, progress=progress)
 
     def table(self, examples: Sequence[PreferenceExample], *, progress: bool = True) -> RefTable:
         """A :class:`RefTable` over ``examples`` (precomputing what the cache lacks)."""
-        pre = self.precompute(examples, progress=progress)
-        return RefTable.from_logps(
-            pre.logps,
-            length_normalize=[s.length_normalize for s in self.specs],
-            names=self.names,
-            ld_alpha=self.ld_alpha,
-        )
+        return cached.table(self, examples, progress=progress)

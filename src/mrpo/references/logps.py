@@ -3,8 +3,8 @@
 With LD-DPO (``loss.ld_alpha``) it also holds the sums up to each pair's shared length
 (:mod:`mrpo.logprobs.shared`), two more columns.
 
-The in-memory form of a reference cache entry (:mod:`mrpo.references.cache`), looked up by data set
-row index (indices may have gaps and come in any order).
+The in-memory form of a reference cache entry (:mod:`mrpo.references.cache_entry`), looked up
+by data set row index (indices may have gaps and come in any order).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Scoring tokenized preference pairs with one frozen model, and the identities that key it.
 
 Building blocks of :mod:`mrpo.references`: a batched, no-grad scorer that returns summed
-response log-probs and token counts (a :class:`~mrpo.references.logps.RefLogps`), fingerprints
-of a tokenizer and of the exact rows scored (parts of a
-:class:`~mrpo.references.cache.RefCacheKey`), and a context that makes a LoRA policy behave as
-its frozen base model ("self" reference without a second copy).
+response log-probs and token counts (a :class:`~mrpo.references.logps.RefLogps`), the
+fingerprint of the exact rows scored (a part of a
+:class:`~mrpo.references.cache_entry.RefCacheKey`), and a context that makes a LoRA policy
+behave as its frozen base model ("self" reference without a second copy).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ joins them into the cache entry (under the entry's lock, so exactly one writes i
 others read the entry. Each rank thus does 1/N of the forward passes.
 
 Shards are named by the entry's key digest and the world size, and verified like entries
-(:func:`mrpo.references.cache.decode_entry`): a shard left by a run that stopped part-way is
+(:func:`mrpo.references.cache_entry.decode_entry`): a shard left by a run that stopped part-way is
 valid for a later run with the same key and world size, which then scores only what is missing.
 
 Lightning's own launcher (``trainer=ddp`` started as one ``mrpo-train`` command) starts the
@@ -29,13 +29,8 @@ import torch
 
 from mrpo.atomic import atomic_write
 from mrpo.errors import InputError
-from mrpo.references.cache import (
-    CacheFileError,
-    RefCache,
-    RefCacheKey,
-    encode_entry,
-    read_entry,
-)
+from mrpo.references.cache import RefCache
+from mrpo.references.cache_entry import CacheFileError, RefCacheKey, encode_entry, read_entry
 from mrpo.references.logps import RefLogps
 
 
