@@ -16,7 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mrpo.testing.bad_inputs import CASES, MODEL_LOADED, build_fixtures, environment, run_case
+from mrpo.testing.bad_inputs import CASES
+from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment, run_case
+from mrpo.testing.bad_inputs.fixtures import build_fixtures
 
 
 def main() -> None:

@@ -16,15 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mrpo.testing.bad_inputs import (
-    CASES,
-    MODEL_LOADED,
-    BadInput,
-    base_args,
-    build_fixtures,
-    environment,
-    run_case,
-)
+from mrpo.testing.bad_inputs import CASES
+from mrpo.testing.bad_inputs.case import MODEL_LOADED, BadInput, base_args, environment, run_case
+from mrpo.testing.bad_inputs.fixtures import build_fixtures
 from mrpo.testing.runs import run_train_cli
 
 pytestmark = pytest.mark.slow

@@ -19,13 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mrpo.testing.runs import run_train_cli, write_hh_pairs
+from mrpo.testing.runs import run_train_cli, tiny_run_args, write_hh_pairs
 
 pytestmark = pytest.mark.slow
 
 COMMON = [
-    "debug=tiny",
-    "data=local_file",
     "data.max_samples=24",
     "data.val_size=4",  # 2 validation batches of 2: one per rank
     "data.batch_size=2",
@@ -37,7 +35,6 @@ COMMON = [
     "references.num_refs=2",
     "weights=arwc",  # stateless: a windowed strategy would see only its rank's batches
     "save_model=true",
-    "logger=none",
 ]
 
 
@@ -48,12 +45,7 @@ def run_train(args: list[str], run_dir: Path, env: dict[str, str] | None = None)
 
 
 def base_args(model_dir: Path, data_file: Path, cache: Path) -> list[str]:
-    return [
-        *COMMON,
-        f"model.source={model_dir}",
-        f"data.source={data_file}",
-        f"paths.cache_dir={cache}",
-    ]
+    return [*tiny_run_args(model_dir, data_file, cache), *COMMON]
 
 
 @pytest.fixture(scope="module")

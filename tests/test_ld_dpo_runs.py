@@ -24,8 +24,8 @@ from mrpo.references.cache import RefCache
 from mrpo.references.cache_entry import RefCacheKey, encode_entry
 from mrpo.references.logps import SHARED_FIELDS, RefLogps
 from mrpo.references.table import RefTable
-from mrpo.testing.bad_inputs import MODEL_LOADED, environment
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
+from mrpo.testing.runs import run_train_cli, tiny_run_args
 
 KEY = RefCacheKey(
     model="m",
@@ -108,15 +108,7 @@ def test_ld_alpha_composes_with_every_objective(compose_train, loss: str) -> Non
 def test_the_command_line_refuses_ld_alpha_before_loading(
     tiny_model_dir: Path, hh_file: Path, tmp_path: Path
 ) -> None:
-    args = [
-        "debug=tiny",
-        f"model.source={tiny_model_dir}",
-        "data=local_file",
-        f"data.source={hh_file}",
-        "logger=none",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        "loss.ld_alpha=2",
-    ]
+    args = [*tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"), "loss.ld_alpha=2"]
     done = run_train_cli(args, tmp_path / "run", env=environment())
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]

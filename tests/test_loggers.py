@@ -22,6 +22,7 @@ from mrpo.cli.train import train
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.errors import ConfigError
 from mrpo.testing.configs import compose_config
+from mrpo.testing.runs import tiny_run_args
 from mrpo.tracking.backends import MLFLOW_ID_FILE, mlflow_uri
 from mrpo.tracking.wandb import LoggerConfig, make_loggers
 
@@ -233,13 +234,8 @@ def _cli_overrides(cfg, flag: str) -> list[str]:
     """The command line of a tiny run with ``logger.<flag>=true``, in its own run folder."""
     run_dir = Path(cfg.paths.output_dir)
     return [
-        "debug=tiny",
-        f"model.source={cfg.model.source}",
-        "data=local_file",
-        f"data.source={cfg.data.source}",
-        "logger=none",
+        *tiny_run_args(cfg.model.source, cfg.data.source, cfg.paths.cache_dir),
         f"logger.{flag}=true",
-        f"paths.cache_dir={cfg.paths.cache_dir}",
         f"hydra.run.dir={run_dir.parent / 'cli'}",
         "hydra.output_subdir=null",
     ]

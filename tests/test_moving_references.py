@@ -40,7 +40,7 @@ from mrpo.references.updates import (
     moving_schedule,
     soft_update_,
 )
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.runs import run_train_cli, tiny_run_args
 from mrpo.training.module import PreferenceModule
 
 # --- the update rules -------------------------------------------------------------------------
@@ -333,12 +333,7 @@ def test_a_killed_run_with_a_moving_reference_resumes_to_the_uninterrupted_one(
     tiny_model_dir: Path, hh_file: Path, tmp_path: Path
 ) -> None:
     args = [
-        "debug=tiny",
-        f"model.source={tiny_model_dir}",
-        "data=local_file",
-        f"data.source={hh_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        "logger=none",
+        *tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"),
         *MOVING_RUN,
         "callbacks.checkpoint.every_n_train_steps=2",
     ]
@@ -429,12 +424,7 @@ def test_two_process_ddp_moves_the_reference_like_one_process_accumulating(
     # 20 training pairs in batches of 2: 5 optimizer steps of 2 batches each way (2 ranks, or
     # 1 process accumulating 2), the reference updated after steps 2 and 4 only.
     args = [
-        "debug=tiny",
-        f"model.source={tiny_model_dir}",
-        "data=local_file",
-        f"data.source={hh_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        "logger=none",
+        *tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"),
         "data.max_samples=24",
         "data.val_size=4",
         "data.batch_size=2",

@@ -27,7 +27,7 @@ from mrpo.models import LoraConfig, load_model
 from mrpo.models import parallel as par
 from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.testing.models import make_tiny_model
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.runs import run_train_cli, tiny_run_args
 
 
 def free_port() -> int:
@@ -211,8 +211,6 @@ def test_fsdp_shards_every_decoder_layer_across_two_cpu_processes(tmp_path: Path
 
 
 COMMON = [
-    "debug=tiny",
-    "data=local_file",
     "data.max_samples=24",
     "data.val_size=4",
     "data.batch_size=2",
@@ -226,7 +224,6 @@ COMMON = [
     "scheduler.warmup_ratio=0",
     "optimizer.lr=1e-3",
     "save_model=true",
-    "logger=none",
     "trainer.accelerator=cpu",
 ]
 FSDP_CPU = [
@@ -252,8 +249,7 @@ def weights(summary: dict) -> dict[str, torch.Tensor]:
 def test_two_fsdp_cpu_ranks_train_like_one_process_and_resume_from_shards(
     tiny_model_dir: Path, hh_file: Path, tmp_path: Path
 ) -> None:
-    base = [*COMMON, f"model.source={tiny_model_dir}", f"data.source={hh_file}"]
-    base.append(f"paths.cache_dir={tmp_path / 'cache'}")
+    base = [*tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"), *COMMON]
     single = train_cli([*base, "trainer.accumulate_grad_batches=2"], tmp_path / "single")
     fsdp = train_cli([*base, *FSDP_CPU], tmp_path / "fsdp")
     assert single["global_step"] == fsdp["global_step"] == 5
@@ -291,10 +287,8 @@ def test_fsdp_trains_lora_against_the_live_self_reference_like_one_process(
     # The `self` references (plain and prompted) are the sharded LoRA policy with its adapters
     # off, scored live by both ranks together; only the adapters train.
     base = [
+        *tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"),
         *COMMON,
-        f"model.source={tiny_model_dir}",
-        f"data.source={hh_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
         "references.mode=live",  # the two prompted `self` references of COMMON, live
         "model.lora.enabled=true",
         "model.lora.r=4",

@@ -19,20 +19,17 @@ import yaml
 
 from mrpo.cli.compare import main as compare_main
 from mrpo.compare.records import collect_runs, read_metrics
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.runs import run_train_cli, tiny_run_args
 
 pytestmark = pytest.mark.slow
 
 COMMON = [
-    "debug=tiny",
-    "data=local_file",
     "data.max_samples=24",
     "data.val_size=4",
     "data.batch_size=4",
     "trainer.max_steps=-1",
     "trainer.max_epochs=3",
     "save_model=false",
-    "logger=none",
     "references=prompted",
     "references.num_refs=2",
     "weights=sliding_window",  # stateful: its window must survive a resume too
@@ -43,12 +40,7 @@ FINAL_KEYS = ("final/val/loss", "final/val/rewards/accuracy", "final/val/policy_
 
 @pytest.fixture
 def args(tiny_model_dir: Path, hh_file: Path, tmp_path: Path) -> list[str]:
-    return [
-        *COMMON,
-        f"model.source={tiny_model_dir}",
-        f"data.source={hh_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-    ]
+    return [*tiny_run_args(tiny_model_dir, hh_file, tmp_path / "cache"), *COMMON]
 
 
 def run_multirun(args: list[str]) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from mrpo.testing.bad_inputs import MODEL_LOADED, environment
-from mrpo.testing.runs import run_train_cli
+from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
+from mrpo.testing.runs import run_train_cli, tiny_run_args
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,7 @@ PLAN = re.compile(
 
 def _args(model: Path, data: Path, cache: Path) -> list[str]:
     return [
-        "debug=tiny",
-        f"model.source={model}",
-        "data=local_file",
-        f"data.source={data}",
-        "logger=none",
-        f"paths.cache_dir={cache}",
+        *tiny_run_args(model, data, cache),
         "references=prompted",
         "references.num_refs=2",
         "optimizer.lr=3e-4",

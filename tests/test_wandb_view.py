@@ -23,8 +23,8 @@ import wandb_workspaces.workspaces as ws
 import yaml
 from wandb_workspaces import expr
 
-from mrpo.cli import compare_wandb
 from mrpo.cli.compare import main
+from mrpo.compare import wandb_sweep
 from mrpo.compare.multirun import swept_keys
 from mrpo.compare.wandb_view import (
     BENCHMARKS,
@@ -174,7 +174,7 @@ def test_spec_round_trips_and_bad_specs_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(ValueError, match=r"--publish-view .*bad.json: not an mrpo W&B view"):
-        compare_wandb.read_spec(bad)
+        wandb_sweep.read_spec(bad)
 
 
 # --- the command line --------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_online_failure_falls_back_to_the_spec(
     def unreachable(spec: ViewSpec) -> tuple[str, str]:
         raise ConnectionError("api.wandb.ai: name resolution failed")
 
-    monkeypatch.setattr(compare_wandb, "publish", unreachable)
+    monkeypatch.setattr(wandb_sweep, "publish", unreachable)
     sweep = sweep_dir(tmp_path / "s", ["references.num_refs=1,3"])
     assert main([str(sweep), "--wandb", "team/mrpo"]) == 0
     printed = capsys.readouterr().out

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mrpo.testing.runs import write_hh_pairs, write_tiny_model
+from mrpo.testing.runs import tiny_run_args, write_hh_pairs, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,11 +102,13 @@ def test_installed_mrpo_train_runs_a_tiny_job_from_anywhere(
     pairs = write_hh_pairs(tmp_path / "pairs.jsonl", 24)
     run_dir = tmp_path / "run"
     run = _run(
-        [str(installed / "mrpo-train"), "debug=tiny", f"model.source={model}",
-         "data=local_file", f"data.source={pairs}", "logger=none",
-         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"],
+        [
+            str(installed / "mrpo-train"),
+            *tiny_run_args(model, pairs, tmp_path / "cache"),
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (run_dir / "summary.json").is_file()
     assert (run_dir / "config.yaml").is_file()

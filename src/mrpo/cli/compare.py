@@ -5,11 +5,14 @@
     mrpo-compare outputs/multirun/* --out reports/num_refs --plot-x references.num_refs
 
     mrpo-compare outputs/multirun/num_refs_<date>_<time> --wandb ENTITY/PROJECT
+    mrpo-compare --wandb my-team/mrpo --group num_refs_<date>_<time> --by references.num_refs
+    mrpo-compare --publish-view reports/num_refs/wandb_view.json
 
 The table goes to stdout in the chosen format. With ``--out DIR`` the table is also written
-there in all three formats (compare.txt, compare.md, compare.csv), with PNG plots: the plot
-metric against ``--plot-x`` (when it takes more than one value) and training curves per
-configuration. ``--wandb`` also builds the sweep's W&B view (:mod:`mrpo.cli.compare_wandb`).
+there in all three formats, with PNG plots (:mod:`mrpo.compare.outputs`). ``--wandb`` also
+builds the sweep's W&B view (:mod:`mrpo.compare.wandb_sweep`): saved online, else its
+specification written beside the local table (``--out``, else the sweep directory, else the
+current directory) to publish later (:mod:`mrpo.compare.wandb_publish`).
 Exit status: 0 on success, 1 when no finished run was found, 2 on bad input.
 """
 
@@ -18,24 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
-from mrpo.cli import compare_wandb
-from mrpo.compare.plots import (
-    load_curves,
-    plot_filename,
-    plot_metric_vs,
-    plot_training_curves,
-)
+from mrpo.compare import outputs, wandb_sweep
 from mrpo.compare.records import collect_runs
 from mrpo.compare.render import FORMATS, render
 from mrpo.compare.table import Comparison, build_comparison
-
-DEFAULT_PLOT_X = "references.num_refs"
-DEFAULT_PLOT_METRIC = "final/val/policy_margin_accuracy"
-DEFAULT_CURVE_METRICS = ("train/loss", "val/policy_margin_accuracy")
-OUTPUT_FILES = {"text": "compare.txt", "markdown": "compare.md", "csv": "compare.csv"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,43 +57,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot-x",
         metavar="KEY",
-        help=f"config key on the x axis of the score plot (default: {DEFAULT_PLOT_X})",
+        help=f"config key on the x axis of the score plot (default: {outputs.DEFAULT_PLOT_X})",
     )
     parser.add_argument(
         "--plot-metric",
         metavar="M",
-        help=f"score on the y axis of that plot (default: {DEFAULT_PLOT_METRIC})",
+        help=f"score on the y axis of that plot (default: {outputs.DEFAULT_PLOT_METRIC})",
     )
     parser.add_argument(
         "--curve-metrics",
         nargs="+",
         metavar="M",
-        default=list(DEFAULT_CURVE_METRICS),
-        help=f"metrics.csv columns drawn over steps (default: {' '.join(DEFAULT_CURVE_METRICS)})",
+        default=list(outputs.DEFAULT_CURVE_METRICS),
+        help="metrics.csv columns drawn over steps (default: "
+        f"{' '.join(outputs.DEFAULT_CURVE_METRICS)})",
     )
-    compare_wandb.add_arguments(parser)
+    _add_wandb_arguments(parser)
     return parser
+
+
+def _add_wandb_arguments(parser: argparse.ArgumentParser) -> None:
+    """The W&B options of ``mrpo-compare``."""
+    group = parser.add_argument_group("W&B view (needs pip install 'mrpo[wandb-views]')")
+    group.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT",
+        help="build a W&B workspace view and report of the sweep: saved online, else written "
+        "as a specification to publish later",
+    )
+    group.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the sweep's W&B group (default: read from the sweep directory)",
+    )
+    group.add_argument(
+        "--publish-view",
+        type=Path,
+        metavar="FILE",
+        help="save a view specification written offline earlier",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``mrpo-compare``; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.publish_view is not None:
-            compare_wandb.check_installed("--publish-view")
-            _print_lines(compare_wandb.publish_saved(args.publish_view), args.format)
+            wandb_sweep.check_installed("--publish-view")
+            _print_lines(wandb_sweep.publish_saved(args.publish_view), args.format)
             return 0
         _check_wandb_options(args)
         collection = collect_runs(args.paths)
         comparison = build_comparison(collection, by=args.by, metrics=args.metrics)
-        _check_plot_options(comparison, args.plot_x, args.plot_metric)
+        outputs.check_plot_options(comparison, args.plot_x, args.plot_metric)
         if args.out is not None and args.paths:  # --group alone has no local table
-            comparison = _write_outputs(comparison, args)
+            comparison = outputs.write_outputs(
+                comparison, args.out, args.plot_x, args.plot_metric, args.curve_metrics
+            )
         view = []
         if args.wandb is not None:
-            spec = compare_wandb.view_spec(args, collection)
-            view = compare_wandb.save_or_write(spec, _spec_dir(args))
+            spec = wandb_sweep.view_spec(args.wandb, collection, args.paths, args.group, args.by)
+            view = wandb_sweep.save_or_write(spec, _spec_dir(args))
     except ValueError as err:
         print(f"mrpo-compare: error: {err}", file=sys.stderr)
         return 2
@@ -116,8 +131,8 @@ def _check_wandb_options(args: argparse.Namespace) -> None:
     if args.wandb is None and args.group is not None:
         raise ValueError("--group names the W&B group of --wandb ENTITY/PROJECT")
     if args.wandb is not None:
-        compare_wandb.check_installed("--wandb")  # before reading any run
-        compare_wandb.parse_target(args.wandb)
+        wandb_sweep.check_installed("--wandb")  # before reading any run
+        wandb_sweep.parse_target(args.wandb)
         if not args.paths and args.group is None:
             raise ValueError("--wandb: give a sweep directory or --group NAME")
     elif not args.paths:
@@ -143,44 +158,3 @@ def _print_table(comparison: Comparison, fmt: str) -> None:
 def _print_lines(lines: Sequence[str], fmt: str) -> None:
     for line in lines:
         print(line, file=sys.stderr if fmt == "csv" else sys.stdout)
-
-
-def _check_plot_options(comparison: Comparison, plot_x: str | None, metric: str | None) -> None:
-    """Explicit plot options must name a key and a score that some finished run has."""
-    runs = [run for row in comparison.rows for run in row.runs]
-    if plot_x is not None and runs and not any(plot_x in r.config for r in runs):
-        raise ValueError(f"--plot-x: no finished run has config key {plot_x!r}")
-    if metric is not None and runs and not any(metric in r.scores for r in runs):
-        raise ValueError(f"--plot-metric: no finished run has {metric!r} in summary.json")
-
-
-def _write_outputs(comparison: Comparison, args: argparse.Namespace) -> Comparison:
-    """Write the three tables and the plots; return the comparison with plot notes added."""
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    notes = list(comparison.notes)
-    skipped = list(comparison.skipped)
-    runs = [run for row in comparison.rows for run in row.runs]
-
-    x_key = args.plot_x or DEFAULT_PLOT_X
-    metric = args.plot_metric or DEFAULT_PLOT_METRIC
-    if len({r.config.get(x_key) for r in runs}) < 2:
-        notes.append(f"no {metric} vs {x_key} plot: {x_key} takes fewer than two values")
-    elif plot_metric_vs(runs, comparison.by, metric, x_key, out / plot_filename(metric, x_key)):
-        notes.append(f"plot: {out / plot_filename(metric, x_key)}")
-    else:
-        notes.append(f"no {metric} vs {x_key} plot: no finished run has {metric}")
-
-    curves, problems = load_curves(runs)
-    skipped += problems
-    for name in args.curve_metrics:
-        target = out / plot_filename(name)
-        if plot_training_curves(comparison.rows, comparison.by, name, curves, target):
-            notes.append(f"plot: {target}")
-        else:
-            notes.append(f"no curve plot for {name}: no run logged it in metrics.csv")
-
-    comparison = replace(comparison, notes=tuple(notes), skipped=tuple(skipped))
-    for fmt, filename in OUTPUT_FILES.items():
-        (out / filename).write_text(render(comparison, fmt), encoding="utf-8")
-    return comparison

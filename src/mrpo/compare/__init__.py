@@ -3,7 +3,9 @@
 - :mod:`~mrpo.compare.records`: find and read run and multirun directories;
 - :mod:`~mrpo.compare.table`: group runs into configurations, mean ± std over seeds;
 - :mod:`~mrpo.compare.render`: text, markdown and CSV tables;
-- :mod:`~mrpo.compare.plots`: PNG plots (matplotlib, Agg canvas);
+- :mod:`~mrpo.compare.plots`: PNG plots (matplotlib, Agg canvas); :mod:`~mrpo.compare.outputs`:
+  the tables and plots written by ``--out``;
+- :mod:`~mrpo.compare.wandb_view`, :mod:`~mrpo.compare.wandb_sweep`: a sweep's W&B view;
 - the command line is :mod:`mrpo.cli.compare`.
 """
 

@@ -48,6 +48,19 @@ def write_hh_pairs(path: Path, num_pairs: int, *, seed: int = 0) -> Path:
     return path
 
 
+def tiny_run_args(model: str | Path, data: str | Path, cache: str | Path) -> list[str]:
+    """``mrpo-train`` overrides of a tiny run of ``model`` on the preference file ``data``, the
+    reference cache in ``cache``, no logger: callers add what their test is about."""
+    return [
+        "debug=tiny",
+        f"model.source={model}",
+        "data=local_file",
+        f"data.source={data}",
+        "logger=none",
+        f"paths.cache_dir={cache}",
+    ]
+
+
 def run_train_cli(
     args: Sequence[str],
     run_dir: Path,

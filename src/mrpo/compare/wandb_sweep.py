@@ -1,20 +1,15 @@
-"""``mrpo-compare --wandb ENTITY/PROJECT``: a sweep's W&B view (:mod:`mrpo.compare.wandb_view`).
-
-    mrpo-compare outputs/multirun/num_refs_<date>_<time> --wandb my-team/mrpo
-    mrpo-compare --wandb my-team/mrpo --group num_refs_<date>_<time> --by references.num_refs
-    mrpo-compare --publish-view reports/num_refs/wandb_view.json
+"""A sweep's W&B view for ``mrpo-compare --wandb`` (built by :mod:`mrpo.compare.wandb_view`).
 
 A sweep directory gives the W&B group (its ``logger.group``, else the directory's name, as
-``mrpo-train`` names it) and the swept keys (its ``multirun.yaml``); ``--group`` and ``--by``
-name them instead. Online (an API key, W&B reachable) the view is saved as a workspace view and
-a report and their URLs printed. Otherwise its specification is written as JSON beside the
-local table (``--out``, else the sweep directory, else the current directory) under a name not
-yet taken, never over an earlier file, with the command that publishes it later.
+``mrpo-train`` names it) and the swept keys (its ``multirun.yaml``); ``group`` and ``by`` name
+them instead. Online (an API key, W&B reachable) the view is saved as a workspace view and a
+report and their URLs printed. Otherwise its specification is written as JSON in a given
+directory under a name not yet taken, never over an earlier file, with the command that
+publishes it later.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,28 +22,6 @@ from mrpo.tracking.backends import module_available
 from mrpo.tracking.mode import resolve_wandb_mode
 
 SPEC_STEM = "wandb_view"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The W&B options of ``mrpo-compare``."""
-    group = parser.add_argument_group("W&B view (needs pip install 'mrpo[wandb-views]')")
-    group.add_argument(
-        "--wandb",
-        metavar="ENTITY/PROJECT",
-        help="build a W&B workspace view and report of the sweep: saved online, else written "
-        "as a specification to publish later",
-    )
-    group.add_argument(
-        "--group",
-        metavar="NAME",
-        help="the sweep's W&B group (default: read from the sweep directory)",
-    )
-    group.add_argument(
-        "--publish-view",
-        type=Path,
-        metavar="FILE",
-        help="save a view specification written offline earlier",
-    )
 
 
 def check_installed(option: str) -> None:
@@ -68,18 +41,22 @@ def parse_target(value: str) -> tuple[str, str]:
     return entity, project
 
 
-def view_spec(args: argparse.Namespace, collection: RunCollection) -> ViewSpec:
-    """The view of the sweep named by ``--group`` or the paths, grouped by ``--by`` or the
-    sweep's swept keys."""
-    entity, project = parse_target(args.wandb)
+def view_spec(
+    target: str,
+    collection: RunCollection,
+    paths: Sequence[str],
+    group: str | None = None,
+    by: Sequence[str] | None = None,
+) -> ViewSpec:
+    """The view in W&B project ``target`` (``ENTITY/PROJECT``) of the sweep named by ``group``
+    or ``paths``, grouped by ``by`` or the sweep's swept keys."""
+    entity, project = parse_target(target)
     notes: list[str] = []
-    group = args.group or _sweep_group(args.paths, collection.runs)
-    if args.by is not None:
-        by = list(args.by)
-    else:
-        swept = [k for p in args.paths for k in _swept_keys(Path(p))]
+    group = group or _sweep_group(paths, collection.runs)
+    if by is None:
+        swept = [k for p in paths for k in _swept_keys(Path(p))]
         by = _config_keys(swept, collection.runs, notes)
-        if not args.paths:
+        if not paths:
             notes.append("no sweep directory given: runs not grouped (name the keys with --by)")
     refs = [r.config.get("references.num_refs") for r in collection.runs]
     num_refs = max((int(k) for k in refs if isinstance(k, int)), default=None)

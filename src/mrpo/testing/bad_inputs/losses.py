@@ -1,8 +1,8 @@
 """Bad loss-type and aggregation options, each refused by name before any model loads.
 
-Each entry is (name, overrides, message regex) of a :class:`mrpo.testing.bad_inputs.BadInput`;
-that module's ``CASES`` includes them. The options and their domains are in
-docs/objectives.md.
+Each entry is (name, overrides, message regex) of a
+:class:`~mrpo.testing.bad_inputs.case.BadInput`; :data:`mrpo.testing.bad_inputs.CASES` includes
+them. The options and their domains are in docs/objectives.md.
 """
 
 from __future__ import annotations
