@@ -64,5 +64,8 @@ def test_typo_in_a_key_is_refused_at_composition(files: dict[str, Path], tmp_pat
     args = [*base_args(files, tmp_path / "cache"), "data.batchsize=2"]
     done = run_train_cli(args, tmp_path / "run", env=environment(), timeout=300)
     output = done.stdout + done.stderr
-    assert done.returncode != 0 and "Traceback" not in output
-    assert "Key 'batchsize' not in 'DataConfig'" in output and "full_key: data.batchsize" in output
+    # Composition errors end like every other bad value: exit 2, one line naming the key.
+    assert done.returncode == 2 and "Traceback" not in output
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1, output[-3000:]
+    assert "config error: data.batchsize: Key 'batchsize' not in 'DataConfig'" in errors[0]

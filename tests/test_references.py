@@ -272,7 +272,7 @@ def score_references(mode: str, model_dirs, cache_dir, examples, fused_head: boo
 def test_fused_head_off_never_splits_a_references_head(model_dirs, tmp_path, monkeypatch, mode):
     # model.fused_lm_head=false must reach every reference scoring path: with it off, no
     # reference model's LM head is split off for the fused path (logits only).
-    import mrpo.logprobs.packed as packed
+    import mrpo.logprobs.packed_logprobs as packed
     import mrpo.logprobs.sequence as sequence
 
     split: list[torch.nn.Module] = []

@@ -85,30 +85,41 @@ class Number(Domain):
     def _problem(self, value: Any, siblings: Any) -> str | None:
         integral = isinstance(value, int) and not isinstance(value, bool)
         if not (integral or (self.kind is float and isinstance(value, float))):
-            return f"must be {self.describe()}, got {value!r}"
+            noun = "an integer" if self.kind is int else "a number"
+            return (
+                f"must be {self._or_null(f'{noun} {self._range(siblings)}'.strip())}, got {value!r}"
+            )
         if value in self.also:
             return None
-        if isinstance(value, float) and math.isnan(value):
-            return f"must be {self.describe()}, got nan"
-        for op, bound in self._bounds(siblings):
-            if bound is not None and not _compare(value, op, bound):
-                return f"must be {self.describe()}, got {value!r}"
+        bounds = [(op, b) for op, b in self._bounds(siblings) if b is not None]
+        if math.isnan(value) or not all(_compare(value, op, b) for op, b in bounds):
+            return f"must be {self.describe(siblings)}, got {value!r}"
         return None
 
-    def _bounds(self, siblings: Any) -> Iterator[tuple[str, float | None]]:
+    def _bounds(self, siblings: Any) -> list[tuple[str, Any]]:
+        found: list[tuple[str, Any]] = []
         for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)):
             if isinstance(bound, str):  # a sibling field; unset (null) bounds nothing
-                bound = getattr(siblings, bound, None) if siblings is not None else None
-            yield op, bound
+                value = getattr(siblings, bound, None) if siblings is not None else None
+                found.append((op, None if value is None else _Named(bound, value)))
+            else:
+                found.append((op, bound))
+        return found
 
-    def describe(self) -> str:
-        noun = "an integer" if self.kind is int else "a number"
-        bounds = [
-            f"{op} {bound}"
-            for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-            if bound is not None
-        ]
-        text = f"{noun} {' and '.join(bounds)}".strip()
+    def _range(self, siblings: Any = None) -> str:
+        """``in [0, 1)``, ``>= 1``, ``> 0``: the range as messages write it."""
+        (_, ge), (_, gt), (_, le), (_, lt) = self._bounds(siblings)
+        low, high = (
+            (ge, "[") if ge is not None else (gt, "("),
+            (le, "]") if le is not None else (lt, ")"),
+        )
+        if low[0] is not None and high[0] is not None:
+            return f"in {low[1]}{_show(low[0])}, {_show(high[0])}{high[1]}"
+        ops = [f"{op} {_show(b)}" for op, b in self._bounds(siblings) if b is not None]
+        return " and ".join(ops)
+
+    def describe(self, siblings: Any = None) -> str:
+        text = self._range(siblings) or ("an integer" if self.kind is int else "a number")
         if self.also:
             text += f" (or {', '.join(str(v) for v in self.also)})"
         return self._or_null(text)
@@ -125,7 +136,24 @@ class Number(Domain):
         return [v for v in found if v not in self.also]
 
 
-def _compare(value: float, op: str, bound: float) -> bool:
+@dataclass(frozen=True)
+class _Named:
+    """A bound that is a sibling field's value, shown with the field's name."""
+
+    name: str
+    value: float
+
+
+def _show(bound: Any) -> str:
+    if isinstance(bound, _Named):
+        return f"{bound.name}={bound.value}"
+    if isinstance(bound, int) and bound >= 2**16 and bound & (bound - 1) == 0:
+        return f"2**{bound.bit_length() - 1}"  # 2**32, not 4294967296
+    return str(bound)
+
+
+def _compare(value: float, op: str, bound: Any) -> bool:
+    bound = bound.value if isinstance(bound, _Named) else bound
     return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]
 
 
@@ -175,7 +203,7 @@ class Text(Domain):
         if not isinstance(value, str):
             return f"must be {self.describe()}, got {value!r}"
         if not value.strip() and not self.empty:
-            return f"must be {self.describe()}, got an empty string"
+            return f"must be {self.describe()}, got {value!r}"
         return None
 
     def describe(self) -> str:

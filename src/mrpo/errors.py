@@ -8,7 +8,8 @@ key, file, row or source) without a traceback and exit with status 2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 
 class InputError(ValueError):
@@ -62,3 +63,23 @@ def reject_unknown_options(given: Iterable[str], accepted: Iterable[str], owner:
             unknown[0],
             f"option(s) {unknown} do not apply to {owner} (it takes: {allowed or 'no options'})",
         )
+
+
+@contextmanager
+def option_keys(keys: Mapping[str, str], default: str) -> Iterator[None]:
+    """Turn an :class:`OptionError` into a :class:`ConfigError` for the option's config key
+    (``keys[option]``, else ``default``)."""
+    try:
+        yield
+    except OptionError as err:
+        raise ConfigError(keys.get(err.option, default), str(err)) from None
+
+
+@contextmanager
+def option_prefix(prefix: str) -> Iterator[None]:
+    """Turn an :class:`OptionError` into a :class:`ConfigError` for ``<prefix>.<option>``
+    (for groups whose config keys are the library's option names)."""
+    try:
+        yield
+    except OptionError as err:
+        raise ConfigError(f"{prefix}.{err.option}", str(err)) from None

@@ -42,6 +42,7 @@ from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.groups.callbacks import check_callbacks
 from mrpo.groups.optimizer import check_optimizer, check_scheduler
+from mrpo.groups.trainer import build_sharding
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.attention import check_attention_model
 from mrpo.models.integrity import check_weight_files
@@ -130,9 +131,7 @@ def check_writable(folder: Path, key: str) -> None:
 def _sharded_strategy_factory(cfg: TrainConfig) -> Callable[[], Any] | None:
     """Builds the strategy object of a sharded strategy's mapping (``trainer=fsdp``,
     ``deepspeed``) as :func:`mrpo.cli.train.build_run` does; None for a strategy name."""
-    from mrpo.cli.steps import build_sharding
-
-    sharding = build_sharding(cfg)
+    sharding = build_sharding(cfg.trainer)
     if sharding is None:
         return None
     return lambda: sharding.strategy(cfg.trainer.kwargs())

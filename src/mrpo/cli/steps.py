@@ -9,7 +9,7 @@ reference specs) come from :mod:`mrpo.config.build`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
 from mrpo.callbacks.progress import RunProgressBar
-from mrpo.config.build import num_references, option_prefix, reference_specs
+from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.filters import FilterReport, filter_by_length
@@ -31,10 +31,11 @@ from mrpo.data.splits import split_counts, split_rows
 from mrpo.data.tokenize import pair_token_lengths
 from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
 from mrpo.data.validation import DataValidationError
+from mrpo.errors import option_prefix
 from mrpo.evals.runner import EvalData
 from mrpo.groups.callbacks import build_extra_callbacks, checkpoint_callbacks
+from mrpo.groups.trainer import policy_device
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
-from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.objectives import Objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
@@ -121,22 +122,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         )
         for ex in (train_ex, val_ex, test_ex)
     )
-    report = {
-        "source": loaded.source,
-        "rows": len(loaded.examples),
-        "dropped": loaded.dropped.num_dropped,
-        "train_pairs": len(train_tok.pairs),
-        "val_pairs": len(val_tok.pairs),
-        "test_pairs": len(test_tok.pairs),
-        "truncated": train_tok.num_truncated + val_tok.num_truncated + test_tok.num_truncated,
-        # What the policy saw, exactly (token ids): equal fingerprints, equal data.
-        "train_fingerprint": data_fingerprint(train_tok.pairs),
-        "val_fingerprint": data_fingerprint(val_tok.pairs),
-    }
-    if test_tok.pairs:
-        report["test_fingerprint"] = data_fingerprint(test_tok.pairs)
-    if filtered is not None:
-        report["length_filter"] = asdict(filtered)
+    report = _data_report(loaded, (train_tok, val_tok, test_tok), filtered)
     log.info("data: %s", report)
     return PreparedData(
         train_ex,
@@ -147,6 +133,30 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         test_examples=test_ex,
         test_pairs=test_tok.pairs,
     )
+
+
+def _data_report(
+    loaded: Any, tokenized: tuple[Any, Any, Any], filtered: FilterReport | None
+) -> dict[str, Any]:
+    """What the run's record says of its data: rows, pairs per split, truncations and the
+    fingerprints of what the policy saw (token ids: equal fingerprints, equal data)."""
+    train, val, test = tokenized
+    report = {
+        "source": loaded.source,
+        "rows": len(loaded.examples),
+        "dropped": loaded.dropped.num_dropped,
+        "train_pairs": len(train.pairs),
+        "val_pairs": len(val.pairs),
+        "test_pairs": len(test.pairs),
+        "truncated": train.num_truncated + val.num_truncated + test.num_truncated,
+        "train_fingerprint": data_fingerprint(train.pairs),
+        "val_fingerprint": data_fingerprint(val.pairs),
+    }
+    if test.pairs:
+        report["test_fingerprint"] = data_fingerprint(test.pairs)
+    if filtered is not None:
+        report["length_filter"] = asdict(filtered)
+    return report
 
 
 def pair_layout(data: DataConfig) -> PairLayout:
@@ -265,25 +275,6 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     log.info("fitted %s weights: %s", strategy.name, getattr(strategy, "fitted", None))
 
 
-def policy_device(cfg: TrainConfig) -> torch.device:
-    """Where this process's policy runs: its CUDA device when the Trainer uses CUDA, else CPU.
-
-    Only a quantized policy is loaded there directly; the Trainer moves any other policy.
-    """
-    if not wants_cuda(cfg.trainer.kwargs()):
-        return torch.device("cpu")
-    return torch.device(f"cuda:{detect_ranks().local_rank}")
-
-
-def build_sharding(cfg: TrainConfig) -> ShardedTraining | None:
-    """The sharded strategy of a ``trainer.strategy`` mapping, None for a strategy name."""
-    spec = cfg.trainer.strategy
-    if not isinstance(spec, Mapping):
-        return None
-    with option_prefix("trainer.strategy"):
-        return make_strategy(spec)
-
-
 def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
     """The trainable policy and its tokenizer."""
     m = cfg.model
@@ -299,7 +290,7 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
         trainable=True,
         attn_implementation=m.attn_implementation,
         quantization=m.quantization,
-        device=policy_device(cfg),
+        device=policy_device(cfg.trainer),
     )
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(policy)

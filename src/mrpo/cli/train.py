@@ -25,7 +25,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,7 +45,6 @@ from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
     build_callbacks,
-    build_sharding,
     fit_offline_weights,
     load_policy,
     logger_labels,
@@ -62,11 +60,12 @@ from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
 from mrpo.groups.optimizer import build_optimizer
+from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
-from mrpo.training.checkpointing import AtomicCheckpointIO, last_checkpoints
+from mrpo.training.checkpointing import last_checkpoints
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
 
 log = logging.getLogger("mrpo.train")
@@ -149,7 +148,7 @@ def build_run(
     from mrpo.data.layout import layout_for
     from mrpo.data.module import PreferenceDataModule
 
-    sharding = build_sharding(cfg)
+    sharding = build_sharding(cfg.trainer)
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
@@ -187,24 +186,8 @@ def build_run(
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
     callbacks = build_callbacks(cfg, output_dir, data, tokenizer, objective, found.eval_data)
-    trainer_kwargs = cfg.trainer.kwargs()
-    if not any(isinstance(c, Checkpoint) for c in callbacks):
-        # No checkpoints configured: keep Lightning from adding its default one.
-        trainer_kwargs["enable_checkpointing"] = False
-    if "plugins" not in trainer_kwargs and "deepspeed" not in str(trainer_kwargs.get("strategy")):
-        # DeepSpeed writes its own sharded checkpoint folders; every other strategy's files go
-        # through the atomic writer.
-        trainer_kwargs["plugins"] = [AtomicCheckpointIO()]
-    if sharding is not None:  # built from the trainer.strategy mapping, knowing the policy
-        trainer_kwargs["strategy"] = sharding.strategy(cfg.trainer.kwargs())
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        # The data module's samplers split batches across ranks themselves.
-        use_distributed_sampler=False,
-        default_root_dir=str(output_dir),
-        logger=loggers,
-        callbacks=callbacks,
-    )
+    strategy = None if sharding is None else sharding.strategy(cfg.trainer.kwargs())
+    trainer = build_trainer(cfg.trainer, callbacks, loggers, output_dir, strategy)
     return TrainingRun(module, datamodule, trainer, loggers, sharding)
 
 

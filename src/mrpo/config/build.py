@@ -10,15 +10,13 @@ naming that key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any
 
 from omegaconf import ListConfig
 
 from mrpo.config.schema import TrainConfig
-from mrpo.errors import ConfigError, OptionError
+from mrpo.errors import ConfigError, OptionError, option_keys
 from mrpo.groups.objective import loss_option_keys, weighting_params
 from mrpo.objectives import Objective, WeightStrategy, get_objective, get_objective_spec
 from mrpo.objectives import make_weighting as _make_weighting
@@ -30,16 +28,6 @@ _LOSS_OPTION_KEYS = {
     "num_refs": "references.num_refs",
     "weighting": "weights.strategy",
 }
-
-
-@contextmanager
-def option_keys(keys: Mapping[str, str], default: str) -> Iterator[None]:
-    """Turn an :class:`OptionError` into a :class:`ConfigError` for the option's config key
-    (``keys[option]``, else ``default``)."""
-    try:
-        yield
-    except OptionError as err:
-        raise ConfigError(keys.get(err.option, default), str(err)) from None
 
 
 def selected_references(cfg: TrainConfig) -> list[tuple[int, ReferenceSpec]]:
@@ -70,16 +58,6 @@ def selected_references(cfg: TrainConfig) -> list[tuple[int, ReferenceSpec]]:
             f"is {refs.num_refs} but references.select names {len(refs.select)}; set one of them",
         )
     return [(names.index(n), refs.pool[names.index(n)]) for n in refs.select]
-
-
-@contextmanager
-def option_prefix(prefix: str) -> Iterator[None]:
-    """Turn an :class:`OptionError` into a :class:`ConfigError` for ``<prefix>.<option>``
-    (for groups whose config keys are the library's option names)."""
-    try:
-        yield
-    except OptionError as err:
-        raise ConfigError(f"{prefix}.{err.option}", str(err)) from None
 
 
 def num_references(cfg: TrainConfig) -> int:

@@ -168,12 +168,12 @@ def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
         {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     )
     for key in cfg:
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         if name == "hydra":  # Hydra's own settings, checked by Hydra
             continue
         if known is not None and key not in known:
             hint = _extra_hint(name, ConfigKeyError(name))
-            raise ConfigError(name, f"is not a key of {schema.__name__}{hint}")
+            raise ConfigError(name, f"is not a key of {getattr(schema, '__name__', schema)}{hint}")
         node = cfg._get_node(key)
         if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
             check_known_keys(node, f"{name}.")

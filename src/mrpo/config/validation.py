@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 
-from mrpo.config.build import build_objective, option_prefix, reference_specs
+from mrpo.config.build import build_objective, reference_specs
 from mrpo.config.moving import check_moving_references
 from mrpo.config.requirements import check_requirements
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
 from mrpo.domains import check_settings
-from mrpo.errors import ConfigError, OptionError
+from mrpo.errors import ConfigError, OptionError, option_prefix
 from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES
 from mrpo.groups.trainer import check_trainer_extra

@@ -8,7 +8,7 @@ loop are added by :func:`build_callbacks` from their own groups (``eval``, ``wei
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,9 @@ class CallbacksConfig:
     extra: dict[str, Any] = setting({}, Table())
 
 
-def check_callbacks(cfg: CallbacksConfig, logged: Sequence[str], eval_tasks: Sequence[str]) -> None:
+def check_callbacks(
+    cfg: CallbacksConfig, logged: Collection[str], eval_tasks: Sequence[str]
+) -> None:
     """The monitored metric is one the run logs (``logged``: validation's names; evaluation
     logs ``eval/<task>/<metric>``), and every extra callback builds.
 

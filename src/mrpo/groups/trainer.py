@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from mrpo.domains import AnyOf, Choice, Flag, Items, Number, Table, setting
-from mrpo.errors import ConfigError
+import lightning as L
+import torch
 
-__all__ = ["TrainerConfig", "check_trainer_extra"]
+from mrpo.domains import AnyOf, Choice, Flag, Items, Number, Table, setting
+from mrpo.errors import ConfigError, option_prefix
+from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
+from mrpo.references.sharding import detect_ranks
+
+__all__ = [
+    "TrainerConfig",
+    "build_sharding",
+    "build_trainer",
+    "check_trainer_extra",
+    "policy_device",
+]
 
 # Arguments mrpo always sets itself (its loggers, callbacks, run directory and samplers).
 MRPO_SET = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler")
@@ -86,8 +99,6 @@ class TrainerConfig:
 
 def check_trainer_extra(extra: dict[str, Any]) -> None:
     """``trainer.extra`` holds only ``Trainer`` arguments mrpo neither models nor sets."""
-    import lightning as L
-
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     modeled = set(TrainerConfig.__dataclass_fields__) - {"extra"}
     for key in extra:
@@ -102,3 +113,54 @@ def check_trainer_extra(extra: dict[str, Any]) -> None:
                 "is set by mrpo itself (its loggers, callbacks, run "
                 "directory and batch samplers); remove it",
             )
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    callbacks: list[Any],
+    loggers: list[Any],
+    root_dir: Path,
+    strategy: Any = None,
+) -> L.Trainer:
+    """The run's Trainer: ``cfg``'s arguments, the run's callbacks and loggers, and
+    ``strategy`` (a sharded strategy's object) in place of ``cfg.strategy`` when given."""
+    from lightning.pytorch.callbacks import Checkpoint
+
+    from mrpo.training.checkpointing import AtomicCheckpointIO
+
+    kwargs = cfg.kwargs()
+    if not any(isinstance(c, Checkpoint) for c in callbacks):
+        # No checkpoints configured: keep Lightning from adding its default one.
+        kwargs["enable_checkpointing"] = False
+    if "plugins" not in kwargs and "deepspeed" not in str(kwargs.get("strategy")):
+        # DeepSpeed writes its own sharded checkpoint folders; every other strategy's files go
+        # through the atomic writer.
+        kwargs["plugins"] = [AtomicCheckpointIO()]
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    return L.Trainer(
+        **kwargs,
+        # The data module's samplers split batches across ranks themselves.
+        use_distributed_sampler=False,
+        default_root_dir=str(root_dir),
+        logger=loggers,
+        callbacks=callbacks,
+    )
+
+
+def build_sharding(cfg: TrainerConfig) -> ShardedTraining | None:
+    """The sharded strategy of a ``trainer.strategy`` mapping, None for a strategy name."""
+    if not isinstance(cfg.strategy, Mapping):
+        return None
+    with option_prefix("trainer.strategy"):
+        return make_strategy(cfg.strategy)
+
+
+def policy_device(cfg: TrainerConfig) -> torch.device:
+    """Where this process's policy runs: its CUDA device when the Trainer uses CUDA, else CPU.
+
+    Only a quantized policy is loaded there directly; the Trainer moves any other policy.
+    """
+    if not wants_cuda(cfg.kwargs()):
+        return torch.device("cpu")
+    return torch.device(f"cuda:{detect_ranks().local_rank}")

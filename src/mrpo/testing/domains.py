@@ -25,7 +25,7 @@ def _leaves(node: Any, prefix: str) -> Iterator[str]:
     container = isinstance(node, DictConfig | ListConfig) and not node._is_none()
     if container and isinstance(node, DictConfig) and len(node) > 0:
         for key in node:
-            yield from _leaves(node._get_node(key), f"{prefix}{key}.")
+            yield from _leaves(node._get_node(key), f"{prefix}{key!s}.")
     elif (
         isinstance(node, ListConfig)
         and container

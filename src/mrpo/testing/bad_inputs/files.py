@@ -30,7 +30,11 @@ DATA: tuple[BadInput, ...] = (
         ("data.source={root}/nope.jsonl",),
         r"data error: preference data not found: '.*nope.jsonl'",
     ),
-    BadInput("data_format", ("data.format=nope",), r"config error: data.format: unknown format"),
+    BadInput(
+        "data_format",
+        ("data.format=nope",),
+        r"config error: data.format: unknown 'nope'; must be one of",
+    ),
     BadInput(
         "val_size_no_training_pair",
         ("data.val_size=40",),
@@ -44,7 +48,7 @@ DATA: tuple[BadInput, ...] = (
     BadInput(
         "max_prompt_length",
         ("data.max_prompt_length=500",),
-        r"config error: data.max_prompt_length: must be in \(0, data.max_length=96\)",
+        r"config error: data.max_prompt_length: must be in \(0, max_length=96\) or null, got 500",
     ),
     BadInput("required_key", ("data.source=???",), r"config error: data.source: required value"),
 )
@@ -79,12 +83,12 @@ MODELS: tuple[BadInput, ...] = (
     BadInput(
         "lora_rank",
         ("model.lora.enabled=true", "model.lora.r=0"),
-        r"config error: model.lora.r: LoRA r must be a positive integer",
+        r"config error: model.lora.r: must be >= 1, got 0",
     ),
     BadInput(
         "lora_dropout",
         ("model.lora.enabled=true", "model.lora.dropout=1.5"),
-        r"config error: model.lora.dropout: LoRA dropout must be in \[0, 1\)",
+        r"config error: model.lora.dropout: must be in \[0, 1\), got 1.5",
     ),
 )
 """Model sources, damaged weight files, LoRA targets."""

@@ -7,10 +7,12 @@ from mrpo.testing.bad_inputs.case import BadInput
 
 VALUES: tuple[BadInput, ...] = (
     BadInput("seed", ("seed=-1",), r"config error: seed: must be in \[0, 2\*\*32\)"),
-    BadInput("stage", ("stage=nope",), r"config error: stage: must be one of"),
-    BadInput("beta", ("loss.beta=0",), r"config error: loss.beta: .* must be > 0"),
+    BadInput("stage", ("stage=nope",), r"config error: stage: unknown \'nope\'; must be one of"),
+    BadInput("beta", ("loss.beta=0",), r"config error: loss.beta: must be > 0, got 0"),
     BadInput(
-        "loss_name", ("loss.name=nope",), r"config error: loss.name: unknown objective 'nope'"
+        "loss_name",
+        ("loss.name=nope",),
+        r"config error: loss.name: unknown 'nope'; must be one of \['dpo'",
     ),
     BadInput(
         "harmonic_pairing_needs_k2",
@@ -26,7 +28,7 @@ VALUES: tuple[BadInput, ...] = (
     BadInput(
         "weighting_parameter_typo",
         ("weights=sliding_window", "+weights.windw=3"),
-        r"config error: weights.windw: option\(s\) \['windw'\] do not apply to weighting",
+        r"config error: weights.windw: is not a key of WeightsConfig",
     ),
     BadInput(
         "weighting_name", ("weights.strategy=nope",), r"config error: weights.strategy: unknown"
@@ -35,7 +37,9 @@ VALUES: tuple[BadInput, ...] = (
         "model_dtype", ("model.dtype=float8",), r"config error: model.dtype: unknown 'float8'"
     ),
     BadInput(
-        "logger_mode", ("logger.mode=sometimes",), r"config error: logger.mode: must be one of"
+        "logger_mode",
+        ("logger.mode=sometimes",),
+        r"config error: logger.mode: unknown 'sometimes'; must be one of",
     ),
 )
 """Plain values: seed, stage, loss, weighting, dtypes, logger."""
@@ -49,12 +53,12 @@ REFERENCES: tuple[BadInput, ...] = (
     BadInput(
         "reference_dtype",
         ("references=prompted", "references.num_refs=2", "references.pool.1.dtype=float8"),
-        r"config error: references.pool.1.dtype: reference 'harmless': unknown dtype 'float8'",
+        r"config error: references.pool.1.dtype: unknown 'float8'; must be one of",
     ),
     BadInput(
         "moving_reference_alpha",
         ("references.pool.0.source=moving", "references.pool.0.alpha=1.5"),
-        r"config error: references.pool.0.alpha: reference 'self': must be in \(0, 1\], got 1.5",
+        r"config error: references.pool.0.alpha: must be in \(0, 1\] or null, got 1.5",
     ),
     BadInput(
         "moving_reference_sharded",
@@ -71,7 +75,7 @@ REFERENCES: tuple[BadInput, ...] = (
     BadInput(
         "reference_name",
         ("references=prompted", "references.num_refs=2", "references.pool.1.name=' '"),
-        r"config error: references.pool.1.name: reference name must be a non-empty string",
+        r"config error: references.pool.1.name: must be non-empty text, got ' '",
     ),
     BadInput(
         "reference_template_fails",
@@ -93,7 +97,7 @@ REFERENCES: tuple[BadInput, ...] = (
     BadInput(
         "lock_timeout",
         ("references.lock_timeout_s=0",),
-        r"config error: references.lock_timeout_s: must be > 0 seconds",
+        r"config error: references.lock_timeout_s: must be > 0 or null, got 0.0",
     ),
 )
 """The reference pool and its cache."""
@@ -102,7 +106,7 @@ OPTIMIZATION: tuple[BadInput, ...] = (
     BadInput(
         "optimizer_value",
         ("optimizer.lr=-1",),
-        r"config error: optimizer: torch.optim.AdamW refuses these arguments: .*learning rate",
+        r"config error: optimizer.lr: must be > 0, got -1.0",
     ),
     BadInput(
         "optimizer_target",
@@ -111,24 +115,24 @@ OPTIMIZATION: tuple[BadInput, ...] = (
     ),
     BadInput(
         "optimizer_argument",
-        ("+optimizer.lrr=1",),
-        r"config error: optimizer.lrr: is not an argument of torch.optim.AdamW",
+        ("+optimizer.extra.lrr=1",),
+        r"config error: optimizer.extra.lrr: is not an argument of torch.optim.AdamW",
     ),
     BadInput("scheduler_name", ("scheduler.name=nope",), r"config error: scheduler.name: "),
     BadInput(
         "warmup_ratio",
         ("scheduler.warmup_ratio=1.5",),
-        r"config error: scheduler.warmup_ratio: must be in \[0, 1\)",
+        r"config error: scheduler.warmup_ratio: must be in \[0, 1\), got 1.5",
     ),
     BadInput(
         "trainer_argument",
-        ("+trainer.nonsense=1",),
-        r"config error: trainer.nonsense: is not a lightning.Trainer argument",
+        ("+trainer.extra.nonsense=1",),
+        r"config error: trainer.extra.nonsense: is not a lightning.Trainer argument",
     ),
     BadInput(
         "trainer_precision",
         ("trainer.precision=banana",),
-        r"config error: trainer.precision: this machine cannot run it",
+        r"config error: trainer.precision: unknown 'banana'; must be one of",
     ),
 )
 """The optimizer, the scheduler and the Trainer."""
@@ -142,25 +146,27 @@ CALLBACKS: tuple[BadInput, ...] = (
     BadInput(
         "checkpoint_mode",
         ("callbacks.checkpoint.mode=sideways",),
-        r"config error: callbacks.checkpoint: .*sideways",
+        r"config error: callbacks.checkpoint.mode: unknown 'sideways'; must be one of",
     ),
     BadInput(
         "checkpoint_option",
         ("+callbacks.checkpoint.every_n_epochs=2",),
-        r"config error: callbacks.checkpoint.every_n_epochs: unknown option",
+        r"config error: callbacks.checkpoint.every_n_epochs: is not a key of CheckpointConfig",
     ),
     BadInput(
         "nan_guard",
-        ("callbacks.nan_guard.action=ignore",),
-        r"config error: callbacks.nan_guard.action: must be one of \('stop', 'skip'\)",
+        ("nan_guard.action=ignore",),
+        r"config error: nan_guard.action: unknown 'ignore'; must be one of \['stop', 'skip'\]",
     ),
     BadInput(
         "callback_target",
-        ("+callbacks.extra._target_=nope.Nope",),
-        r"config error: callbacks.extra._target_: cannot import 'nope.Nope'",
+        ("+callbacks.extra.nope._target_=nope.Nope",),
+        r"config error: callbacks.extra.nope._target_: cannot import 'nope.Nope'",
     ),
     BadInput("eval_task", ("eval.tasks=[nope]",), r"config error: eval.tasks: unknown task"),
-    BadInput("eval_limit", ("eval.limit=0",), r"config error: eval.limit: must be a positive"),
+    BadInput(
+        "eval_limit", ("eval.limit=0",), r"config error: eval.limit: must be >= 1 or null, got 0"
+    ),
     BadInput(
         "eval_draft_tokens",
         ("eval.draft_tokens=-1",),
