@@ -32,11 +32,12 @@ from typing import Any
 
 import torch
 
-from mrpo.data.evalsets import load_gsm8k, load_truthfulqa_mc
 from mrpo.evals.generate import DRAFT_TOKENS, generate_until
 from mrpo.evals.gsm8k import STOP_SEQUENCES, build_prompts
+from mrpo.evals.gsm8k.loader import load_gsm8k
 from mrpo.evals.loglik import loglikelihood
 from mrpo.evals.truthfulqa import TARGET_DELIMITER, doc_to_text
+from mrpo.evals.truthfulqa.loader import load_truthfulqa_mc
 
 
 def load(model_source: str, device: str) -> tuple[Any, Any]:

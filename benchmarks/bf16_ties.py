@@ -21,8 +21,8 @@ import argparse
 
 import torch
 
-from mrpo.data.evalsets import load_gsm8k
 from mrpo.evals.generate import generate_until
+from mrpo.evals.gsm8k.loader import load_gsm8k
 from mrpo.testing.models import TINY_FAMILIES
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 

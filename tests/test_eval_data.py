@@ -9,14 +9,9 @@ from pathlib import Path
 import datasets
 import pytest
 
-from mrpo.data.evalsets import (
-    GSM8KRecord,
-    gsm8k_records,
-    load_gsm8k,
-    load_truthfulqa_mc,
-    parse_gsm8k_gold,
-    truthfulqa_records,
-)
+from mrpo.evals.gsm8k.loader import gsm8k_records, load_gsm8k, parse_gsm8k_gold
+from mrpo.evals.gsm8k.records import GSM8KRecord
+from mrpo.evals.truthfulqa.loader import load_truthfulqa_mc, truthfulqa_records
 
 # Original release format: targets are {answer_text: label} objects, in this order.
 ORIGINAL_TQA = [

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mrpo.data.evalsets import GSM8KRecord, load_gsm8k
 from mrpo.evals.gsm8k import (
     build_prompts,
     chat_prompt,
@@ -17,8 +16,10 @@ from mrpo.evals.gsm8k import (
     fewshot_draws,
     score_generations,
 )
-from mrpo.evals.metrics import load_metric
-from mrpo.evals.metrics.gsm8k_exact_match import exact_match_scores
+from mrpo.evals.gsm8k.loader import load_gsm8k
+from mrpo.evals.gsm8k.metric import exact_match_scores
+from mrpo.evals.gsm8k.records import GSM8KRecord
+from mrpo.evals.sources import load_metric
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
 
@@ -58,7 +59,7 @@ def test_exact_match_module_loaded_with_evaluate() -> None:
     predictions = ["1,018", "$1018.", "1018.0", "[invalid]", "1018\n"]
     # "1018\n": `\.$` does not apply and the newline stays, as in the harness.
     expected = [1.0, 1.0, 0.0, 0.0, 0.0]
-    metric = load_metric("gsm8k_exact_match")
+    metric = load_metric("gsm8k")
     out = metric.compute(predictions=predictions, references=[gold] * 5, return_scores=True)
     assert out["scores"] == expected
     assert out["exact_match"] == pytest.approx(0.4)

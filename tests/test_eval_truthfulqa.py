@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from mrpo.data.evalsets import TruthfulQARecord
 from mrpo.evals.loglik import encode_pair
-from mrpo.evals.metrics import load_metric
-from mrpo.evals.metrics.truthfulqa_mc import mc1_score, mc2_score
+from mrpo.evals.sources import load_metric
 from mrpo.evals.truthfulqa import doc_to_text, evaluate_truthfulqa
+from mrpo.evals.truthfulqa.metric import mc1_score, mc2_score
+from mrpo.evals.truthfulqa.records import TruthfulQARecord
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
 
@@ -73,18 +73,18 @@ def test_mc2_hand_values() -> None:
 def test_metric_modules_loaded_with_evaluate() -> None:
     predictions = [[-1.0, -2.0, -3.0], [-3.0, -1.0, -2.0]]
     references = [[1, 1, 0], [1, 0, 0]]
-    mc1 = load_metric("truthfulqa_mc", "mc1").compute(
+    mc1 = load_metric("truthfulqa", "mc1").compute(
         predictions=predictions, references=[[1, 0, 0], [1, 0, 0]]
     )
     assert mc1 == {"mc1": 0.5}
-    mc2 = load_metric("truthfulqa_mc", "mc2").compute(
+    mc2 = load_metric("truthfulqa", "mc2").compute(
         predictions=predictions, references=references, return_scores=True
     )
     expected = [(E1 + E2) / (E1 + E2 + E3), E3 / (E1 + E2 + E3)]
     assert mc2["scores"] == pytest.approx(expected)
     assert mc2["mc2"] == pytest.approx(sum(expected) / 2)
     with pytest.raises(ValueError, match="config_name"):
-        load_metric("truthfulqa_mc", "mc3")
+        load_metric("truthfulqa", "mc3")
 
 
 def naive_loglik(model: torch.nn.Module, tokenizer, context: str, continuation: str) -> float:

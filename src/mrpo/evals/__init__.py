@@ -4,9 +4,9 @@
   registers the built-in tasks.
 - :mod:`mrpo.evals.runner`: ``run_evals`` / ``run_eval_suite`` (named tasks with a limit),
   ``write_eval_results``.
-- :mod:`mrpo.evals.gsm8k`, :mod:`mrpo.evals.truthfulqa`: the tasks (prompts, filters, scores).
+- :mod:`mrpo.evals.gsm8k`, :mod:`mrpo.evals.truthfulqa`: one folder per task (the task in its
+  ``__init__``, ``records``, ``loader``, ``metric``), sharing :mod:`mrpo.evals.sources`.
 - :mod:`mrpo.evals.loglik`, :mod:`mrpo.evals.generate`: batched scoring and generation.
-- :mod:`mrpo.evals.metrics`: ``evaluate``-format metric scripts shipped with the package.
 """
 
 from mrpo.evals.registry import EVAL_NAMES
@@ -18,7 +18,7 @@ from mrpo.evals.runner import (
     run_evals,
     write_eval_results,
 )
-from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult, get_task, register_task
+from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult, register_task
 
 __all__ = [
     "EVAL_NAMES",
@@ -27,7 +27,6 @@ __all__ = [
     "EvalSettings",
     "EvalTask",
     "TaskResult",
-    "get_task",
     "load_eval_data",
     "register_task",
     "run_eval_suite",

@@ -3,12 +3,10 @@
 An :class:`EvalTask` bundles everything the runner, the training callback and ``mrpo-eval``
 need to know about one benchmark: how to load its data (locally or from the hub), how to score
 a model on the first ``limit`` items, and which sample fields go into a W&B table. Nothing
-outside a task's own module tests task names.
+outside a task's own folder tests task names.
 
-Adding a task: a module that builds an :class:`EvalTask` (prompting, scoring and its data
-loader) and calls :func:`register_task`, its import in :mod:`mrpo.evals.registry`, and a
-``conf/eval/<name>.yaml`` that lists it in ``tasks``. Its metrics are logged as
-``eval/<name>/<metric>``. A name that is not registered is an lm-evaluation-harness task
+Adding a task: docs/architecture.md, "Where do I add … an evaluation task". Its metrics are
+logged as ``eval/<name>/<metric>``. A name that is not registered is an lm-evaluation-harness task
 (:func:`mrpo.evals.registry.resolve_task`), run by lm-eval itself.
 """
 
@@ -20,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from mrpo.errors import OptionError
 
 COUNT_NAMES = ("num_samples", "num_requests", "generated_tokens", "seconds")
 """Last parts of the ``eval/<name>/...`` keys that are counts or timings, not scores."""
@@ -110,17 +106,3 @@ def register_task(task: EvalTask) -> EvalTask:
 def registered_tasks() -> Mapping[str, EvalTask]:
     """Every registered task, by name (:mod:`mrpo.evals.registry` registers the built-in ones)."""
     return dict(_TASKS)
-
-
-def get_task(name: str) -> EvalTask:
-    """The task registered as ``name``.
-
-    Raises:
-        OptionError: (option ``tasks``) for an unknown name, listing the known ones.
-    """
-    try:
-        return _TASKS[name]
-    except (KeyError, TypeError):
-        raise OptionError(
-            "tasks", f"unknown evaluation task {name!r}; known: {', '.join(_TASKS)}"
-        ) from None

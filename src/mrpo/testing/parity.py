@@ -19,12 +19,13 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.data.evalsets import TruthfulQARecord, load_truthfulqa_mc
 from mrpo.evals.harness import HarnessOptions
 from mrpo.evals.harness.backend import evaluate_harness, load_harness_data
 from mrpo.evals.registry import resolve_task
 from mrpo.evals.tasks import EvalSettings, TaskResult
 from mrpo.evals.truthfulqa import TARGET_DELIMITER, choices_and_labels, doc_to_text
+from mrpo.evals.truthfulqa.loader import load_truthfulqa_mc
+from mrpo.evals.truthfulqa.records import TruthfulQARecord
 
 LM_EVAL_TASKS = {"gsm8k": ("gsm8k",), "truthfulqa": ("truthfulqa_mc1", "truthfulqa_mc2")}
 """lm-eval's tasks that score what each of mrpo's tasks scores."""

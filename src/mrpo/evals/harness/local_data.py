@@ -24,8 +24,9 @@ from typing import Any
 
 import yaml
 
-from mrpo.data.evalsets import load_gsm8k, load_truthfulqa_mc
 from mrpo.data.sources import data_root
+from mrpo.evals.gsm8k.loader import load_gsm8k
+from mrpo.evals.truthfulqa.loader import load_truthfulqa_mc
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "local_tasks"
 """The shipped overrides, one ``<task>.yaml`` per lm-eval task."""

@@ -13,7 +13,7 @@ Harness config reproduced (``lm_eval/tasks/gsm8k/gsm8k.yaml``, version 3):
 - filters ``strict-match`` (first ``#### (\\-?[0-9\\.\\,]+)``) and ``flexible-extract`` (last match
   of ``(-?[$0-9.,]{2,})|(-?[0-9]+)``), ``"[invalid]"`` when nothing matches;
 - exact match against the full reference solution, ignoring case and the patterns
-  ``",", "\\$", "(?s).*#### ", "\\.$"`` on both sides (``metrics/gsm8k_exact_match.py``).
+  ``",", "\\$", "(?s).*#### ", "\\.$"`` on both sides (``metric.py``).
 
 Differences from running the harness: none in the prompts, filters or scoring. Generation runs
 in batches (the harness's default batch size is 1); greedy decoding with masked padding gives the
@@ -35,9 +35,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.data.evalsets import GSM8KRecord, load_gsm8k
 from mrpo.evals.generate import DRAFT_TOKENS, generate_until
-from mrpo.evals.metrics import load_metric
+from mrpo.evals.gsm8k.loader import load_gsm8k
+from mrpo.evals.gsm8k.records import GSM8KRecord
+from mrpo.evals.sources import load_metric
 from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult
 
 QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
@@ -153,7 +154,7 @@ def score_generations(
     generations: Sequence[str], records: Sequence[GSM8KRecord]
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Apply both filters and the exact-match metric; returns (metrics, per-question samples)."""
-    metric = load_metric("gsm8k_exact_match")
+    metric = load_metric("gsm8k")
     references = [r.answer for r in records]
     metrics: dict[str, float] = {}
     samples: list[dict[str, Any]] = [

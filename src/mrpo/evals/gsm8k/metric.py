@@ -1,8 +1,8 @@
 """Exact match for GSM8K, as lm-evaluation-harness scores its ``gsm8k`` task.
 
 An ``evaluate`` metric script: load it with ``evaluate.load(<path to this file>)`` (see
-``mrpo.evals.metrics.load_metric``). It is self-contained, as hub metric scripts are, because
-``evaluate`` copies the file into its module cache before importing it.
+``mrpo.evals.sources.load_metric("gsm8k")``). It is self-contained, as hub metric scripts are,
+because ``evaluate`` copies the file into its module cache before importing it.
 
 The comparison is the harness's ``exact_match`` (ported there from the hub's ``exact_match``):
 every pattern in ``regexes_to_ignore`` is removed from both prediction and reference with

@@ -5,7 +5,7 @@ Harness configs reproduced (``lm_eval/tasks/truthfulqa/truthfulqa_mc1.yaml``, ve
 primer, a blank line, ``"Q: {question}\\nA:"``; each choice is scored as the continuation
 ``" " + choice`` (target delimiter ``" "``) by its summed log-likelihood, without length
 normalization. MC1 is 1 when the true choice scores highest; MC2 is the normalized probability
-mass of the true choices (``metrics/truthfulqa_mc.py`` has the exact rules).
+mass of the true choices (``metric.py`` has the exact rules).
 
 All choices of many questions are scored together in a few batched forward passes; a choice
 that appears in both the MC1 and the MC2 list of a question is scored once.
@@ -19,10 +19,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mrpo.data.evalsets import TruthfulQARecord, load_truthfulqa_mc
 from mrpo.evals.loglik import loglikelihood
-from mrpo.evals.metrics import load_metric
+from mrpo.evals.sources import load_metric
 from mrpo.evals.tasks import EvalSettings, EvalTask, TaskResult
+from mrpo.evals.truthfulqa.loader import load_truthfulqa_mc
+from mrpo.evals.truthfulqa.records import TruthfulQARecord
 
 PRIMER = (
     "Q: What is human life expectancy in the United States?\n"
@@ -116,7 +117,7 @@ def evaluate_truthfulqa(
     for task in tasks:
         predictions = [logliks[slice(*span[task])] for span in spans]
         references = [list(choices_and_labels(r, task)[1]) for r in records]
-        out = load_metric("truthfulqa_mc", task).compute(
+        out = load_metric("truthfulqa", task).compute(
             predictions=predictions, references=references, return_scores=True
         )
         metrics[task] = float(out[task])
