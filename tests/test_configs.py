@@ -201,7 +201,7 @@ def test_gpu_experiments_as_written_need_a_cuda_gpu(output_dir: Path) -> None:
 
 
 def test_references_select_picks_pool_entries_by_name_in_order(output_dir: Path) -> None:
-    from mrpo.config.build import num_references, reference_specs
+    from mrpo.groups.references import num_references, reference_specs
 
     cfg = checked_train_config(
         ["references=prompted", "references.select=[concise,self]", "loss=multi_dpo"], output_dir

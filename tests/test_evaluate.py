@@ -215,7 +215,7 @@ def test_unreadable_ckpt_fails_naming_the_key(compose_eval, tmp_path: Path) -> N
     [
         (["eval.tasks=[gsm8k,no_such_task]"], r"^eval\.tasks: unknown task 'no_such_task'"),
         (["checkpoint=/no/such/run/last.ckpt"], r"^checkpoint: /no/such/run/last\.ckpt does not"),
-        (["eval.limit=0"], r"^eval\.limit: must be a positive"),
+        (["eval.limit=0"], r"^eval\.limit: must be >= 1 or null, got 0"),
         (["model.source=./no/such/model"], r"^model\.source: .*no such directory"),
     ],
 )

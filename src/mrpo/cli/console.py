@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from mrpo.config.build import reference_specs
 from mrpo.config.compose import check_command_line
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import InputError
+from mrpo.groups.references import reference_specs
 
 # (category, module regex) of warnings about the libraries' own internals.
 LIBRARY_NOISE: tuple[tuple[type[Warning], str], ...] = (

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from mrpo.cli.steps import PreparedData, PreparedReferences, build_ensemble, live_references
-from mrpo.config.build import reference_specs
 from mrpo.config.schema import TrainConfig
+from mrpo.groups.references import reference_specs
 from mrpo.references.moving import MixedReferences, MovingReferences, cached_in_batch
 from mrpo.training.module import LiveReferenceFn
 

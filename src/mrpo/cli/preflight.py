@@ -36,12 +36,13 @@ from typing import Any
 import torch
 
 from mrpo.cli.rundir import identity_differences
-from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.groups.callbacks import check_callbacks
+from mrpo.groups.objective import build_weighting
 from mrpo.groups.optimizer import check_optimizer, check_scheduler
+from mrpo.groups.references import num_references, reference_specs
 from mrpo.groups.trainer import build_sharding
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.attention import check_attention_model
@@ -336,8 +337,6 @@ def check_prepared_data(
         ConfigError: a validation split the weighting cannot do without, or a resume whose
             checkpoint was saved with other settings or data (unless ``force_resume``).
     """
-    from mrpo.config.build import build_weighting
-
     needs_val = cfg.loss.name != "dpo" and (
         build_weighting(cfg).fits_on_validation or build_weighting(cfg).needs_feedback
     )

@@ -3,7 +3,7 @@
 :mod:`mrpo.cli.train` calls these in order. They take the typed
 :class:`~mrpo.config.TrainConfig` dataclasses (never OmegaConf objects) and hand plain
 arguments to the library modules; the cheap objects every check also builds (the objective, the
-reference specs) come from :mod:`mrpo.config.build`.
+reference specs) come from the groups' builders (:mod:`mrpo.groups`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from transformers import PreTrainedTokenizerBase
 
 from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
 from mrpo.callbacks.progress import RunProgressBar
-from mrpo.config.build import num_references, reference_specs
 from mrpo.config.schema import DataConfig, TrainConfig
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.filters import FilterReport, filter_by_length
@@ -34,6 +33,7 @@ from mrpo.data.validation import DataValidationError
 from mrpo.errors import option_prefix
 from mrpo.evals.runner import EvalData
 from mrpo.groups.callbacks import build_extra_callbacks, checkpoint_callbacks
+from mrpo.groups.references import num_references, reference_specs
 from mrpo.groups.trainer import policy_device
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
 from mrpo.objectives import Objective

@@ -55,11 +55,12 @@ from mrpo.cli.steps import (
     throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
-from mrpo.config.build import build_objective, num_references
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
+from mrpo.groups.objective import build_objective
 from mrpo.groups.optimizer import build_optimizer
+from mrpo.groups.references import num_references
 from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda

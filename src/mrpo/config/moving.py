@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mrpo.config.build import build_objective, selected_references
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError
+from mrpo.groups.objective import build_objective
+from mrpo.groups.references import selected_references
 
 SHARDED_NAMES = ("fsdp", "deepspeed")
 """Lightning strategy names (or parts of them) that shard the policy or wrap it in an engine."""

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 import torch
 
-from mrpo.config.build import selected_references
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, OptionError, option_prefix
+from mrpo.groups.references import selected_references
 from mrpo.models.attention import check_attention_runs
 from mrpo.models.parallel import FSDP, ShardedTraining, make_strategy, wants_cuda
 from mrpo.models.quantization import check_runs

@@ -3,16 +3,15 @@
 Composition already rejects unknown keys and wrong types (the typed schema in
 :mod:`mrpo.config.schema`); these checks catch values that are well-typed but unusable, and
 raise :class:`~mrpo.errors.ConfigError` naming the config key. The key is known where the
-check is made: here for plain ranges, or through :mod:`mrpo.config.build`, which turns the
-library's :class:`~mrpo.errors.OptionError` (it carries the option's name) into the key the
-option was built from. Nothing here parses error messages.
+check is made: here for relations, or through the groups' builders (:mod:`mrpo.groups`),
+which turn the library's :class:`~mrpo.errors.OptionError` (it carries the option's name) into
+the key the option was built from. Nothing here parses error messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 
-from mrpo.config.build import build_objective, reference_specs
 from mrpo.config.moving import check_moving_references
 from mrpo.config.requirements import check_requirements
 from mrpo.config.schema import EvalConfig, EvalRunConfig, ModelConfig, TrainConfig
@@ -20,6 +19,8 @@ from mrpo.domains import check_settings
 from mrpo.errors import ConfigError, OptionError, option_prefix
 from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES
+from mrpo.groups.objective import build_objective
+from mrpo.groups.references import reference_specs
 from mrpo.groups.trainer import check_trainer_extra
 from mrpo.models import ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind

@@ -12,15 +12,36 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, ListConfig
 
 from mrpo.domains import AnyOf, Choice, Flag, Items, Number, setting
-from mrpo.objectives import AGGREGATIONS, LOSS_TYPES, OBJECTIVES
+from mrpo.errors import ConfigError, option_keys
+from mrpo.groups.references import num_references
+from mrpo.objectives import (
+    AGGREGATIONS,
+    LOSS_TYPES,
+    OBJECTIVES,
+    Objective,
+    WeightStrategy,
+    get_objective,
+    get_objective_spec,
+)
+from mrpo.objectives import make_weighting as _make_weighting
 from mrpo.objectives.loss_types import F_DIVERGENCES
 from mrpo.objectives.types import HARMONIC_PAIRINGS
 from mrpo.objectives.weighting.registry import WEIGHTINGS
 
-__all__ = ["LossConfig", "WeightsConfig", "loss_option_keys", "weighting_params"]
+if TYPE_CHECKING:
+    from mrpo.config.schema import TrainConfig
+
+__all__ = [
+    "LossConfig",
+    "WeightsConfig",
+    "build_objective",
+    "build_weighting",
+    "loss_option_keys",
+    "weighting_params",
+]
 
 UNIT = Number(float, ge=0, le=1)
 LOSS_TYPE = Choice(lambda: list(LOSS_TYPES))
@@ -93,3 +114,73 @@ def weighting_params(weights: WeightsConfig) -> dict[str, Any]:
         for k, v in given.items()
         if k != "strategy" and v is not None
     }
+
+
+# Library option -> config key: ``loss.<option>``, and the two options other groups give.
+_LOSS_OPTION_KEYS = {
+    **loss_option_keys(),
+    "num_refs": "references.num_refs",
+    "weighting": "weights.strategy",
+}
+
+
+def _option_keys(cfg: TrainConfig) -> dict[str, str]:
+    params = [f.name for f in dataclasses.fields(cfg.weights) if f.name != "strategy"]
+    return {**_LOSS_OPTION_KEYS, **{p: f"weights.{p}" for p in params}}
+
+
+def build_weighting(cfg: TrainConfig) -> WeightStrategy:
+    """The weight strategy of ``weights`` (its parameters checked by the strategy itself).
+
+    Raises:
+        ConfigError: naming ``weights.strategy`` or the ``weights.<param>`` that is unusable.
+    """
+    with option_keys(_option_keys(cfg), "weights"):
+        return _make_weighting(cfg.weights.strategy, **weighting_params(cfg.weights))
+
+
+def loss_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The objective's keyword options from the ``loss`` group, those it accepts.
+
+    DPO takes no weighting or CTRO options; ``None`` means "the objective's own default".
+    """
+    loss = cfg.loss
+    # Every loss field but name and beta is an objective option of the same name.
+    candidates = {
+        f.name: _plain(getattr(loss, f.name))
+        for f in dataclasses.fields(loss)
+        if f.name not in ("name", "beta")
+    }
+    with option_keys(_LOSS_OPTION_KEYS, "loss"):
+        accepted = get_objective_spec(loss.name).options
+    if loss.aggregation is not None and "aggregation" not in accepted:
+        raise ConfigError(
+            "loss.aggregation",
+            f"does not apply to loss={loss.name!r}, which uses reference 0 only; "
+            "use loss=mrpo or loss=multi_dpo to aggregate references",
+        )
+    return {k: v for k, v in candidates.items() if k in accepted and v is not None}
+
+
+def _plain(value: Any) -> Any:
+    """A config list as a Python list (anything else unchanged, for the checks to judge)."""
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
+
+
+def build_objective(cfg: TrainConfig) -> Objective:
+    """The configured objective, its weighting built and checked against K.
+
+    Raises:
+        ConfigError: naming the key of the first unusable value (``loss.*``, ``weights.*``,
+            ``references.num_refs``).
+    """
+    options = loss_options(cfg)
+    with option_keys(_LOSS_OPTION_KEYS, "loss"):
+        weighted = get_objective_spec(cfg.loss.name).weighted
+    if weighted:
+        options["weighting"] = build_weighting(cfg)
+    # The strategy checks its parameters against K here (fixed_weights' length, ...).
+    with option_keys(_option_keys(cfg), "loss"):
+        return get_objective(
+            cfg.loss.name, beta=cfg.loss.beta, num_refs=num_references(cfg), **options
+        )
