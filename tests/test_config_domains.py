@@ -17,17 +17,22 @@ import pytest
 from omegaconf import DictConfig
 
 from mrpo.cli.preflight import check_built_objects
-from mrpo.config import CONFIG_DIR, TrainConfig, to_dataclass
-from mrpo.config.compose import compose_checked, composition_error
+from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
+from mrpo.config.compose import check_composition, compose_checked, composition_error
 from mrpo.config.validation import check_train_config
 from mrpo.domains import Domain
 from mrpo.errors import ConfigError
-from mrpo.testing.bad_inputs import MODEL_LOADED, environment
+from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
 from mrpo.testing.configs import compose_config
 from mrpo.testing.domains import bad_overrides, leaf_domains, with_override
 from mrpo.testing.runs import run_train_cli
 
 QUICKSTART = ["experiment=quickstart"]
+
+
+@pytest.fixture(autouse=True)
+def _schemas() -> None:
+    register_configs()  # as the entry points do before composing
 
 
 def _quickstart_domains(tmp: Path) -> dict[str, Domain | None]:
@@ -119,3 +124,13 @@ def test_the_command_line_refuses_every_key_out_of_its_domain(tmp_path: Path) ->
         assert len(errors) == 1 and re.search(rf"error: {re.escape(key)}: ", errors[0]), output
         assert not [line for line in output.splitlines() if any(m in line for m in MODEL_LOADED)]
         assert not list(cache.glob("reflogps/*.safetensors"))
+
+
+def test_a_multirun_is_checked_for_every_swept_value(tmp_path: Path) -> None:
+    base = [*QUICKSTART, f"paths.output_dir={tmp_path}"]
+    with pytest.raises(ConfigError) as refused:
+        check_composition(CONFIG_DIR, "train", [*base, "loss.beta=0.1,0.2", "seed=0,1,abc"], True)
+    assert refused.value.key == "seed"
+    # Values an Optuna sweeper samples are its own; the rest of the command line composes.
+    optuna = ["hydra/sweeper=optuna_tpe", "loss.beta=tag(log, interval(0.01, 1.0))", "seed=0,1"]
+    check_composition(CONFIG_DIR, "train", [*base, *optuna], True)

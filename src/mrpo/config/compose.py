@@ -29,8 +29,6 @@ __all__ = [
     "composition_error",
 ]
 
-_MAX_SWEEP_JOBS = 256
-
 
 def compose_checked(
     config_dir: Path, config_name: str, overrides: Sequence[str], hydra_config: bool = False
@@ -51,20 +49,35 @@ def compose_checked(
 def check_composition(
     config_dir: Path, config_name: str, overrides: Sequence[str], multirun: bool
 ) -> None:
-    """Compose every job of a command line (each combination of a multirun's swept values)
-    and raise :class:`ConfigError` for the first that does not compose."""
+    """Compose the jobs of a command line and raise :class:`ConfigError` for the first that
+    does not compose. A multirun's jobs are checked so that every swept value of a list or
+    range is composed once; values a sweeper samples (``interval(...)``) are its own."""
     jobs = [list(overrides)]
     if multirun:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         try:
-            parsed = OverridesParser.create().parse_overrides(list(overrides))
-            jobs = BasicSweeper.split_arguments(parsed, None)[0][:_MAX_SWEEP_JOBS]
+            jobs = _covering_jobs(overrides)
         except Exception as err:  # a syntax error in an override
             raise composition_error(err, config_dir, config_name, overrides) from None
     for job in jobs:
         compose_checked(config_dir, config_name, job, hydra_config=True)
+
+
+def _covering_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """Jobs of a multirun (its overrides' combinations) in which every swept value appears at
+    least once: one per value of the longest sweep, not their product."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    listed = (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    checkable = [o for o in parsed if not o.is_sweep_override() or o.value_type in listed]
+    jobs, seen = [], set()
+    for job in BasicSweeper.split_arguments(checkable, None)[0]:
+        if not set(job) <= seen:
+            jobs.append(job)
+            seen |= set(job)
+    return jobs
 
 
 def _compose(
