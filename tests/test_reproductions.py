@@ -21,6 +21,7 @@ import pytest
 
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
+from mrpo.groups.objective import weighting_params
 from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.testing.models import QUANTIZABLE_HIDDEN_SIZE
 from mrpo.testing.runs import write_tiny_model
@@ -226,7 +227,7 @@ def test_mrpo_k2_protocol_values(tmp_path: Path) -> None:
     assert (loss.name, loss.beta, loss.ctro, loss.epsilon, loss.adaptive_epsilon) == (
         "mrpo", 0.1, True, 0.1, True
     )  # fmt: skip
-    assert cfg.weights == {"strategy": "arwc"}
+    assert (cfg.weights.strategy, weighting_params(cfg.weights)) == ("arwc", {})
     assert (cfg.optimizer.lr, cfg.scheduler.name) == (1e-5, "cosine")
     effective = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches
     assert (effective, cfg.data.max_length) == (8, 1024)

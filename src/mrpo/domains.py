@@ -31,7 +31,6 @@ __all__ = [
     "Text",
     "check_settings",
     "domain_of",
-    "field_domains",
     "setting",
 ]
 
@@ -308,11 +307,6 @@ def setting(default: Any = dataclasses.MISSING, domain: Domain | None = None, **
 def domain_of(field: dataclasses.Field[Any]) -> Domain | None:
     """The domain a field declared with :func:`setting` (None for a nested group or none)."""
     return field.metadata.get(_FIELD_METADATA_KEY)
-
-
-def field_domains(cls: type) -> dict[str, Domain]:
-    """Each field of a settings dataclass with its declared domain."""
-    return {f.name: d for f in dataclasses.fields(cls) if (d := domain_of(f)) is not None}
 
 
 def check_settings(
