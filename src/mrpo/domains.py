@@ -228,7 +228,7 @@ class Items(Domain):
         for i, item in enumerate(value):
             problem = self.item.problem(item, siblings)
             if problem is not None:
-                return f"item {i} {problem}"
+                return f"item {i}: {problem}"
         return None
 
     def describe(self) -> str:
@@ -267,9 +267,12 @@ class AnyOf(Domain):
     members: tuple[Domain, ...] = ()
 
     def _problem(self, value: Any, siblings: Any) -> str | None:
-        if any(m.problem(value, siblings) is None for m in self.members):
+        problems = [m.problem(value, siblings) for m in self.members]
+        if any(p is None for p in problems):
             return None
-        return f"must be {self.describe()}, got {value!r}"
+        # A list judged by the list member, a mapping by the mapping member: say its reason.
+        shaped = [p for m, p in zip(self.members, problems, strict=True) if _fits(m, value)]
+        return shaped[0] if len(shaped) == 1 else f"must be {self.describe()}, got {value!r}"
 
     def describe(self) -> str:
         return self._or_null(" or ".join(m.describe() for m in self.members))
@@ -279,6 +282,14 @@ class AnyOf(Domain):
         for member in self.members:
             found += [v for v in member.outside() if v is not None and v not in found]
         return [v for v in found if self.problem(v) is not None]
+
+
+def _fits(member: Domain, value: Any) -> bool:
+    """Whether ``value`` has the shape ``member`` takes (a list, a mapping, a single value)."""
+    listed = isinstance(value, list | tuple)
+    return isinstance(member, Items) == listed and isinstance(member, Table) == isinstance(
+        value, Mapping
+    )
 
 
 @dataclass(frozen=True)
