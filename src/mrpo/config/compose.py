@@ -72,7 +72,8 @@ def _covering_jobs(overrides: Sequence[str]) -> list[list[str]]:
     listed = (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     checkable = [o for o in parsed if not o.is_sweep_override() or o.value_type in listed]
-    jobs, seen = [], set()
+    jobs: list[list[str]] = []
+    seen: set[str] = set()
     for job in BasicSweeper.split_arguments(checkable, None)[0]:
         if not set(job) <= seen:
             jobs.append(job)
