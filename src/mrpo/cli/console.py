@@ -99,3 +99,28 @@ def exit_on_bad_command_line(config_dir: Path, config_name: str, logger: str) ->
     except InputError as err:
         print(f"[{logger}][ERROR] - {err.kind}: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The run's closing lines: where it is, its data, throughput and scores before/after."""
+    keys = ["val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy"]
+    if "final/test/policy_margin_accuracy" in summary:  # a run with a test split
+        keys += ["test/rewards/accuracy", "test/policy_margin_accuracy"]
+    data, speed = summary.get("data", {}), summary.get("throughput", {})
+    lines = [
+        "",
+        f"run directory : {summary['run_dir']}",
+        f"W&B run (sync): {summary['wandb_dir'] or 'disabled'}",
+        f"data          : {data.get('train_pairs')} train + {data.get('val_pairs')} val pairs, "
+        f"{data.get('truncated')} truncated",
+        f"throughput    : {speed.get('tokens_per_second', float('nan')):.1f} tokens/s, "
+        f"{speed.get('pairs_per_second', float('nan')):.2f} pairs/s, padding "
+        f"{speed.get('padding_fraction', float('nan')):.1%}, peak memory "
+        f"{speed.get('peak_memory_gb', float('nan')):.2f} GB",
+        f"{'metric':<32}{'before':>10}{'after':>10}",
+    ]
+    for key in keys:
+        before = summary.get(f"before/{key}", float("nan"))
+        after = summary.get(f"final/{key}", float("nan"))
+        lines.append(f"{key:<32}{before:>10.4f}{after:>10.4f}")
+    print("\n".join(lines), flush=True)

@@ -34,6 +34,7 @@ from mrpo.cli.console import (
     exit_on_bad_command_line,
     hardware_line,
     is_quantizing,
+    print_summary,
     quiet_bitsandbytes,
     quiet_libraries,
 )
@@ -275,7 +276,7 @@ def finish(
         remember_speed(cfg, run.plan, summary)
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
-    _print_summary(summary)
+    print_summary(summary)
 
 
 def _validate(run: TrainingRun) -> dict[str, float]:
@@ -300,30 +301,6 @@ def _save_policy(cfg: TrainConfig, module: PreferenceModule, target: Path) -> Pa
     return target
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    keys = ["val/rewards/accuracy", "val/rewards/margin", "val/policy_margin_accuracy"]
-    if "final/test/policy_margin_accuracy" in summary:  # a run with a test split
-        keys += ["test/rewards/accuracy", "test/policy_margin_accuracy"]
-    data, speed = summary.get("data", {}), summary.get("throughput", {})
-    lines = [
-        "",
-        f"run directory : {summary['run_dir']}",
-        f"W&B run (sync): {summary['wandb_dir'] or 'disabled'}",
-        f"data          : {data.get('train_pairs')} train + {data.get('val_pairs')} val pairs, "
-        f"{data.get('truncated')} truncated",
-        f"throughput    : {speed.get('tokens_per_second', float('nan')):.1f} tokens/s, "
-        f"{speed.get('pairs_per_second', float('nan')):.2f} pairs/s, padding "
-        f"{speed.get('padding_fraction', float('nan')):.1%}, peak memory "
-        f"{speed.get('peak_memory_gb', float('nan')):.2f} GB",
-        f"{'metric':<32}{'before':>10}{'after':>10}",
-    ]
-    for key in keys:
-        before = summary.get(f"before/{key}", float("nan"))
-        after = summary.get(f"final/{key}", float("nan"))
-        lines.append(f"{key:<32}{before:>10.4f}{after:>10.4f}")
-    print("\n".join(lines), flush=True)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -336,6 +313,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except InputError as err:
         # A user error (config, data, model source): its message, no traceback, exit 2.
         log.error("%s: %s", err.kind, err)
+        if multirun and progress.output_dir is None:  # refused before it claimed its directory
+            progress.output_dir = _own_directory(cfg)
         _failed(progress, err.kind, str(err), multirun, status=2)
         return None
     except NonFiniteLossError as err:
@@ -355,6 +334,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return None
     value = summary.get("final/val/rewards/accuracy")
     return None if value is None else float(value)  # the Optuna sweeper's objective
+
+
+def _own_directory(cfg: DictConfig) -> Path | None:
+    """A sweep job's directory, for the record of a job refused by the config checks (which
+    run before the directory is claimed); None where it holds another run or cannot be named."""
+    try:
+        output_dir = Path(str(cfg.paths.output_dir))
+        claim_run_dir(output_dir, resuming=False)
+    except Exception:  # the refused value may be the directory itself
+        return None
+    return output_dir
 
 
 def _failed(progress: RunProgress, kind: str, message: str, multirun: bool, *, status: int) -> None:
