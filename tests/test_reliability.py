@@ -17,7 +17,6 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from mrpo.atomic import TMP_SUFFIX
-from mrpo.cli.rundir import claim_run_dir, identity_differences, run_identity
 from mrpo.config.resolvers import unique_suffix
 from mrpo.data.collate import LengthGroupedBatchSampler
 from mrpo.errors import ConfigError
@@ -25,6 +24,7 @@ from mrpo.references.cache import CacheLockTimeout, RefCache
 from mrpo.references.cache_entry import CacheAccessError, RefCacheKey
 from mrpo.references.cached import ReferenceScoreError, check_finite
 from mrpo.references.logps import RefLogps
+from mrpo.tracking.rundir import claim_run_dir, identity_differences, run_identity
 from mrpo.training.checkpointing import AtomicCheckpointIO
 from mrpo.training.metrics import logged_metric_names, metric_names, preference_metrics
 

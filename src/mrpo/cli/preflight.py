@@ -18,7 +18,7 @@ what needs the machine and the files, cheapest first:
 
 After the data is loaded and tokenized (still no model), :func:`check_prepared_data` compares
 the data with the run (a validation split of zero pairs, warm-up longer than the run) and a
-resumed run with its checkpoint (:mod:`mrpo.cli.rundir`). Every problem is an
+resumed run with its checkpoint (:mod:`mrpo.tracking.rundir`). Every problem is an
 :class:`~mrpo.errors.InputError` naming the key, file or row; a value that is legal but almost
 surely a mistake is a warning in the log.
 """
@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-from mrpo.cli.rundir import identity_differences
 from mrpo.config.schema import TrainConfig
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import EvalData, load_eval_data
@@ -49,6 +48,7 @@ from mrpo.models.attention import check_attention_model
 from mrpo.models.integrity import check_weight_files
 from mrpo.models.loading import missing_lora_targets, model_config, module_names
 from mrpo.references.spec import POLICY_SOURCES
+from mrpo.tracking.rundir import identity_differences
 from mrpo.training.checkpointing import (
     SHARDED_META,
     best_checkpoints,

@@ -41,7 +41,6 @@ from mrpo.cli.console import (
 from mrpo.cli.moving import reference_scoring
 from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
-from mrpo.cli.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
@@ -66,6 +65,7 @@ from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
+from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import last_checkpoints
 from mrpo.training.module import NonFiniteLossError, PreferenceModule

@@ -64,7 +64,7 @@ class PreferenceModule(L.LightningModule):
             so the ranks' weights never part. With gradient accumulation a skip drops the whole
             optimizer step the batch is part of.
         run_identity: what the run's checkpoints record about its settings and data (see
-            :func:`mrpo.cli.rundir.run_identity`), checked when a run resumes from them.
+            :func:`mrpo.tracking.rundir.run_identity`), checked when a run resumes from them.
             counts it in ``train/skipped_batches``.
         parallelize: when set, called once with the policy and the device mesh from
             :meth:`configure_model` (FSDP shards the policy there); None leaves it whole.
