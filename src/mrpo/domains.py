@@ -107,15 +107,15 @@ class Number(Domain):
 
     def _range(self, siblings: Any = None) -> str:
         """``in [0, 1)``, ``>= 1``, ``> 0``: the range as messages write it."""
-        (_, ge), (_, gt), (_, le), (_, lt) = self._bounds(siblings)
+        bounds = self._bounds(siblings)
+        (_, ge), (_, gt), (_, le), (_, lt) = bounds
         low, high = (
             (ge, "[") if ge is not None else (gt, "("),
             (le, "]") if le is not None else (lt, ")"),
         )
         if low[0] is not None and high[0] is not None:
             return f"in {low[1]}{_show(low[0])}, {_show(high[0])}{high[1]}"
-        ops = [f"{op} {_show(b)}" for op, b in self._bounds(siblings) if b is not None]
-        return " and ".join(ops)
+        return " and ".join(f"{op} {_show(b)}" for op, b in bounds if b is not None)
 
     def describe(self, siblings: Any = None) -> str:
         text = self._range(siblings) or ("an integer" if self.kind is int else "a number")
