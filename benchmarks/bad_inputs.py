@@ -1,4 +1,4 @@
-"""How fast ``mrpo-train`` refuses each bad input of :mod:`mrpo.testing.bad_inputs`.
+"""How fast ``mrpo-train`` refuses each bad input of :mod:`support.bad_inputs`.
 
 Prints a markdown table: the input, the first line of its message, the exit status and the
 wall-clock seconds from the start of the process to its exit (imports included), and whether
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mrpo.testing.bad_inputs import CASES
-from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment, run_case
-from mrpo.testing.bad_inputs.fixtures import build_fixtures
+# The table of bad inputs is test support (tests/support), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.bad_inputs import CASES
+from support.bad_inputs.case import MODEL_LOADED, environment, run_case
+from support.bad_inputs.fixtures import build_fixtures
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """``model.attn_implementation``: each value works or is refused by name before a model loads.
 
 The CPU refusals go through the config check ``mrpo-train`` runs first (the command line's
-exit status 2 is in :mod:`mrpo.testing.bad_inputs`); a model family that lacks a kernel is
+exit status 2 is in :mod:`support.bad_inputs`); a model family that lacks a kernel is
 refused by the pre-flight, from the model's config alone.
 """
 

@@ -3,7 +3,7 @@ before any model is loaded.
 
 The library-level checks of each kind of bad input (every data format problem, every config
 check, model sources) are unit-tested next to their code; these tests check what a user sees
-from ``mrpo-train`` for the table of bad inputs in :mod:`mrpo.testing.bad_inputs`: the message
+from ``mrpo-train`` for the table of bad inputs in :mod:`support.bad_inputs`: the message
 names the key, file or row, comes before any model is loaded (no model-loading line in the
 log, no reference cache entry), and is not buried in a traceback. ``benchmarks/bad_inputs.py``
 prints the same table with the seconds each input takes to be refused.
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from mrpo.testing.bad_inputs import CASES
-from mrpo.testing.bad_inputs.case import MODEL_LOADED, BadInput, base_args, environment, run_case
-from mrpo.testing.bad_inputs.fixtures import build_fixtures
 from mrpo.testing.runs import run_train_cli
+from support.bad_inputs import CASES
+from support.bad_inputs.case import MODEL_LOADED, BadInput, base_args, environment, run_case
+from support.bad_inputs.fixtures import build_fixtures
 
 pytestmark = pytest.mark.slow
 

@@ -2,10 +2,10 @@
 given values outside its declared domain (wrong type, out of range, unknown choice, empty
 text), is refused naming that key before anything is loaded.
 
-The values are generated from the domains (:mod:`mrpo.testing.domains`), not listed: a key
+The values are generated from the domains (:mod:`support.domains`), not listed: a key
 added to the schema is tried with its own. The fast form composes and checks in process (the
 checks ``mrpo-train`` runs before it reads a file); the slow form runs the real command line
-for one value of every key. The table of :mod:`mrpo.testing.bad_inputs` keeps its examples.
+for one value of every key. The table of :mod:`support.bad_inputs` keeps its examples.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from mrpo.config.compose import check_composition, compose_checked, composition_
 from mrpo.config.validation import check_train_config
 from mrpo.domains import Domain
 from mrpo.errors import ConfigError
-from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
 from mrpo.testing.configs import compose_config
-from mrpo.testing.domains import bad_overrides, leaf_domains, with_override
 from mrpo.testing.runs import run_train_cli
+from support.bad_inputs.case import MODEL_LOADED, environment
+from support.domains import bad_overrides, leaf_domains, with_override
 
 QUICKSTART = ["experiment=quickstart"]
 

@@ -24,8 +24,8 @@ from mrpo.references.cache import RefCache
 from mrpo.references.cache_entry import RefCacheKey, encode_entry
 from mrpo.references.logps import SHARED_FIELDS, RefLogps
 from mrpo.references.table import RefTable
-from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
 from mrpo.testing.runs import run_train_cli, tiny_run_args
+from support.bad_inputs.case import MODEL_LOADED, environment
 
 KEY = RefCacheKey(
     model="m",

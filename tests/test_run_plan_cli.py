@@ -14,8 +14,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from mrpo.testing.bad_inputs.case import MODEL_LOADED, environment
 from mrpo.testing.runs import run_train_cli, tiny_run_args
+from support.bad_inputs.case import MODEL_LOADED, environment
 
 pytestmark = pytest.mark.slow
 

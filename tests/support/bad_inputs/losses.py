@@ -1,7 +1,7 @@
 """Bad loss-type and aggregation options, each refused by name before any model loads.
 
 Each entry is (name, overrides, message regex) of a
-:class:`~mrpo.testing.bad_inputs.case.BadInput`; :data:`mrpo.testing.bad_inputs.CASES` includes
+:class:`~support.bad_inputs.case.BadInput`; :data:`support.bad_inputs.CASES` includes
 them. The options and their domains are in docs/objectives.md.
 """
 

@@ -9,9 +9,9 @@ runs; :mod:`~.fixtures`: the files the cases name; :mod:`~.files`, :mod:`~.setti
 
 from __future__ import annotations
 
-from mrpo.testing.bad_inputs import files, settings
-from mrpo.testing.bad_inputs.case import BadInput
-from mrpo.testing.bad_inputs.losses import LOSS_CASES
+from support.bad_inputs import files, settings
+from support.bad_inputs.case import BadInput
+from support.bad_inputs.losses import LOSS_CASES
 
 
 def _no_gpu() -> bool:

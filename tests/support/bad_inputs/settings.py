@@ -3,7 +3,7 @@ settings that need a GPU."""
 
 from __future__ import annotations
 
-from mrpo.testing.bad_inputs.case import BadInput
+from support.bad_inputs.case import BadInput
 
 VALUES: tuple[BadInput, ...] = (
     BadInput("seed", ("seed=-1",), r"config error: seed: must be in \[0, 2\*\*32\)"),

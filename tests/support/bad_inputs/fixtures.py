@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from mrpo.testing.bad_inputs.case import base_args
 from mrpo.testing.runs import run_train_cli, write_tiny_model
+from support.bad_inputs.case import base_args
 
 GOOD_ROW = {
     "prompt": "How do I bake bread?",

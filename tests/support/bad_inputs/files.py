@@ -1,12 +1,12 @@
 """Bad files: data files, model sources and weight files, folders, checkpoints.
 
 The ``{name}`` placeholders are the files of
-:func:`~mrpo.testing.bad_inputs.fixtures.build_fixtures`.
+:func:`~support.bad_inputs.fixtures.build_fixtures`.
 """
 
 from __future__ import annotations
 
-from mrpo.testing.bad_inputs.case import BadInput
+from support.bad_inputs.case import BadInput
 
 DATA: tuple[BadInput, ...] = (
     BadInput(

@@ -1,0 +1,1 @@
+"""Test support: the table of bad inputs and the generated out-of-domain values (not shipped)."""
