@@ -25,10 +25,10 @@ from mrpo.config import CONFIG_DIR, EvalRunConfig
 from mrpo.config.schema import SWEEPS_GROUP
 from mrpo.config.validation import ConfigError
 from mrpo.evals import EVAL_NAMES
-from mrpo.groups.optimizer import build_optimizer
 from mrpo.models.parallel import FSDP_RUNS_ON_CPU
 from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.tracking.backends import OPTIONAL_LOGGERS, module_available
+from mrpo.training.optimizer import build_optimizer
 
 PRIMARY_CONFIGS = ("train.yaml", "eval.yaml")
 CPU = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]

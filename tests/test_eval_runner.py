@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from mrpo.callbacks import EvalCallback
+from mrpo.callbacks.eval import EvalCallback
 from mrpo.errors import OptionError
 from mrpo.evals import run_eval_suite, run_evals, write_eval_results
 from mrpo.evals.harness import HarnessOptions

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mrpo.callbacks import ThompsonFeedback
+from mrpo.callbacks.bandit import ThompsonFeedback
 from mrpo.cli.steps import build_ensemble, prepare_data
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from mrpo.errors import OptionError
+
 TMP_SUFFIX = ".tmp"
 """Suffix of the temporary files :func:`atomic_write` creates (``.<name>.<random>.tmp``)."""
 
@@ -99,3 +101,14 @@ def process_umask() -> int:
 def default_mode() -> int:
     """The permission bits ``open`` gives a new file: ``0o666`` minus the umask."""
     return 0o666 & ~process_umask()
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it (else an
+    :class:`~mrpo.errors.OptionError` for ``option``)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mrpo-write-probe-"):
+            pass
+    except OSError as err:
+        raise OptionError(option, f"{folder} is not writable ({err.strerror or err})") from None

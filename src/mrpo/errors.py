@@ -76,10 +76,11 @@ def option_keys(keys: Mapping[str, str], default: str) -> Iterator[None]:
 
 
 @contextmanager
-def option_prefix(prefix: str) -> Iterator[None]:
+def option_prefix(prefix: str = "") -> Iterator[None]:
     """Turn an :class:`OptionError` into a :class:`ConfigError` for ``<prefix>.<option>``
-    (for groups whose config keys are the library's option names)."""
+    (for groups whose config keys are the library's option names; an empty option names the
+    group itself, an empty prefix a top-level key)."""
     try:
         yield
     except OptionError as err:
-        raise ConfigError(f"{prefix}.{err.option}", str(err)) from None
+        raise ConfigError(".".join(filter(None, (prefix, err.option))), str(err)) from None

@@ -1,8 +1,3 @@
-"""Lightning callbacks: benchmark evaluation during training, the Thompson bandit's loop, the
-throughput of every step."""
-
-from mrpo.callbacks.bandit import ThompsonFeedback
-from mrpo.callbacks.eval import EvalCallback
-from mrpo.callbacks.throughput import ThroughputMonitor, ThroughputTotals
-
-__all__ = ["EvalCallback", "ThompsonFeedback", "ThroughputMonitor", "ThroughputTotals"]
+"""Lightning callbacks: benchmark evaluation during training (:mod:`.eval`), the Thompson
+bandit's loop (:mod:`.bandit`), the throughput of every step (:mod:`.throughput`), the progress
+bar (:mod:`.progress`), and the ``callbacks`` group's settings (:mod:`.settings`)."""

@@ -17,7 +17,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from mrpo.data.types import PreferenceBatch
+from mrpo.data.collate import PreferenceCollator
+from mrpo.data.types import PreferenceBatch, TokenizedPair
 from mrpo.objectives import WeightStrategy
 from mrpo.training.metrics import policy_margin_accuracy
 from mrpo.training.module import PreferenceModule
@@ -120,3 +121,12 @@ def _preference_module(pl_module: L.LightningModule) -> PreferenceModule:
             f"ThompsonFeedback drives a PreferenceModule, got {type(pl_module).__name__}"
         )
     return pl_module
+
+
+def feedback_batches(
+    val_pairs: Sequence[TokenizedPair], pad_token_id: int, size: int, batch_size: int
+) -> list[PreferenceBatch]:
+    """The fixed validation subsample a feedback weighting is rewarded on (the first pairs)."""
+    pairs = val_pairs[:size]
+    collate = PreferenceCollator(pad_token_id)
+    return [collate(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]

@@ -103,3 +103,11 @@ class ThroughputMonitor(L.Callback):
             prog_bar=True,
             batch_size=batch.num_pairs,
         )
+
+
+def throughput_summary(callbacks: list[L.Callback]) -> dict[str, float]:
+    """The run's throughput totals (:class:`ThroughputMonitor`), or {}."""
+    for callback in callbacks:
+        if isinstance(callback, ThroughputMonitor):
+            return callback.totals.summary()
+    return {}

@@ -26,38 +26,30 @@ surely a mistake is a warning in the log.
 from __future__ import annotations
 
 import logging
-import pickle
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mrpo.atomic import check_writable
+from mrpo.callbacks.settings import check_callbacks
 from mrpo.config.schema import TrainConfig
-from mrpo.errors import ConfigError, InputError, OptionError
+from mrpo.errors import ConfigError, InputError, OptionError, option_prefix
 from mrpo.evals.runner import EvalData, load_eval_data
-from mrpo.groups.callbacks import check_callbacks
 from mrpo.groups.objective import build_weighting
-from mrpo.groups.optimizer import check_optimizer, check_scheduler
 from mrpo.groups.references import num_references, reference_specs
-from mrpo.groups.trainer import build_sharding
 from mrpo.models import ModelSourceError, load_tokenizer
 from mrpo.models.attention import check_attention_model
 from mrpo.models.integrity import check_weight_files
 from mrpo.models.loading import missing_lora_targets, model_config, module_names
 from mrpo.references.spec import POLICY_SOURCES
 from mrpo.tracking.rundir import identity_differences
-from mrpo.training.checkpointing import (
-    SHARDED_META,
-    best_checkpoints,
-    best_model_path,
-    is_sharded_checkpoint,
-    last_checkpoints,
-)
+from mrpo.training.checkpointing import read_checkpoint_identity, resolve_ckpt_path
 from mrpo.training.metrics import logged_metric_names
-from mrpo.training.module import RUN_IDENTITY_KEY
+from mrpo.training.optimizer import check_optimizer, check_scheduler
+from mrpo.training.trainer import check_trainer
 
 log = logging.getLogger("mrpo.train")
 
@@ -92,19 +84,21 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
         InputError: naming the key, file or row of the first problem found.
     """
     found = Preflight()
-    check_writable(output_dir, "hydra.run.dir")
-    check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
+    with option_prefix():  # the options named are top-level keys
+        check_writable(output_dir, "hydra.run.dir")
+        check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     check_built_objects(cfg)
     if cfg.eval.tasks:
         found.eval_data = _load_eval_data(cfg)
-    found.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
-    if found.ckpt_path is not None:
-        found.checkpoint_identity = read_checkpoint_identity(found.ckpt_path)
-        if found.checkpoint_identity is None:
-            found.warn(
-                f"{found.ckpt_path} records no run settings (saved by an older mrpo): resuming "
-                "without checking that its settings and data match this run's"
-            )
+    with option_prefix():
+        found.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
+        if found.ckpt_path is not None:
+            found.checkpoint_identity = read_checkpoint_identity(found.ckpt_path)
+    if found.ckpt_path is not None and found.checkpoint_identity is None:
+        found.warn(
+            f"{found.ckpt_path} records no run settings (saved by an older mrpo): resuming "
+            "without checking that its settings and data match this run's"
+        )
     check_model_sources(cfg, found)
     return found
 
@@ -112,69 +106,14 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
 def check_built_objects(cfg: TrainConfig) -> None:
     """What torch, transformers and Lightning would refuse later, built now on dummies: the
     optimizer, the scheduler, the Trainer, the callbacks (no file is read)."""
-    check_optimizer(cfg.optimizer)
-    check_scheduler(cfg.scheduler)
-    check_trainer(cfg.trainer.kwargs(), strategy=_sharded_strategy_factory(cfg))
-    logged = logged_metric_names(num_references(cfg))
-    check_callbacks(cfg.callbacks, logged, cfg.eval.tasks)
-
-
-def check_writable(folder: Path, key: str) -> None:
-    """Create ``folder`` if needed and write a probe file into it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mrpo-write-probe-"):
-            pass
-    except OSError as err:
-        raise ConfigError(key, f"{folder} is not writable ({err.strerror or err})") from None
-
-
-def _sharded_strategy_factory(cfg: TrainConfig) -> Callable[[], Any] | None:
-    """Builds the strategy object of a sharded strategy's mapping (``trainer=fsdp``,
-    ``deepspeed``) as :func:`mrpo.cli.train.build_run` does; None for a strategy name."""
-    sharding = build_sharding(cfg.trainer)
-    if sharding is None:
-        return None
-    return lambda: sharding.strategy(cfg.trainer.kwargs())
-
-
-def check_trainer(kwargs: Mapping[str, Any], strategy: Callable[[], Any] | None = None) -> None:
-    """Build Trainers on this machine from the arguments, one concern at a time, so that a
-    refusal names its key: accelerator and devices, then precision, then all arguments.
-
-    ``strategy`` builds the strategy object that replaces ``kwargs["strategy"]`` (a fresh one
-    for every Trainer: Lightning binds a strategy object to the Trainer that takes it)."""
-    import lightning as L
-
-    quiet = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    hardware = {k: kwargs[k] for k in ("accelerator", "devices", "num_nodes") if k in kwargs}
-    steps: list[tuple[str, dict[str, Any]]] = [
-        ("trainer.accelerator", hardware),
-        ("trainer.precision", {**hardware, **_subset(kwargs, "precision")}),
-        ("trainer.strategy", {**hardware, **_subset(kwargs, "precision", "strategy")}),
-        ("trainer", dict(kwargs)),
-    ]
-    for key, subset in steps:
-        if key == "trainer.accelerator" and not subset:
-            continue
-        try:
-            if strategy is not None and "strategy" in subset:
-                subset = {**subset, "strategy": strategy()}
-            with tempfile.TemporaryDirectory() as root:
-                L.Trainer(**{**subset, **quiet, "default_root_dir": root})
-        except Exception as err:  # Lightning's MisconfigurationException, ValueError, ...
-            if key == "trainer.accelerator" and "devices" in hardware:
-                key = "trainer.accelerator/devices"
-            raise ConfigError(key, f"this machine cannot run it: {err}") from None
-
-
-def _subset(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: mapping[k] for k in keys if k in mapping}
+    with option_prefix("optimizer"):
+        check_optimizer(cfg.optimizer)
+    with option_prefix("scheduler"):
+        check_scheduler(cfg.scheduler)
+    with option_prefix("trainer"):
+        check_trainer(cfg.trainer)
+    with option_prefix("callbacks"):
+        check_callbacks(cfg.callbacks, logged_metric_names(num_references(cfg)), cfg.eval.tasks)
 
 
 def _load_eval_data(cfg: TrainConfig) -> EvalData:
@@ -190,69 +129,6 @@ def _load_eval_data(cfg: TrainConfig) -> EvalData:
             f"the evaluation data of {list(cfg.eval.tasks)} cannot be loaded: {err} "
             "(set paths.data_dir or MRPO_DATA_DIR to a mirror holding it, or drop the task)",
         ) from None
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` / ``best`` as files of ``output_dir``, or a checked local file.
-
-    Raises:
-        ConfigError: (``ckpt_path``) remote, missing, a folder, or nothing to resume.
-    """
-    if ckpt_path is None:
-        return None
-    if "://" in ckpt_path:
-        raise ConfigError(
-            "ckpt_path",
-            f"{ckpt_path!r} is remote; a checkpoint is loaded with pickle, which runs code, so "
-            "mrpo loads local files only: download it and pass its path",
-        )
-    if ckpt_path == "last":
-        candidates = last_checkpoints(output_dir)
-        if not candidates:
-            raise ConfigError(
-                "ckpt_path",
-                f"'last' but {output_dir / 'checkpoints'} holds no last.ckpt; start without it",
-            )
-        return str(candidates[0])
-    if ckpt_path == "best":
-        bests = best_checkpoints(output_dir)
-        if not bests:
-            raise ConfigError("ckpt_path", f"'best' but {output_dir} holds no best-step_*.ckpt")
-        recorded = best_model_path(_load_checkpoint(str(bests[0])))
-        chosen = Path(recorded) if recorded and Path(recorded).is_file() else bests[0]
-        return str(chosen)
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir() and not is_sharded_checkpoint(path):
-        raise ConfigError(
-            "ckpt_path",
-            f"{path} is a folder; pass its .ckpt file, or ckpt_path=last with "
-            "hydra.run.dir=<the run's directory>",
-        )
-    if not path.exists():
-        raise ConfigError("ckpt_path", f"{path} does not exist")
-    return str(path)
-
-
-def _load_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's contents, memory-mapped (tensors are not read) and without running code;
-    of a sharded checkpoint folder, everything but its tensors (which stay in the shards)."""
-    sharded = is_sharded_checkpoint(path)
-    try:
-        file = Path(path) / SHARDED_META if sharded else path
-        loaded = torch.load(file, map_location="cpu", mmap=not sharded, weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        raise ConfigError(
-            "ckpt_path", f"{path} cannot be read as a checkpoint (truncated or damaged?): {err}"
-        ) from None
-    if not isinstance(loaded, dict) or ("state_dict" not in loaded and not sharded):
-        raise ConfigError("ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)")
-    return loaded
-
-
-def read_checkpoint_identity(path: str) -> dict[str, Any] | None:
-    """The run identity a checkpoint recorded (None for one written without it)."""
-    identity = _load_checkpoint(path).get(RUN_IDENTITY_KEY)
-    return dict(identity) if isinstance(identity, Mapping) and identity else None
 
 
 def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:

@@ -15,31 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from transformers import PreTrainedTokenizerBase
 
-from mrpo.callbacks import EvalCallback, ThompsonFeedback, ThroughputMonitor
-from mrpo.callbacks.progress import RunProgressBar
 from mrpo.config.schema import DataConfig, TrainConfig
-from mrpo.data.collate import PreferenceCollator
 from mrpo.data.filters import FilterReport, filter_by_length
 from mrpo.data.layout import PairLayout
 from mrpo.data.preference import load_preference_data
 from mrpo.data.prepare import prepare_pairs
 from mrpo.data.splits import split_counts, split_rows
 from mrpo.data.tokenize import pair_token_lengths
-from mrpo.data.types import PreferenceBatch, PreferenceExample, TokenizedPair
+from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.data.validation import DataValidationError
 from mrpo.errors import option_prefix
-from mrpo.evals.runner import EvalData
-from mrpo.groups.callbacks import build_extra_callbacks, checkpoint_callbacks
 from mrpo.groups.references import num_references, reference_specs
-from mrpo.groups.trainer import policy_device
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
 from mrpo.objectives import Objective
 from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
 from mrpo.references.sharding import detect_ranks
+from mrpo.training.trainer import policy_device
 
 log = logging.getLogger("mrpo.train")
 
@@ -298,70 +292,6 @@ def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
         compile_policy(policy)
     policy.train()  # from_pretrained returns eval mode; dropout is already zeroed
     return policy, tokenizer
-
-
-def build_callbacks(
-    cfg: TrainConfig,
-    output_dir: Path,
-    data: PreparedData,
-    tokenizer: PreTrainedTokenizerBase,
-    objective: Objective,
-    eval_data: EvalData | None = None,
-) -> list[Callback]:
-    """The throughput monitor, checkpointing, learning-rate monitor, evaluation, the
-    weighting's feedback loop, and any other callback the config names by ``_target_``."""
-    # First, so that a step's time ends before later callbacks (evaluation) run.
-    callbacks: list[Callback] = [ThroughputMonitor()]
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(RunProgressBar())  # loss, tokens/s and step time, never cut
-    if cfg.callbacks.checkpoint is not None:
-        callbacks.extend(checkpoint_callbacks(cfg.callbacks.checkpoint, output_dir / "checkpoints"))
-    if cfg.callbacks.lr_monitor:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.eval.tasks:
-        ev = cfg.eval
-        callbacks.append(
-            EvalCallback(
-                ev.tasks,
-                every_n_steps=ev.every_n_steps,
-                limit=ev.limit,
-                final_limit=ev.final_limit,
-                batch_size=ev.batch_size,
-                max_new_tokens=ev.max_new_tokens,
-                draft_tokens=ev.draft_tokens,
-                log_samples=ev.log_samples,
-                data_dir=cfg.paths.data_dir,
-                output_dir=output_dir,
-                data=eval_data,
-                harness=ev.harness,
-            )
-        )
-    strategy = objective.weighting
-    if strategy.needs_feedback:
-        size = int(getattr(strategy, "feedback_size"))  # noqa: B009  # declared with the flag
-        callbacks.append(
-            ThompsonFeedback(feedback_batches(data, tokenizer, size, cfg.data.eval_batch_size))
-        )
-    # Any other Lightning callback, lightning-hydra-template style:
-    # +callbacks.extra.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
-    return [*callbacks, *build_extra_callbacks(cfg.callbacks)]
-
-
-def throughput_summary(callbacks: list[Callback]) -> dict[str, float]:
-    """The run's throughput totals (:class:`~mrpo.callbacks.ThroughputMonitor`), or {}."""
-    for callback in callbacks:
-        if isinstance(callback, ThroughputMonitor):
-            return callback.totals.summary()
-    return {}
-
-
-def feedback_batches(
-    data: PreparedData, tokenizer: PreTrainedTokenizerBase, size: int, batch_size: int
-) -> list[PreferenceBatch]:
-    """The fixed validation subsample a feedback weighting is rewarded on (the first pairs)."""
-    pairs = data.val_pairs[:size]
-    collate = PreferenceCollator(tokenizer.pad_token_id)
-    return [collate(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
 
 
 def logger_labels(cfg: TrainConfig) -> dict[str, Any]:

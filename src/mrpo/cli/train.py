@@ -29,7 +29,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
-from mrpo.callbacks import EvalCallback
+from mrpo.callbacks.eval import EvalCallback
+from mrpo.callbacks.throughput import throughput_summary
 from mrpo.cli.console import (
     exit_on_bad_command_line,
     hardware_line,
@@ -44,7 +45,6 @@ from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import (
     PreparedData,
     PreparedReferences,
-    build_callbacks,
     fit_offline_weights,
     load_policy,
     logger_labels,
@@ -52,16 +52,14 @@ from mrpo.cli.steps import (
     pair_layout,
     prepare_data,
     prepare_references,
-    throughput_summary,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
+from mrpo.groups.callbacks import build_callbacks
 from mrpo.groups.objective import build_objective
-from mrpo.groups.optimizer import build_optimizer
 from mrpo.groups.references import num_references
-from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
@@ -69,6 +67,8 @@ from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import last_checkpoints
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
+from mrpo.training.optimizer import build_optimizer
+from mrpo.training.trainer import build_trainer
 
 log = logging.getLogger("mrpo.train")
 
@@ -150,7 +150,7 @@ def build_run(
     from mrpo.data.layout import layout_for
     from mrpo.data.module import PreferenceDataModule
 
-    sharding = build_sharding(cfg.trainer)
+    sharding = cfg.trainer.sharding()
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)

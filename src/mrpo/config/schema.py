@@ -28,19 +28,19 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from mrpo.callbacks.settings import CallbacksConfig
 from mrpo.config.compose import check_known_keys
 from mrpo.config.resolvers import register_resolvers
 from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import ConfigError
-from mrpo.groups.callbacks import CallbacksConfig
 from mrpo.groups.data import DataConfig
 from mrpo.groups.eval import EvalConfig
 from mrpo.groups.model import ModelConfig
 from mrpo.groups.objective import LossConfig, WeightsConfig
-from mrpo.groups.optimizer import OptimizerConfig, SchedulerConfig
 from mrpo.groups.references import ReferencesConfig
-from mrpo.groups.trainer import TrainerConfig
 from mrpo.tracking.wandb import LoggerConfig
+from mrpo.training.optimizer import OptimizerConfig, SchedulerConfig
+from mrpo.training.trainer import TrainerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 """The config tree shipped inside the package (``mrpo/conf``; a checkout links ``conf/`` to it)."""

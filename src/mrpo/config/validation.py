@@ -21,7 +21,6 @@ from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES
 from mrpo.groups.objective import build_objective
 from mrpo.groups.references import reference_specs
-from mrpo.groups.trainer import check_trainer_extra
 from mrpo.models import ModelSourceError, resolve_source
 from mrpo.models.checkpoint import CheckpointError, checkpoint_kind
 from mrpo.tracking.backends import check_logger_packages
@@ -54,7 +53,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     _check_eval(cfg.eval, cfg.paths.data_dir)
     check_logger_packages(cfg.logger)  # logger=mlflow / tensorboard: their packages installed
     _check_model(cfg.model)
-    check_trainer_extra(cfg.trainer.extra)
+    with option_prefix("trainer"):
+        cfg.trainer.check_extra()
     check_moving_references(cfg)  # before the machine's: a combination refused anywhere
     check_requirements(cfg)  # the machine (bitsandbytes, CUDA, deepspeed) and combinations
 

@@ -1,126 +1,67 @@
-"""The ``callbacks`` group: checkpoints, the learning-rate monitor and any other Lightning
-callback named by ``_target_`` under ``callbacks.extra`` (lightning-hydra-template style:
-``+callbacks.extra.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping``).
-
-The throughput monitor, the progress bar, the evaluation callback and a weighting's feedback
-loop are added by :func:`build_callbacks` from their own groups (``eval``, ``weights``).
-"""
+"""The run's Lightning callbacks, built from the ``callbacks``, ``trainer``, ``eval``,
+``weights`` and ``data`` groups (each group's own settings: :mod:`mrpo.callbacks.settings`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from transformers import PreTrainedTokenizerBase
 
-from mrpo.domains import Choice, Flag, Number, Table, Text, setting
-from mrpo.errors import ConfigError
-from mrpo.groups.targets import import_target
+from mrpo.callbacks.bandit import ThompsonFeedback, feedback_batches
+from mrpo.callbacks.eval import EvalCallback
+from mrpo.callbacks.progress import RunProgressBar
+from mrpo.callbacks.settings import build_extra_callbacks, checkpoint_callbacks
+from mrpo.callbacks.throughput import ThroughputMonitor
+from mrpo.cli.steps import PreparedData
+from mrpo.config.schema import TrainConfig
+from mrpo.evals.runner import EvalData
+from mrpo.objectives import Objective
 
-__all__ = [
-    "CallbacksConfig",
-    "CheckpointConfig",
-    "build_extra_callbacks",
-    "check_callbacks",
-    "checkpoint_callbacks",
-]
-
-
-@dataclass
-class CheckpointConfig:
-    """``last.ckpt`` and the best checkpoints by a validation (or evaluation) metric."""
-
-    monitor: str | None = setting("val/policy_margin_accuracy", Text(nullable=True))
-    mode: str = setting("max", Choice(["min", "max"]))
-    save_last: bool = setting(True, Flag())
-    save_top_k: int = setting(1, Number(int, ge=-1))  # -1: every validation; 0: none
-    every_n_train_steps: int | None = setting(None, Number(int, ge=1, nullable=True))
+__all__ = ["build_callbacks"]
 
 
-@dataclass
-class CallbacksConfig:
-    """Checkpoints (null: none), the learning-rate monitor, and other callbacks by name."""
-
-    checkpoint: CheckpointConfig | None = field(default_factory=CheckpointConfig)
-    lr_monitor: bool = setting(True, Flag())
-    # name -> {_target_: a Lightning Callback class, and its keyword arguments}
-    extra: dict[str, Any] = setting({}, Table())
-
-
-def check_callbacks(
-    cfg: CallbacksConfig, logged: Collection[str], eval_tasks: Sequence[str]
-) -> None:
-    """The monitored metric is one the run logs (``logged``: validation's names; evaluation
-    logs ``eval/<task>/<metric>``), and every extra callback builds.
-
-    Raises:
-        ConfigError: naming ``callbacks.checkpoint.monitor`` or ``callbacks.extra.<name>``.
-    """
-    monitor = cfg.checkpoint.monitor if cfg.checkpoint is not None else None
-    from_eval = str(monitor).split("/")[:2] in [["eval", t] for t in eval_tasks]
-    if monitor is not None and monitor not in logged and not from_eval:
-        raise ConfigError(
-            "callbacks.checkpoint.monitor",
-            f"{monitor!r} is never logged by this run; validation logs "
-            f"{sorted(m for m in logged if m.startswith('val/'))}"
-            + (
-                f", evaluation logs eval/<task>/<metric> for {list(eval_tasks)}"
-                if eval_tasks
-                else ""
-            ),
-        )
-    build_extra_callbacks(cfg)
-
-
-def build_extra_callbacks(cfg: CallbacksConfig) -> list[Callback]:
-    """The callbacks of ``callbacks.extra``, each instantiated from its ``_target_``."""
-    import hydra
-
-    built = []
-    for name, spec in cfg.extra.items():
-        key = f"callbacks.extra.{name}"
-        if not (isinstance(spec, Mapping) and spec.get("_target_")):
-            raise ConfigError(f"{key}._target_", "is missing: name a Lightning Callback class")
-        target = import_target(spec["_target_"], f"{key}._target_")
-        if not (isinstance(target, type) and issubclass(target, Callback)):
-            raise ConfigError(
-                f"{key}._target_", f"{spec['_target_']} is not a Lightning Callback class"
-            )
-        try:
-            built.append(hydra.utils.instantiate(dict(spec)))
-        except Exception as err:  # bad arguments
-            raise ConfigError(key, f"cannot instantiate {spec['_target_']}: {err}") from None
-    return built
-
-
-def checkpoint_callbacks(ckpt: CheckpointConfig, dirpath: Path) -> list[Callback]:
-    """``last.ckpt`` (resumable, periodic) and the best checkpoints by the monitored metric.
-
-    Two callbacks, because a monitoring ``ModelCheckpoint`` defers every save until the
-    monitored validation metric exists: a run killed in its first epoch would have no
-    checkpoint at all. ``last.ckpt`` is written every ``every_n_train_steps`` steps (if set)
-    and at the end of every epoch, whatever the metrics (:class:`LastCheckpoint`);
-    ``best-step_<n>.ckpt`` files keep the ``save_top_k`` best validations.
-    """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from mrpo.training.checkpointing import BEST_FILENAME, LastCheckpoint
-
-    callbacks: list[Callback] = []
-    if ckpt.save_last:
-        callbacks.append(LastCheckpoint(dirpath, ckpt.every_n_train_steps))
-    if ckpt.save_top_k != 0 and ckpt.monitor:
+def build_callbacks(
+    cfg: TrainConfig,
+    output_dir: Path,
+    data: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    objective: Objective,
+    eval_data: EvalData | None = None,
+) -> list[Callback]:
+    """The throughput monitor, checkpointing, learning-rate monitor, evaluation, the
+    weighting's feedback loop, and any other callback the config names by ``_target_``."""
+    # First, so that a step's time ends before later callbacks (evaluation) run.
+    callbacks: list[Callback] = [ThroughputMonitor()]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(RunProgressBar())  # loss, tokens/s and step time, never cut
+    if cfg.callbacks.checkpoint is not None:
+        callbacks.extend(checkpoint_callbacks(cfg.callbacks.checkpoint, output_dir / "checkpoints"))
+    if cfg.callbacks.lr_monitor:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.eval.tasks:
+        ev = cfg.eval
         callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(dirpath),
-                monitor=ckpt.monitor,
-                mode=ckpt.mode,
-                save_top_k=ckpt.save_top_k,
-                save_last=False,
-                filename=BEST_FILENAME,
-                auto_insert_metric_name=False,  # no "=" in the name: pass it as it is
+            EvalCallback(
+                ev.tasks,
+                every_n_steps=ev.every_n_steps,
+                limit=ev.limit,
+                final_limit=ev.final_limit,
+                batch_size=ev.batch_size,
+                max_new_tokens=ev.max_new_tokens,
+                draft_tokens=ev.draft_tokens,
+                log_samples=ev.log_samples,
+                data_dir=cfg.paths.data_dir,
+                output_dir=output_dir,
+                data=eval_data,
+                harness=ev.harness,
             )
         )
-    return callbacks
+    strategy = objective.weighting
+    if strategy.needs_feedback:
+        size = int(getattr(strategy, "feedback_size"))  # noqa: B009  # declared with the flag
+        pad, batch_size = tokenizer.pad_token_id, cfg.data.eval_batch_size
+        callbacks.append(ThompsonFeedback(feedback_batches(data.val_pairs, pad, size, batch_size)))
+    # Any other Lightning callback, lightning-hydra-template style:
+    # +callbacks.extra.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping ...
+    return [*callbacks, *build_extra_callbacks(cfg.callbacks)]

@@ -13,11 +13,15 @@
 - Best checkpoints are named ``best-step_<n>.ckpt`` (no ``=``, so a path can be passed on the
   command line as it is); :func:`last_checkpoints`, :func:`best_checkpoints` and
   :func:`best_model_path` find them for ``ckpt_path=last`` and ``ckpt_path=best``.
+- :func:`resolve_ckpt_path` turns ``ckpt_path`` into the file to resume from, checked without
+  running code; :func:`read_checkpoint_identity` reads the run identity it recorded.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mrpo.atomic import atomic_writer
+from mrpo.errors import OptionError
 
 LAST_NAME = "last"
 BEST_PREFIX = "best-step_"
@@ -37,6 +42,8 @@ CHECKPOINT_DIR = "checkpoints"
 SHARDED_META = "meta.pt"
 """The file of a sharded checkpoint folder that holds everything but the tensors (Lightning's
 ``ModelParallelStrategy`` writes the shards beside it, through torch.distributed.checkpoint)."""
+RUN_IDENTITY_KEY = "mrpo_run_identity"
+"""Where a checkpoint keeps :attr:`mrpo.training.module.PreferenceModule.run_identity`."""
 
 
 def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -135,3 +142,66 @@ def best_model_path(checkpoint: dict[str, Any]) -> str | None:
             if best:
                 return str(best)
     return None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` / ``best`` as files of ``output_dir``, or a checked local file.
+
+    Raises:
+        OptionError: (``ckpt_path``) remote, missing, a folder, or nothing to resume.
+    """
+    if ckpt_path is None:
+        return None
+    if "://" in ckpt_path:
+        raise OptionError(
+            "ckpt_path",
+            f"{ckpt_path!r} is remote; a checkpoint is loaded with pickle, which runs code, so "
+            "mrpo loads local files only: download it and pass its path",
+        )
+    if ckpt_path == "last":
+        candidates = last_checkpoints(output_dir)
+        if not candidates:
+            raise OptionError(
+                "ckpt_path",
+                f"'last' but {output_dir / 'checkpoints'} holds no last.ckpt; start without it",
+            )
+        return str(candidates[0])
+    if ckpt_path == "best":
+        bests = best_checkpoints(output_dir)
+        if not bests:
+            raise OptionError("ckpt_path", f"'best' but {output_dir} holds no best-step_*.ckpt")
+        recorded = best_model_path(load_checkpoint(str(bests[0])))
+        chosen = Path(recorded) if recorded and Path(recorded).is_file() else bests[0]
+        return str(chosen)
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        raise OptionError(
+            "ckpt_path",
+            f"{path} is a folder; pass its .ckpt file, or ckpt_path=last with "
+            "hydra.run.dir=<the run's directory>",
+        )
+    if not path.exists():
+        raise OptionError("ckpt_path", f"{path} does not exist")
+    return str(path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's contents, memory-mapped (tensors are not read) and without running code;
+    of a sharded checkpoint folder, everything but its tensors (which stay in the shards)."""
+    sharded = is_sharded_checkpoint(path)
+    try:
+        file = Path(path) / SHARDED_META if sharded else path
+        loaded = torch.load(file, map_location="cpu", mmap=not sharded, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise OptionError(
+            "ckpt_path", f"{path} cannot be read as a checkpoint (truncated or damaged?): {err}"
+        ) from None
+    if not isinstance(loaded, dict) or ("state_dict" not in loaded and not sharded):
+        raise OptionError("ckpt_path", f"{path} is not a Lightning checkpoint (no state_dict)")
+    return loaded
+
+
+def read_checkpoint_identity(path: str) -> dict[str, Any] | None:
+    """The run identity a checkpoint recorded (None for one written without it)."""
+    identity = load_checkpoint(path).get(RUN_IDENTITY_KEY)
+    return dict(identity) if isinstance(identity, Mapping) and identity else None

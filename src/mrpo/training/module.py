@@ -21,6 +21,7 @@ from mrpo.data.types import PreferenceBatch
 from mrpo.logprobs import DEFAULT_CHUNK_TOKENS, batch_sequence_logprobs, ld_active, ld_logps
 from mrpo.objectives import Objective
 from mrpo.references.moving import MovingReferences
+from mrpo.training.checkpointing import RUN_IDENTITY_KEY
 from mrpo.training.gradients import clip_and_measure
 from mrpo.training.metrics import preference_metrics
 
@@ -28,10 +29,6 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 LiveReferenceFn = Callable[[PreferenceBatch], tuple[torch.Tensor, torch.Tensor]]
 Parallelize = Callable[[torch.nn.Module, Any], None]
 """Shards the policy in place given the strategy's device mesh (:mod:`mrpo.models.parallel`)."""
-
-
-RUN_IDENTITY_KEY = "mrpo_run_identity"
-"""Where a checkpoint keeps :attr:`PreferenceModule.run_identity`."""
 
 
 class NonFiniteLossError(RuntimeError):

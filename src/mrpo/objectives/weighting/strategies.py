@@ -17,7 +17,7 @@ instead of testing names: ``params`` (its keyword options, which are also its ke
 ``weights.`` in the configs), ``fits_on_validation`` (``fit(...)`` is called once on the
 validation split's reference log-probs before training) and ``needs_feedback`` (an online
 strategy driven through ``select()`` / ``update()`` around every optimizer step, rewarded on
-``feedback_size`` validation pairs; see :class:`mrpo.callbacks.ThompsonFeedback`).
+``feedback_size`` validation pairs; see :class:`mrpo.callbacks.bandit.ThompsonFeedback`).
 
 Reference log-probs are (K, B) with row 0 the primary reference. Every strategy returns
 α >= 0 with rows summing to 1, in the dtype and on the device of ``ref_chosen``.

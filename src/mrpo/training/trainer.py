@@ -1,14 +1,17 @@
-"""The ``trainer`` group: the Lightning ``Trainer``'s arguments.
+"""The Lightning ``Trainer``: its settings (the ``trainer`` group), the run's Trainer, and the
+check that builds Trainers on this machine before anything is loaded.
 
-The common ones carry domains (epochs, steps, accumulation, clipping, precision, devices,
-validation interval); any other ``lightning.Trainer`` argument goes under ``trainer.extra``
-and is checked against ``Trainer``'s signature. ``strategy`` is a Lightning strategy name or
-the mapping of a sharded strategy (``trainer=fsdp``, ``deepspeed``; :mod:`mrpo.models.parallel`).
+The common arguments carry domains (epochs, steps, accumulation, clipping, precision, devices,
+validation interval); any other ``lightning.Trainer`` argument goes under ``extra`` and is
+checked against ``Trainer``'s signature. ``strategy`` is a Lightning strategy name or the
+mapping of a sharded strategy (``trainer=fsdp``, ``deepspeed``; :mod:`mrpo.models.parallel`).
+Checks raise :class:`~mrpo.errors.OptionError` naming the setting (empty: all of them).
 """
 
 from __future__ import annotations
 
 import inspect
+import tempfile
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,17 +22,11 @@ import lightning as L
 import torch
 
 from mrpo.domains import AnyOf, Choice, Flag, Items, Number, Table, setting
-from mrpo.errors import ConfigError, option_prefix
+from mrpo.errors import OptionError
 from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
 from mrpo.references.sharding import detect_ranks
 
-__all__ = [
-    "TrainerConfig",
-    "build_sharding",
-    "build_trainer",
-    "check_trainer_extra",
-    "policy_device",
-]
+__all__ = ["TrainerConfig", "build_trainer", "check_trainer", "policy_device"]
 
 # Arguments mrpo always sets itself (its loggers, callbacks, run directory and samplers).
 MRPO_SET = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler")
@@ -96,23 +93,28 @@ class TrainerConfig:
         modeled = {k: v for k, v in vars(self).items() if k != "extra"}
         return {**modeled, **self.extra}
 
+    def sharding(self) -> ShardedTraining | None:
+        """The sharded strategy of a ``strategy`` mapping (None for a strategy name); an
+        :class:`OptionError` names the mapping's unusable option (:func:`make_strategy`)."""
+        return make_strategy(self.strategy) if isinstance(self.strategy, Mapping) else None
 
-def check_trainer_extra(extra: dict[str, Any]) -> None:
-    """``trainer.extra`` holds only ``Trainer`` arguments mrpo neither models nor sets."""
-    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
-    modeled = set(TrainerConfig.__dataclass_fields__) - {"extra"}
-    for key in extra:
-        name = f"trainer.extra.{key}"
-        if key not in accepted:
-            raise ConfigError(name, "is not a lightning.Trainer argument")
-        if key in modeled:
-            raise ConfigError(name, f"is modeled: set trainer.{key} instead")
-        if key in MRPO_SET:
-            raise ConfigError(
-                name,
-                "is set by mrpo itself (its loggers, callbacks, run "
-                "directory and batch samplers); remove it",
-            )
+    def check_extra(self) -> None:
+        """``extra`` holds only ``Trainer`` arguments mrpo neither models nor sets (else an
+        :class:`OptionError` names ``extra.<argument>``)."""
+        accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+        modeled = set(TrainerConfig.__dataclass_fields__) - {"extra"}
+        for key in self.extra:
+            name = f"extra.{key}"
+            if key not in accepted:
+                raise OptionError(name, "is not a lightning.Trainer argument")
+            if key in modeled:
+                raise OptionError(name, f"is modeled: set trainer.{key} instead")
+            if key in MRPO_SET:
+                raise OptionError(
+                    name,
+                    "is set by mrpo itself (its loggers, callbacks, run "
+                    "directory and batch samplers); remove it",
+                )
 
 
 def build_trainer(
@@ -148,12 +150,28 @@ def build_trainer(
     )
 
 
-def build_sharding(cfg: TrainerConfig) -> ShardedTraining | None:
-    """The sharded strategy of a ``trainer.strategy`` mapping, None for a strategy name."""
-    if not isinstance(cfg.strategy, Mapping):
-        return None
-    with option_prefix("trainer.strategy"):
-        return make_strategy(cfg.strategy)
+def check_trainer(cfg: TrainerConfig) -> None:
+    """Build Trainers on this machine from ``cfg``, one concern at a time, so that the
+    :class:`OptionError` of a refusal names its setting: ``accelerator/devices``, then
+    ``precision``, then ``strategy``, then all the arguments (no name). A sharded strategy's
+    object is built anew for every Trainer (Lightning binds one to the Trainer that takes it).
+    """
+    kwargs, sharding = cfg.kwargs(), cfg.sharding()
+    quiet = dict.fromkeys(
+        ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"), False
+    )
+    hardware = {k: kwargs[k] for k in ("accelerator", "devices", "num_nodes")}
+    precision = {**hardware, "precision": kwargs["precision"]}
+    strategy = {**precision, "strategy": kwargs["strategy"]}
+    steps = [("accelerator/devices", hardware), ("precision", precision), ("strategy", strategy)]
+    for option, subset in [*steps, ("", kwargs)]:
+        try:
+            if sharding is not None and "strategy" in subset:
+                subset = {**subset, "strategy": sharding.strategy(kwargs)}
+            with tempfile.TemporaryDirectory() as root:
+                L.Trainer(**{**subset, **quiet, "default_root_dir": root})
+        except Exception as err:  # Lightning's MisconfigurationException, ValueError, ...
+            raise OptionError(option, f"this machine cannot run it: {err}") from None
 
 
 def policy_device(cfg: TrainerConfig) -> torch.device:

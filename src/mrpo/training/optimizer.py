@@ -1,8 +1,10 @@
-"""The ``optimizer`` and ``scheduler`` groups: a torch optimizer class and its arguments, and
-a ``transformers.get_scheduler`` schedule with warm-up.
+"""The optimizer and its learning-rate schedule (the ``optimizer`` and ``scheduler`` groups): a
+torch optimizer class and its arguments, and a ``transformers.get_scheduler`` schedule with
+warm-up.
 
 The arguments most optimizers share carry domains; null leaves the class's own default, and
-``optimizer.extra`` takes any other keyword argument of the class.
+``extra`` takes any other keyword argument of the class. The checks raise
+:class:`~mrpo.errors.OptionError` naming the setting (empty: the arguments together).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import torch
 
 from mrpo.domains import Choice, Flag, Items, Number, Table, Text, setting
-from mrpo.errors import ConfigError
-from mrpo.groups.targets import import_target
+from mrpo.errors import OptionError
+from mrpo.training.targets import import_target
 
 __all__ = [
     "OptimizerConfig",
@@ -68,25 +70,25 @@ class SchedulerConfig:
 def build_optimizer(cfg: OptimizerConfig) -> Callable[..., torch.optim.Optimizer]:
     """``params -> Optimizer``: the class with its arguments bound (plain values, so that a
     checkpoint holding them loads with ``weights_only``)."""
-    cls = import_target(cfg._target_, "optimizer._target_")
+    cls = import_target(cfg._target_, "_target_")
     return functools.partial(cls, **cfg.kwargs())
 
 
 def check_optimizer(cfg: OptimizerConfig) -> None:
     """The class imports, takes the given arguments and accepts their values (built on one
     dummy parameter)."""
-    cls = import_target(cfg._target_, "optimizer._target_")
+    cls = import_target(cfg._target_, "_target_")
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ConfigError("optimizer._target_", f"{cfg._target_} is not a torch optimizer")
+        raise OptionError("_target_", f"{cfg._target_} is not a torch optimizer")
     accepted = set(inspect.signature(cls).parameters)
     for key in cfg.kwargs():
         if key not in accepted and "kwargs" not in accepted:
-            prefix = "optimizer.extra" if key in cfg.extra else "optimizer"
-            raise ConfigError(f"{prefix}.{key}", f"is not an argument of {cfg._target_}")
+            option = f"extra.{key}" if key in cfg.extra else key
+            raise OptionError(option, f"is not an argument of {cfg._target_}")
     try:
         build_optimizer(cfg)([torch.nn.Parameter(torch.zeros(1))])
     except Exception as err:  # torch names the value it refuses ("Invalid learning rate")
-        raise ConfigError("optimizer", f"{cfg._target_} refuses these arguments: {err}") from None
+        raise OptionError("", f"{cfg._target_} refuses these arguments: {err}") from None
 
 
 def check_scheduler(cfg: SchedulerConfig) -> None:
@@ -97,4 +99,4 @@ def check_scheduler(cfg: SchedulerConfig) -> None:
     try:
         get_scheduler(cfg.name, optimizer, num_warmup_steps=0, num_training_steps=10)
     except Exception as err:
-        raise ConfigError("scheduler.name", str(err)) from None
+        raise OptionError("name", str(err)) from None
