@@ -38,8 +38,8 @@ from mrpo.groups.eval import EvalConfig
 from mrpo.groups.model import ModelConfig
 from mrpo.groups.objective import LossConfig, WeightsConfig
 from mrpo.groups.optimizer import OptimizerConfig, SchedulerConfig
-from mrpo.groups.references import ReferencesConfig
 from mrpo.groups.trainer import TrainerConfig
+from mrpo.references.spec import ReferencesConfig
 from mrpo.tracking.wandb import LoggerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
