@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mrpo.callbacks.progress import progress_figures
-from mrpo.cli.plan import RunPlan, check_memory
+from mrpo.cli.plan import check_memory
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.data.layout import PairLayout
 from mrpo.data.types import TokenizedPair
@@ -23,6 +23,7 @@ from mrpo.planning.memory import (
     layer_activation_elements,
     memory_fixes,
 )
+from mrpo.planning.plan import RunPlan
 from mrpo.planning.speed import estimate_seconds, format_duration, read_speed, record_speed
 
 # 2 layers of width 4 (MLP 8), vocabulary 10, 1,000 parameters, 100 in the largest layer.

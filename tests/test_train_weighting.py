@@ -12,13 +12,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrpo.callbacks.bandit import ThompsonFeedback
-from mrpo.cli.steps import build_ensemble, prepare_data
+from mrpo.cli.steps import prepare_data
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
+from mrpo.groups.references import build_ensemble
 from mrpo.models import load_model, load_tokenizer
 from mrpo.objectives import get_objective, vaw_weights, vdw_weights
 from mrpo.training.module import PreferenceModule

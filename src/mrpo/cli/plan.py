@@ -1,292 +1,52 @@
-"""The run's plan, made after the data is tokenized and before any model loads.
-
-:func:`make_plan` gathers what the run will do (pairs per split, the K references and which
-are in the cache, steps, the batch layout), its estimated peak memory per device
-(:mod:`mrpo.planning.memory`, sizes from the models' configs) and an estimated time (from a
-speed measured by an earlier run on this machine, :mod:`mrpo.planning.speed`).
-:func:`check_memory` refuses a run that cannot fit the device, naming the overrides that would
-make it fit; ``force_memory=true`` runs it anyway. :meth:`RunPlan.line` is the one line printed
-at the start of a run.
-"""
+"""The run's plan (:mod:`mrpo.planning.plan`) from the config: its settings, the line printed
+at the start of a run, and the refusal of a run that cannot fit (``force_memory``)."""
 
 from __future__ import annotations
 
 import logging
-import resource
 import shlex
-import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from mrpo.cli.steps import PreparedData, build_ensemble, model_cache_dir, pair_layout
+from mrpo.cli.steps import PreparedData, model_cache_dir, pair_layout
 from mrpo.config.schema import TrainConfig
-from mrpo.errors import ConfigError
-from mrpo.models import DTYPES
-from mrpo.models.loading import model_config
+from mrpo.errors import option_keys
+from mrpo.groups.references import build_ensemble
 from mrpo.models.parallel import wants_cuda
-from mrpo.planning.batches import epoch_tokens, largest_batch
-from mrpo.planning.memory import GB, MemoryPlan, ModelShape, RunShape, estimate_memory, memory_fixes
-from mrpo.planning.shapes import model_shape
-from mrpo.planning.speed import (
-    estimate_seconds,
-    format_duration,
-    read_speed,
-    record_speed,
-    speed_key,
-)
-from mrpo.references import ReferenceEnsemble
-from mrpo.tracking.card import render_card, write_card
+from mrpo.planning.plan import PlanSettings, RunPlan, check_fits, fsdp_shards, make_plan
 
 log = logging.getLogger("mrpo.train")
 
-# Optimizer states per trainable parameter, by optimizer class (2 unless listed).
-_OPTIMIZER_STATES = {"SGD": 1, "Adagrad": 1, "RMSprop": 1, "Adafactor": 1}
 
-
-@dataclass(frozen=True)
-class ReferencePlan:
-    """A reference of the run: its name, weights source, state (``cached``, ``to score``,
-    ``live`` or ``moving``), weights fingerprint and the cache key of its log-probs on this
-    run's rows (empty for a moving one)."""
-
-    name: str
-    source: str
-    state: str
-    model_fingerprint: str
-    cache_key: str
-    system_prompt: str | None = None
-
-
-@dataclass
-class RunPlan:
-    """What the run will do and what it will take (module doc)."""
-
-    splits: tuple[int, int, int]
-    truncated: int
-    references: list[ReferencePlan]
-    steps: int
-    layout: str
-    memory: MemoryPlan
-    device: str
-    capacity: float
-    seconds: float | None = None
-    tokens_per_second: float | None = None
-    fixes: list[tuple[str, float]] = field(default_factory=list)
-
-    def line(self) -> str:
-        """The plan in one line (printed at the start of a run)."""
-        train, val, test = self.splits
-        refs = ", ".join(f"{r.name} ({r.state})" for r in self.references)
-        speed = (
-            f"at {self.tokens_per_second:.0f} tokens/s measured here"
-            if self.tokens_per_second
-            else "no speed measured on this machine yet"
-        )
-        return (
-            f"plan: {train}/{val}/{test} pairs (train/val/test, {self.truncated} truncated) | "
-            f"K={len(self.references)}: {refs} | {self.steps} steps | layout {self.layout} | "
-            f"memory ~{self.memory.total_gb:.1f} GB of {self.capacity / GB:.1f} GB "
-            f"({self.device}) | time {format_duration(self.seconds)} ({speed})"
-        )
-
-    def record(self) -> dict[str, Any]:
-        """The plan for ``summary.json`` (beside the measured peak)."""
-        return {
-            **self.memory.as_dict(),
-            "device": self.device,
-            "capacity_gb": round(self.capacity / GB, 3),
-            "estimated_seconds": self.seconds,
-        }
-
-
-def planned_steps(cfg: TrainConfig, train_pairs: int) -> int:
-    """Optimizer steps the run will take: epochs of batches, accumulation, ``max_steps``."""
-    trainer = cfg.trainer
-    per_epoch = -(-train_pairs // max(cfg.data.batch_size, 1))
-    accumulate = trainer.accumulate_grad_batches
-    epochs = int(trainer.max_epochs or 1)
-    steps = -(-per_epoch * max(epochs, 1) // accumulate)
-    max_steps = trainer.max_steps
-    if max_steps > 0:
-        steps = min(steps, max_steps) if epochs > 0 else max_steps
-    return steps
-
-
-def make_plan(cfg: TrainConfig, data: PreparedData) -> RunPlan:
-    """The run's plan (module doc); reads configs and the cache, loads no model."""
-    ensemble = build_ensemble(cfg)
-    model, run = run_shapes(cfg, data, ensemble)
-    memory = estimate_memory(model, run)
-    device, capacity, devices = device_capacity(cfg)
-    references = reference_plans(cfg, ensemble, data)
-    steps = planned_steps(cfg, len(data.train_pairs))
-    layout = pair_layout(cfg.data)
-    speed = read_speed(cfg.paths.cache_dir, run_speed_key(cfg, device))
-    seconds = None
-    if speed is not None:
-        per_pair = epoch_tokens(data.train_pairs, layout) / max(len(data.train_pairs), 1)
-        trained = per_pair * steps * cfg.data.batch_size * _accumulation(cfg)
-        missing = sum(r.state == "to score" for r in references)
-        rows = [*data.train_pairs, *data.val_pairs, *data.test_pairs]
-        scored = missing * epoch_tokens(rows, layout)
-        seconds = estimate_seconds(int(trained), scored, speed)
-    return RunPlan(
-        splits=(len(data.train_pairs), len(data.val_pairs), len(data.test_pairs)),
-        truncated=int(data.report.get("truncated", 0)),
-        references=references,
-        steps=steps,
-        layout=layout_name(cfg),
-        memory=memory,
-        device=device,
-        capacity=capacity,
-        seconds=seconds,
-        tokens_per_second=speed,
-        fixes=memory_fixes(model, run, capacity, devices=devices),
-    )
-
-
-def _accumulation(cfg: TrainConfig) -> int:
-    return int(cfg.trainer.accumulate_grad_batches)
-
-
-def layout_name(cfg: TrainConfig) -> str:
-    """``padded``, ``shared`` (prompt computed once), ``packed`` or ``shared+packed``."""
-    d = cfg.data
-    names = [name for name, on in (("shared", d.prefix_sharing), ("packed", d.packing)) if on]
-    return "+".join(names) or "padded"
-
-
-def run_speed_key(cfg: TrainConfig, device: str) -> str:
-    """The speed key of this run (:func:`mrpo.planning.speed.speed_key`)."""
-    m = cfg.model
-    settings = {
-        "layout": layout_name(cfg),
-        "checkpointing": m.gradient_checkpointing,
-        "lora": m.lora.enabled,
-        "dtype": m.dtype,
-        "precision": cfg.trainer.precision,
-        "references": cfg.references.mode,
-    }
-    return speed_key(device, m.source, settings)
-
-
-def run_shapes(
-    cfg: TrainConfig, data: PreparedData, ensemble: ReferenceEnsemble
-) -> tuple[ModelShape, RunShape]:
-    """The policy's sizes (from its config) and the run's largest batch and settings."""
-    m = cfg.model
-    cache = model_cache_dir(cfg.paths.cache_dir)
-    shape = model_shape(model_config(m.source, cache_dir=cache), m.lora)
-    batch = largest_batch(data.train_pairs, pair_layout(cfg.data), cfg.data.batch_size)
-    cuda = wants_cuda(cfg.trainer.kwargs())
-    run = RunShape(
-        batch_tokens=batch.positions,
-        rows=batch.rows,
-        row_tokens=batch.row_tokens,
-        scored_tokens=batch.scored,
-        weight_bytes=_weight_bytes(m.dtype, m.quantization),
-        activation_bytes=2 if "16" in str(cfg.trainer.precision) else 4,
-        optimizer_states=_optimizer_states(cfg.optimizer._target_),
-        lora=m.lora.enabled,
+def plan_settings(cfg: TrainConfig) -> PlanSettings:
+    """The settings of the run its plan reads."""
+    m, t = cfg.model, cfg.trainer
+    cuda = wants_cuda(t.kwargs())
+    return PlanSettings(
+        source=m.source,
+        model_cache_dir=model_cache_dir(cfg.paths.cache_dir),
+        speed_dir=cfg.paths.cache_dir,
+        lora=m.lora,
+        dtype=m.dtype,
+        quantization=m.quantization,
         gradient_checkpointing=m.gradient_checkpointing,
         fused_head=m.fused_lm_head,
         tile_tokens=m.lm_head_chunk_tokens,
-        attention_scores=m.attn_implementation == "eager",
-        live_models=live_models(cfg, ensemble),
-        shards=_shards(cfg) if cuda else 1,
-        process_bytes=0 if cuda else resident_bytes(),
+        attn_implementation=m.attn_implementation,
+        layout=pair_layout(cfg.data),
+        batch_size=cfg.data.batch_size,
+        accumulate=t.accumulate_grad_batches,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        precision=t.precision,
+        optimizer=cfg.optimizer._target_,
+        reference_mode=cfg.references.mode,
+        cuda=cuda,
+        shards=fsdp_shards(t.strategy, t.devices, t.num_nodes) if cuda else 1,
     )
-    return shape, run
-
-
-def _weight_bytes(dtype: str, quantization: str | None) -> float:
-    if quantization is not None:
-        return 1.0 if quantization == "int8" else 0.5
-    torch_dtype = DTYPES.get(dtype)
-    return float(torch_dtype.itemsize) if isinstance(torch_dtype, torch.dtype) else 4.0
-
-
-def _optimizer_states(target: str) -> int:
-    name = target.rsplit(".", 1)[-1]
-    return _OPTIMIZER_STATES.get(name, 2)
-
-
-def _shards(cfg: TrainConfig) -> int:
-    """Devices the policy is sharded over: FSDP's world (devices x nodes), else 1."""
-    strategy = cfg.trainer.strategy
-    if not isinstance(strategy, dict) or strategy.get("name") != "fsdp":
-        return 1
-    devices = cfg.trainer.devices
-    count = torch.cuda.device_count() if devices in (-1, "auto") else devices
-    count = len(count) if isinstance(count, list) else int(count)
-    return max(count, 1) * int(cfg.trainer.num_nodes)
-
-
-def live_models(cfg: TrainConfig, ensemble: ReferenceEnsemble) -> int:
-    """Reference models kept beside the policy in live mode (one per group of references
-    sharing weights; a LoRA policy with its adapters off stands in for ``self``)."""
-    if cfg.references.mode != "live":
-        return 0
-    lora = cfg.model.lora.enabled
-    groups = ensemble.model_groups().values()
-    return sum(not (lora and all(ensemble.resolved[k].is_self for k in g)) for g in groups)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (its peak so far where /proc is not there)."""
-    try:
-        import psutil  # type: ignore[import-untyped]  # no stubs installed
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:  # pragma: no cover - psutil comes with wandb
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(rss * (1 if sys.platform == "darwin" else 1024))
-
-
-def device_capacity(cfg: TrainConfig) -> tuple[str, float, int]:
-    """(device name, bytes one device offers this run, devices visible): a GPU's memory, or
-    the memory available on this machine plus what the process holds already."""
-    if wants_cuda(cfg.trainer.kwargs()) and torch.cuda.is_available():
-        _, total = torch.cuda.mem_get_info()
-        return torch.cuda.get_device_name(), float(total), torch.cuda.device_count()
-    import psutil
-
-    available = psutil.virtual_memory().available + resident_bytes()
-    return "cpu", float(available), 1
-
-
-def reference_plans(
-    cfg: TrainConfig, ensemble: ReferenceEnsemble, data: PreparedData
-) -> list[ReferencePlan]:
-    """Each reference's identity and whether its log-probs of this run's rows are cached
-    (tokenizers and weight-file hashes only; no model is loaded)."""
-    rows, memo, plans = data.all_examples, {}, []  # type: ignore[var-annotated]
-    for k, name in enumerate(ensemble.names):
-        if ensemble.specs[k].is_moving:  # follows the policy: scored live, never cached
-            plans.append(ReferencePlan(name, "policy", "moving", "", ""))
-            continue
-        key = ensemble.key(k, ensemble.tokenize(k, rows, memo, keep=True).pairs)
-        state = "cached" if ensemble.cache.path(key).is_file() else "to score"
-        ref = ensemble.resolved[k]
-        plans.append(
-            ReferencePlan(
-                name,
-                ref.weights,
-                "live" if cfg.references.mode == "live" else state,
-                key.model,
-                key.digest,
-                ensemble.specs[k].system_prompt,
-            )
-        )
-    return plans
 
 
 def announce_plan(cfg: TrainConfig, data: PreparedData) -> RunPlan:
     """Make the plan, print its line and, for a training run, refuse it if it cannot fit."""
-    plan = make_plan(cfg, data)
+    plan = make_plan(plan_settings(cfg), build_ensemble(cfg), data)
     log.info("%s", plan.line())
     if cfg.stage == "train":
         check_memory(cfg, plan)
@@ -299,44 +59,8 @@ def check_memory(cfg: TrainConfig, plan: RunPlan) -> None:
     Raises:
         ConfigError: (``force_memory``) naming the overrides that would make it fit.
     """
-    if plan.memory.total <= plan.capacity:
-        return
-    need, have = plan.memory.total / GB, plan.capacity / GB
-    fits = [f"{key} (~{peak / GB:.1f} GB)" for key, peak in plan.fixes]
-    message = (
-        f"this run needs ~{need:.1f} GB per device but {plan.device} offers {have:.1f} GB "
-        f"({', '.join(f'{k} {v / GB:.2f}' for k, v in plan.memory.components.items())} GB). "
-        f"Overrides that lower it: {'; '.join(fits) or 'none known'}. "
-        "Or pass force_memory=true to run anyway"
-    )
-    if cfg.force_memory:
-        log.warning("force_memory: %s", message)
-        return
-    raise ConfigError("force_memory", message)
-
-
-def memory_record(plan: RunPlan | None, measured: float | None) -> dict[str, Any]:
-    """The plan's estimate beside the measured peak, and its error (estimate / measured - 1)."""
-    if plan is None:
-        return {}
-    record = {**plan.record(), "measured_peak_gb": measured}
-    if measured:
-        record["error"] = plan.memory.total_gb / measured - 1
-    return record
-
-
-def remember_speed(cfg: TrainConfig, plan: RunPlan, summary: dict[str, Any]) -> None:
-    """Keep the finished run's training speed for the time estimates of later runs."""
-    speed = summary.get("throughput", {}).get("tokens_per_second", 0.0)
-    record_speed(cfg.paths.cache_dir, run_speed_key(cfg, plan.device), speed)
-
-
-def save_card(
-    model_dir: Path, plan: RunPlan, resolved: dict[str, Any], summary: dict[str, Any]
-) -> Path:
-    """Write the model card of the saved policy (:mod:`mrpo.tracking.card`)."""
-    refs = [asdict(r) for r in plan.references]
-    return write_card(model_dir, render_card(resolved, summary, refs, run_command()))
+    with option_keys({}, "force_memory"):
+        check_fits(plan, force_memory=cfg.force_memory)
 
 
 def run_command() -> str:

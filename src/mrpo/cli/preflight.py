@@ -243,9 +243,10 @@ def check_prepared_data(
 
 
 def _warn_on_warmup(cfg: TrainConfig, train_pairs: int, found: Preflight) -> None:
-    from mrpo.cli.plan import planned_steps
+    from mrpo.cli.plan import plan_settings
+    from mrpo.planning.plan import planned_steps
 
-    steps = planned_steps(cfg, train_pairs)
+    steps = planned_steps(plan_settings(cfg), train_pairs)
     warmup = int(cfg.scheduler.warmup_ratio * steps)
     if steps > 0 and cfg.scheduler.warmup_ratio > 0 and warmup == 0:
         found.warn(

@@ -27,12 +27,9 @@ from mrpo.data.tokenize import pair_token_lengths
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.data.validation import DataValidationError
 from mrpo.errors import option_prefix
-from mrpo.groups.references import num_references, reference_specs
+from mrpo.groups.references import build_ensemble, num_references
 from mrpo.models import compile_policy, enable_gradient_checkpointing, load_model, load_tokenizer
-from mrpo.objectives import Objective
-from mrpo.references import LiveReferences, ReferenceEnsemble, ReferenceSpec, RefTable
 from mrpo.references.scoring import data_fingerprint
-from mrpo.references.sharding import detect_ranks
 from mrpo.training.trainer import policy_device
 
 log = logging.getLogger("mrpo.train")
@@ -57,16 +54,6 @@ class PreparedData:
     def all_examples(self) -> list[PreferenceExample]:
         """Every row the references must score: train, validation and test."""
         return self.train_examples + self.val_examples + self.test_examples
-
-
-@dataclass
-class PreparedReferences:
-    """The static references (moving ones are never cached) and, in cached mode, their
-    log-prob table over every row; ``ensemble`` is None when every reference moves."""
-
-    ensemble: ReferenceEnsemble | None
-    table: RefTable | None
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def model_cache_dir(cache_dir: str | Path) -> Path:
@@ -187,86 +174,6 @@ def filter_lengths(
             f"data.length_filter keeps no pair of {report.rows}: {report}", source=cfg.data.source
         )
     return kept, report
-
-
-def build_ensemble(
-    cfg: TrainConfig, specs: Sequence[ReferenceSpec] | None = None
-) -> ReferenceEnsemble:
-    """The run's K references (or ``specs``, some of them), with their cache and ranks."""
-    return ReferenceEnsemble(
-        reference_specs(cfg) if specs is None else specs,
-        policy_source=cfg.model.source,
-        policy_tokenizer=cfg.model.tokenizer,
-        policy_chat_template=cfg.model.chat_template,
-        max_length=cfg.data.max_length,
-        max_prompt_length=cfg.data.max_prompt_length,
-        cache_dir=Path(cfg.paths.cache_dir) / "reflogps",
-        batch_size=cfg.references.batch_size,
-        model_cache_dir=model_cache_dir(cfg.paths.cache_dir),
-        ranks=detect_ranks() if cfg.references.split_across_ranks else None,
-        shard_timeout=cfg.references.shard_timeout_s,
-        lock_timeout=cfg.references.lock_timeout_s,
-        layout=pair_layout(cfg.data),
-        tokenized_cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
-        num_proc=cfg.data.num_proc,
-        fused_head=cfg.model.fused_lm_head,
-        ld_alpha=cfg.loss.ld_alpha,
-    )
-
-
-def prepare_references(cfg: TrainConfig, data: PreparedData) -> PreparedReferences:
-    """Fill (or reuse) the reference log-prob cache for every row the run needs.
-
-    In cached mode every reference scores the train and validation rows once, one model in
-    memory at a time, and later runs with the same references and rows read the cache. In
-    live mode only the validation rows are cached (offline weightings fit on them) and the
-    references score training batches as they come. Moving references (``source: moving``)
-    are left out: they are scored live, with their weights of the moment.
-    """
-    specs = reference_specs(cfg)
-    static = [s for s in specs if not s.is_moving]
-    # The run's record names the references it never cached (stage=cache included).
-    moving = (
-        {"not_cached": [s.name for s in specs if s.is_moving]} if len(static) < len(specs) else {}
-    )
-    if not static:
-        return PreparedReferences(None, None, moving)
-    ensemble = build_ensemble(cfg, static)
-    if cfg.references.mode == "live":
-        pre = ensemble.precompute(data.val_examples)
-        return PreparedReferences(ensemble, None, {**asdict(pre.stats), **moving})
-    table = ensemble.table(data.all_examples)
-    return PreparedReferences(ensemble, table, {**asdict(ensemble.stats), **moving})
-
-
-def live_references(
-    refs: PreparedReferences, policy: torch.nn.Module, data: PreparedData
-) -> LiveReferences | None:
-    """A per-batch scorer of the static references in live mode (None in cached mode, or
-    when there is none)."""
-    if refs.table is not None or refs.ensemble is None:
-        return None
-    return LiveReferences(refs.ensemble, policy=policy, examples=data.all_examples)
-
-
-def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: PreparedData) -> None:
-    """Fit validation-based weightings (vdw, vaw) on the references' validation log-probs."""
-    strategy = objective.weighting
-    if not strategy.fits_on_validation:
-        return
-    assert refs.ensemble is not None, "refused with moving references (mrpo.config.moving)"
-    val = refs.ensemble.precompute(data.val_examples, progress=False).logps
-    index = torch.tensor([ex.index for ex in data.val_examples])
-    # Summed log-probs (LD-DPO's where loss.ld_alpha is on): the strategy divides by length.
-    sums = [ref.select(index).values(ld_alpha=refs.ensemble.ld_alpha) for ref in val]
-    rows = [ref.select(index) for ref in val]
-    strategy.fit(  # type: ignore[attr-defined]  # declared by fits_on_validation
-        torch.stack([chosen for chosen, _ in sums]),
-        torch.stack([rejected for _, rejected in sums]),
-        torch.stack([r.chosen_tokens for r in rows]),
-        torch.stack([r.rejected_tokens for r in rows]),
-    )
-    log.info("fitted %s weights: %s", strategy.name, getattr(strategy, "fitted", None))
 
 
 def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:

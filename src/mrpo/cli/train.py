@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,15 @@ from mrpo.cli.console import (
     quiet_bitsandbytes,
     quiet_libraries,
 )
-from mrpo.cli.moving import reference_scoring
-from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
+from mrpo.cli.plan import announce_plan, run_command
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import (
     PreparedData,
-    PreparedReferences,
-    fit_offline_weights,
     load_policy,
     logger_labels,
     model_cache_dir,
     pair_layout,
     prepare_data,
-    prepare_references,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
@@ -59,9 +56,16 @@ from mrpo.config.validation import check_train_config
 from mrpo.errors import InputError
 from mrpo.groups.callbacks import build_callbacks
 from mrpo.groups.objective import build_objective
-from mrpo.groups.references import num_references
+from mrpo.groups.references import build_ensemble, num_references, reference_specs
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
+from mrpo.planning.plan import RunPlan, memory_record, remember_speed, save_card
+from mrpo.references.prepared import (
+    PreparedReferences,
+    fit_offline_weights,
+    prepare_references,
+    reference_scoring,
+)
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
@@ -117,7 +121,8 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     identity = run_identity(resolved, fingerprints)
     check_prepared_data(run_cfg, len(data.train_pairs), len(data.val_pairs), identity, found)
     plan = announce_plan(run_cfg, data)  # refuses a run too large for the device
-    refs = prepare_references(run_cfg, data)
+    specs, ensemble_of = reference_specs(run_cfg), partial(build_ensemble, run_cfg)
+    refs = prepare_references(specs, ensemble_of, run_cfg.references.mode, data)
     if run_cfg.stage == "cache":
         summary = {"stage": "cache", **refs.stats, "seconds": time.perf_counter() - started}
         log.info("reference cache filled: %s", summary)
@@ -154,7 +159,7 @@ def build_run(
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
-    moving, scorer = reference_scoring(cfg, refs, policy, data)
+    moving, scorer = reference_scoring(refs, policy, data)
     module = PreferenceModule(
         policy,
         tokenizer,
@@ -271,9 +276,9 @@ def finish(
         model_dir = _save_policy(cfg, run.module, output_dir / "model")
         summary["model_dir"] = str(model_dir)
         if run.plan is not None:
-            save_card(model_dir, run.plan, run.resolved, summary)
+            save_card(model_dir, run.plan, run.resolved, summary, run_command())
     if run.plan is not None:
-        remember_speed(cfg, run.plan, summary)
+        remember_speed(cfg.paths.cache_dir, run.plan, summary)
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     print_summary(summary)

@@ -37,7 +37,7 @@ from mrpo.groups.data import DataConfig
 from mrpo.groups.eval import EvalConfig
 from mrpo.groups.model import ModelConfig
 from mrpo.groups.objective import LossConfig, WeightsConfig
-from mrpo.groups.references import ReferencesConfig
+from mrpo.references.spec import ReferencesConfig
 from mrpo.tracking.wandb import LoggerConfig
 from mrpo.training.optimizer import OptimizerConfig, SchedulerConfig
 from mrpo.training.trainer import TrainerConfig

@@ -7,44 +7,21 @@ steps call the same functions, so a config that passed the checks builds the sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import MISSING
-
-from mrpo.domains import Choice, Flag, Items, Number, Text, setting
+from mrpo.data.layout import PairLayout
 from mrpo.errors import ConfigError, OptionError
+from mrpo.references.ensemble import ReferenceEnsemble
+from mrpo.references.sharding import detect_ranks
 from mrpo.references.spec import ReferenceSpec
 
 if TYPE_CHECKING:
     from mrpo.config.schema import TrainConfig
 
-__all__ = [
-    "REF_MODES",
-    "ReferencesConfig",
-    "num_references",
-    "reference_specs",
-    "selected_references",
-]
-
-REF_MODES = ("cached", "live")
-
-
-@dataclass
-class ReferencesConfig:
-    """The reference ensemble: the first ``num_refs`` entries of ``pool`` (all when null)."""
-
-    pool: list[ReferenceSpec] = setting(MISSING, Items(min_len=1))
-    num_refs: int | None = setting(None, Number(int, ge=1, nullable=True))
-    # Pool entries to use, by name and in this order, instead of the first num_refs.
-    select: list[str] | None = setting(None, Items(Text(), min_len=1, nullable=True))
-    mode: str = setting("cached", Choice(REF_MODES))
-    batch_size: int = setting(8, Number(int, ge=1))
-    # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
-    split_across_ranks: bool = setting(True, Flag())
-    shard_timeout_s: float = setting(7200.0, Number(float, gt=0))  # wait for the others' shards
-    # How long a job waits for another job filling the same cache entry (null: forever).
-    lock_timeout_s: float | None = setting(10800.0, Number(float, gt=0, nullable=True))
+__all__ = ["build_ensemble", "num_references", "reference_specs", "selected_references"]
 
 
 def selected_references(cfg: TrainConfig) -> list[tuple[int, ReferenceSpec]]:
@@ -98,3 +75,29 @@ def reference_specs(cfg: TrainConfig) -> list[ReferenceSpec]:
             raise ConfigError(f"references.pool.{i}.{err.option}", str(err)) from None
         specs.append(spec)
     return specs
+
+
+def build_ensemble(
+    cfg: TrainConfig, specs: Sequence[ReferenceSpec] | None = None
+) -> ReferenceEnsemble:
+    """The run's K references (or ``specs``, some of them), with their cache and ranks."""
+    d, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
+    return ReferenceEnsemble(
+        reference_specs(cfg) if specs is None else specs,
+        policy_source=cfg.model.source,
+        policy_tokenizer=cfg.model.tokenizer,
+        policy_chat_template=cfg.model.chat_template,
+        max_length=d.max_length,
+        max_prompt_length=d.max_prompt_length,
+        cache_dir=cache_dir / "reflogps",
+        batch_size=cfg.references.batch_size,
+        model_cache_dir=cache_dir / "models",
+        ranks=detect_ranks() if cfg.references.split_across_ranks else None,
+        shard_timeout=cfg.references.shard_timeout_s,
+        lock_timeout=cfg.references.lock_timeout_s,
+        layout=PairLayout(d.prefix_sharing, d.packing, d.pack_row_tokens),
+        tokenized_cache_dir=cache_dir / "tokenized",
+        num_proc=d.num_proc,
+        fused_head=cfg.model.fused_lm_head,
+        ld_alpha=cfg.loss.ld_alpha,
+    )

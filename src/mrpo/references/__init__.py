@@ -23,7 +23,7 @@ format), ``cache`` (the directory of entries, its locks), ``sharding`` (scoring 
 data-parallel ranks), ``ensemble`` (the references: keys, tokenization, models), ``cached``
 (cached mode: precompute, table), ``table`` (K references' log-probs for batch lookup), ``live``
 (live mode), ``updates`` and ``moving`` (references that follow the policy, TR-DPO: scored
-live, never cached).
+live, never cached), ``prepared`` (a training run's references made ready).
 """
 
 from mrpo.data.prepare import tokenizer_fingerprint

@@ -1,10 +1,13 @@
-"""What a reference is: :class:`ReferenceSpec`, and its resolution against the policy."""
+"""What a reference is: :class:`ReferenceSpec`, and its resolution against the policy; which
+references a run uses and how: :class:`ReferencesConfig` (the ``references`` group)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mrpo.domains import Choice, Flag, Number, Text, setting
+from omegaconf import MISSING
+
+from mrpo.domains import Choice, Flag, Items, Number, Text, setting
 from mrpo.errors import OptionError
 from mrpo.models import DTYPES
 from mrpo.models.quantization import QUANTIZATIONS, precision_label
@@ -121,6 +124,23 @@ class ReferenceSpec:
             self.schedule()
         except OptionError as err:
             raise OptionError(err.option, f"reference {self.name!r}: {err}") from None
+
+
+@dataclass
+class ReferencesConfig:
+    """The reference ensemble: the first ``num_refs`` entries of ``pool`` (all when null)."""
+
+    pool: list[ReferenceSpec] = setting(MISSING, Items(min_len=1))
+    num_refs: int | None = setting(None, Number(int, ge=1, nullable=True))
+    # Pool entries to use, by name and in this order, instead of the first num_refs.
+    select: list[str] | None = setting(None, Items(Text(), min_len=1, nullable=True))
+    mode: str = setting("cached", Choice(("cached", "live")))
+    batch_size: int = setting(8, Number(int, ge=1))
+    # Ranks started together (torchrun, srun) each score 1/N of a missing cache entry's rows.
+    split_across_ranks: bool = setting(True, Flag())
+    shard_timeout_s: float = setting(7200.0, Number(float, gt=0))  # wait for the others' shards
+    # How long a job waits for another job filling the same cache entry (null: forever).
+    lock_timeout_s: float | None = setting(10800.0, Number(float, gt=0, nullable=True))
 
 
 @dataclass(frozen=True)
