@@ -9,8 +9,8 @@ reference model in memory at a time) -> policy -> validation before training -> 
 validation after training -> final model, summary and W&B summary.
 
 A job that fails records it (``summary.json`` with ``status: failed``, its message and how far
-it got); in a multirun the sweep then goes on with its next job (:mod:`mrpo.cli.sweep_report`
-tells at the end which failed).
+it got); in a multirun the sweep then goes on with its next job
+(:mod:`mrpo.compare.sweep_report` tells at the end which failed).
 """
 
 from __future__ import annotations
@@ -30,14 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
 from mrpo.callbacks import EvalCallback
-from mrpo.cli.console import (
-    exit_on_bad_command_line,
-    hardware_line,
-    is_quantizing,
-    print_summary,
-    quiet_bitsandbytes,
-    quiet_libraries,
-)
+from mrpo.cli.console import exit_on_bad_command_line, is_quantizing
 from mrpo.cli.moving import reference_scoring
 from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
@@ -64,6 +57,7 @@ from mrpo.groups.references import num_references
 from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
+from mrpo.tracking.console import hardware_line, print_summary, quiet_bitsandbytes, quiet_libraries
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir

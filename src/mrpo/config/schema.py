@@ -32,14 +32,15 @@ from mrpo.config.compose import check_known_keys
 from mrpo.config.resolvers import register_resolvers
 from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import ConfigError
+from mrpo.evals import EvalConfig
 from mrpo.groups.callbacks import CallbacksConfig
 from mrpo.groups.data import DataConfig
-from mrpo.groups.eval import EvalConfig
 from mrpo.groups.model import ModelConfig
-from mrpo.groups.objective import LossConfig, WeightsConfig
 from mrpo.groups.optimizer import OptimizerConfig, SchedulerConfig
 from mrpo.groups.references import ReferencesConfig
 from mrpo.groups.trainer import TrainerConfig
+from mrpo.objectives import LossConfig
+from mrpo.objectives.weighting.registry import WeightsConfig
 from mrpo.tracking.wandb import LoggerConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
