@@ -45,7 +45,7 @@ def sweep_dir(ctx: Any) -> Path:
 
 def compare_table(ctx: Any) -> dict[str, Any]:
     """``mrpo-compare``'s table of the sweep, as markdown and as rows (from its CSV)."""
-    from mrpo.cli.compare import main as compare
+    from mrpo.compare.command import main as compare
 
     out = ctx.work / "kstudy-compare"
     with contextlib.redirect_stdout(io.StringIO()):  # stdout is the check's JSON

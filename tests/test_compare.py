@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrpo.cli.compare import main
 from mrpo.compare import build_comparison, collect_runs
+from mrpo.compare.command import main
 from mrpo.compare.multirun import sweep_job_overrides
 from mrpo.compare.plots import load_curves, mean_curve, moving_average, plot_training_curves
 from mrpo.compare.records import flatten_config, read_metrics

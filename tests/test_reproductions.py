@@ -21,7 +21,7 @@ import pytest
 
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
-from mrpo.groups.objective import weighting_params
+from mrpo.objectives.weighting.registry import weighting_params
 from mrpo.testing.configs import checked_train_config, compose_config
 from mrpo.testing.models import QUANTIZABLE_HIDDEN_SIZE
 from mrpo.testing.runs import write_tiny_model

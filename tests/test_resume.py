@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrpo.cli.compare import main as compare_main
+from mrpo.compare.command import main as compare_main
 from mrpo.compare.records import collect_runs, read_metrics
 from mrpo.testing.runs import run_train_cli, tiny_run_args
 

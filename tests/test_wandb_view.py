@@ -23,8 +23,8 @@ import wandb_workspaces.workspaces as ws
 import yaml
 from wandb_workspaces import expr
 
-from mrpo.cli.compare import main
 from mrpo.compare import wandb_sweep
+from mrpo.compare.command import main
 from mrpo.compare.multirun import swept_keys
 from mrpo.compare.wandb_view import (
     BENCHMARKS,
@@ -262,7 +262,7 @@ def test_compare_command_imports_no_heavy_library() -> None:
     """``mrpo-compare`` starts fast: wandb-workspaces, Lightning and torch load only when the
     view is built or a logger started."""
     heavy = "{'torch', 'lightning', 'wandb', 'wandb_workspaces', 'mlflow'}"
-    code = f"import sys, mrpo.cli.compare; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, mrpo.compare.command; print(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -9,8 +9,8 @@ reference model in memory at a time) -> policy -> validation before training -> 
 validation after training -> final model, summary and W&B summary.
 
 A job that fails records it (``summary.json`` with ``status: failed``, its message and how far
-it got); in a multirun the sweep then goes on with its next job (:mod:`mrpo.cli.sweep_report`
-tells at the end which failed).
+it got); in a multirun the sweep then goes on with its next job
+(:mod:`mrpo.compare.sweep_report` tells at the end which failed).
 """
 
 from __future__ import annotations
@@ -32,14 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from mrpo.atomic import write_text
 from mrpo.callbacks.eval import EvalCallback
 from mrpo.callbacks.throughput import throughput_summary
-from mrpo.cli.console import (
-    exit_on_bad_command_line,
-    hardware_line,
-    is_quantizing,
-    print_summary,
-    quiet_bitsandbytes,
-    quiet_libraries,
-)
+from mrpo.cli.console import exit_on_bad_command_line, is_quantizing
 from mrpo.cli.plan import announce_plan, run_command
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import (
@@ -66,6 +59,7 @@ from mrpo.references.prepared import (
     prepare_references,
     reference_scoring,
 )
+from mrpo.tracking.console import hardware_line, print_summary, quiet_bitsandbytes, quiet_libraries
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir

@@ -6,7 +6,7 @@
 - :mod:`~mrpo.compare.plots`: PNG plots (matplotlib, Agg canvas); :mod:`~mrpo.compare.outputs`:
   the tables and plots written by ``--out``;
 - :mod:`~mrpo.compare.wandb_view`, :mod:`~mrpo.compare.wandb_sweep`: a sweep's W&B view;
-- the command line is :mod:`mrpo.cli.compare`.
+- the command line is :mod:`mrpo.compare.command`.
 """
 
 from mrpo.compare.records import RunCollection, RunRecord, SkippedRun, collect_runs

@@ -33,10 +33,11 @@ from mrpo.config.compose import check_known_keys
 from mrpo.config.resolvers import register_resolvers
 from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import ConfigError
+from mrpo.evals import EvalConfig
 from mrpo.groups.data import DataConfig
-from mrpo.groups.eval import EvalConfig
 from mrpo.groups.model import ModelConfig
-from mrpo.groups.objective import LossConfig, WeightsConfig
+from mrpo.objectives import LossConfig
+from mrpo.objectives.weighting.registry import WeightsConfig
 from mrpo.references.spec import ReferencesConfig
 from mrpo.tracking.wandb import LoggerConfig
 from mrpo.training.optimizer import OptimizerConfig, SchedulerConfig

@@ -22,6 +22,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
+from mrpo.domains import Flag, Items, Number, Text, setting
 from mrpo.evals.generate import DRAFT_TOKENS
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
@@ -30,6 +31,7 @@ from mrpo.evals.tasks import COUNT_NAMES, EvalSettings, TaskData
 
 __all__ = [
     "EVAL_NAMES",
+    "EvalConfig",
     "EvalData",
     "EvalOutput",
     "append_samples",
@@ -43,6 +45,25 @@ __all__ = [
 
 EvalData = dict[str, TaskData]
 """Each task's loaded data, by task name (:func:`load_eval_data`), reused by every evaluation."""
+
+
+@dataclass
+class EvalConfig:
+    """The ``eval`` config group: benchmarks run by the evaluation callback during training, and
+    by ``mrpo-eval`` (which uses ``tasks``, ``limit``, ``batch_size``, ``max_new_tokens``,
+    ``draft_tokens``, ``log_samples`` and ``harness``; ``every_n_steps`` and ``final_limit``
+    concern training only). A task name that is not built in is an lm-evaluation-harness task,
+    run with ``harness``'s settings."""
+
+    tasks: list[str] = setting([], Items(Text()))
+    every_n_steps: int = setting(0, Number(int, ge=0))
+    limit: int | None = setting(50, Number(int, ge=1, nullable=True))
+    final_limit: int | None = setting(None, Number(int, ge=0, nullable=True))
+    batch_size: int = setting(16, Number(int, ge=1))
+    max_new_tokens: int = setting(MAX_NEW_TOKENS, Number(int, ge=1))
+    draft_tokens: int = setting(DRAFT_TOKENS, Number(int, ge=0))
+    log_samples: bool = setting(True, Flag())
+    harness: HarnessOptions = field(default_factory=HarnessOptions)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from mrpo.objectives.losses import configured_loss, dpo_objective, multi_referen
 from mrpo.objectives.objective import Objective, ObjectiveSpec
 from mrpo.objectives.registry import (
     OBJECTIVES,
+    LossConfig,
     available_objectives,
     get_objective,
     get_objective_spec,
@@ -76,6 +77,7 @@ __all__ = [
     "WEIGHTINGS",
     "ARWCWeights",
     "FixedWeights",
+    "LossConfig",
     "Objective",
     "ObjectiveConfig",
     "ObjectiveOutput",

@@ -131,7 +131,7 @@ def multi_reference_objective(
         ref_chosen, ref_rejected = ref_chosen.detach(), ref_rejected.detach()
         clip_fraction = ref_chosen.new_zeros(())
     paired = pair_weights(weights, config.harmonic_pairing)
-    aggregation = AGGREGATIONS[config.aggregation]
+    aggregation = AGGREGATIONS[config.aggregation or "harmonic"]  # None: MRPO's
     if aggregation.weighs_losses and config.batch_coupled:
         # AOT's per-pair losses are in sorted order: weigh each reference's batch loss by its
         # batch-mean weight (identical for weightings that are constant over the batch).

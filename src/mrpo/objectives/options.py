@@ -1,8 +1,9 @@
 """Domain checks of the objective's options, and of the combinations that cannot work.
 
 Each check raises :class:`~mrpo.errors.OptionError` naming the option (the config layer turns
-it into the ``loss.<option>`` key). Called by :class:`~mrpo.objectives.ObjectiveConfig` on
-construction, so an objective that exists has usable options.
+it into the ``loss.<option>`` key). Called by :meth:`~mrpo.objectives.ObjectiveConfig.check`
+when :func:`~mrpo.objectives.get_objective` builds an objective, so one that exists has usable
+options.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def check_ld_alpha(value: object) -> None:
 
 
 def check_aggregation(aggregation: object, harmonic_pairing: object) -> None:
-    """``aggregation`` and ``harmonic_pairing``, and the pairing that needs the harmonic mean."""
-    check_choice("aggregation", aggregation, tuple(AGGREGATIONS))
+    """``aggregation`` (None: DPO's, which combines nothing) and ``harmonic_pairing``, and the
+    pairing that needs the harmonic mean."""
+    if aggregation is not None:
+        check_choice("aggregation", aggregation, tuple(AGGREGATIONS))
     check_choice("harmonic_pairing", harmonic_pairing, HARMONIC_PAIRINGS)
     if harmonic_pairing == "official" and aggregation != "harmonic":
         raise OptionError(

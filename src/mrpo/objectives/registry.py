@@ -18,9 +18,13 @@ with ``name: <name>`` and its options.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+from omegaconf import MISSING
+
+from mrpo.domains import Choice, setting
 from mrpo.errors import OptionError
 from mrpo.objectives.losses import dpo_objective, multi_reference_objective
 from mrpo.objectives.objective import Objective, ObjectiveSpec
@@ -28,24 +32,9 @@ from mrpo.objectives.types import ObjectiveConfig
 from mrpo.objectives.weighting.registry import WEIGHTING_PARAMS, make_weighting
 from mrpo.objectives.weighting.strategies import PrimaryReference
 
-_DPO_OPTIONS = frozenset(
-    {
-        "loss_type",
-        "loss_weights",
-        "label_smoothing",
-        "f_divergence_type",
-        "f_alpha_divergence_coef",
-        "discopop_tau",
-        "simpo_gamma",
-        "length_normalize",
-        "ld_alpha",
-    }
-)
-_MULTI_OPTIONS = (
-    _DPO_OPTIONS
-    | {"aggregation", "weighting", "ctro", "epsilon", "adaptive_epsilon"}
-    | WEIGHTING_PARAMS
-)
+_OPTIONS = frozenset(f.name for f in fields(ObjectiveConfig)) - {"beta"}
+_DPO_OPTIONS = _OPTIONS - {"aggregation", "ctro", "epsilon", "adaptive_epsilon", "harmonic_pairing"}
+_MULTI_OPTIONS = _OPTIONS - {"harmonic_pairing"} | {"weighting"} | WEIGHTING_PARAMS
 
 OBJECTIVES: Mapping[str, ObjectiveSpec] = MappingProxyType(
     {
@@ -81,6 +70,13 @@ OBJECTIVES: Mapping[str, ObjectiveSpec] = MappingProxyType(
 """Objective name -> :class:`ObjectiveSpec`."""
 
 
+@dataclass
+class LossConfig(ObjectiveConfig):
+    """The ``loss`` config group: an objective's options and its ``name`` (:data:`OBJECTIVES`)."""
+
+    name: str = setting(MISSING, Choice(lambda: list(OBJECTIVES)))
+
+
 def available_objectives() -> tuple[str, ...]:
     """Names accepted by :func:`get_objective`."""
     return tuple(OBJECTIVES)
@@ -112,20 +108,13 @@ def get_objective(
         beta: KL temperature β > 0.
         num_refs: K, if known, to check the options against it now (e.g. the length of
             ``fixed_weights``, K = 2 for the official pairing) and to size Thompson sampling.
-        **options: keyword options accepted by the objective (``spec.options``):
-            ``loss_type`` (a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name or a list of
-            them), ``loss_weights``, ``label_smoothing``, ``f_divergence_type``,
-            ``f_alpha_divergence_coef``, ``discopop_tau``, ``simpo_gamma``,
-            ``length_normalize``, ``ld_alpha`` (see
-            :class:`~mrpo.objectives.types.ObjectiveConfig`);
-            multi_dpo and mrpo also take ``aggregation`` (an
-            :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name; default "loss_mixture"
-            for multi_dpo, "harmonic" for mrpo), ``weighting`` (a registered strategy name or a
-            strategy object; default "arwc"), its parameters (``fixed_weights``, ``window``,
-            ``prior``, ``seed``, ``feedback_size``), ``ctro`` (default True for mrpo, False
-            for multi_dpo),
-            ``epsilon`` (0.1), ``adaptive_epsilon`` (True); mrpo also ``harmonic_pairing``
-            ("general" | "official").
+        **options: keyword options accepted by the objective (``spec.options``; None: the
+            objective's default): the fields of :class:`~mrpo.objectives.types.ObjectiveConfig`
+            (dpo: not ``aggregation``, ``ctro``, ``epsilon``, ``adaptive_epsilon``; only mrpo
+            ``harmonic_pairing``); multi_dpo and mrpo also ``weighting`` (a registered strategy
+            name or a strategy object; default "arwc") and its parameters (``fixed_weights``,
+            ``window``, ``prior``, ``seed``, ``feedback_size``). Their defaults differ in
+            ``aggregation`` ("loss_mixture" for multi_dpo, "harmonic" for mrpo) and ``ctro``.
 
     Raises:
         OptionError: naming the option that is unknown or invalid (``name`` for an unknown
@@ -139,10 +128,11 @@ def get_objective(
             f"objective {name!r} does not accept option(s) {unknown}; "
             f"accepted: {sorted(spec.options)}",
         )
-    merged = {**spec.defaults, **options}
+    merged = {**spec.defaults, **{k: v for k, v in options.items() if v is not None}}
     weighting = merged.pop("weighting", None)
     params = {key: merged.pop(key) for key in WEIGHTING_PARAMS if key in merged}
     config = ObjectiveConfig(beta=beta, **merged)
+    config.check()
     strategy = make_weighting(weighting, **params) if spec.weighted else PrimaryReference()
     objective = Objective(spec, config, strategy)
     if num_refs is not None:  # K taken once: checked, and Thompson sampling's arms sized

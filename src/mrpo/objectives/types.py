@@ -6,11 +6,14 @@ Shapes: B = number of preference pairs, K = number of reference models.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from mrpo.domains import AnyOf, Choice, Flag, Items, Number, setting
 from mrpo.errors import OptionError
-from mrpo.objectives.loss_types import LOSS_TYPES, LossParams
+from mrpo.objectives.aggregation import AGGREGATIONS
+from mrpo.objectives.loss_types import F_DIVERGENCES, LOSS_TYPES, LossParams
 from mrpo.objectives.options import (
     HARMONIC_PAIRINGS,
     check_aggregation,
@@ -23,6 +26,9 @@ from mrpo.objectives.options import (
 )
 
 __all__ = ["HARMONIC_PAIRINGS", "ObjectiveConfig", "ObjectiveOutput"]
+
+_UNIT = Number(float, ge=0, le=1)
+_LOSS_TYPE = Choice(lambda: list(LOSS_TYPES))
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,19 @@ class ObjectiveOutput:
         return (self.chosen_rewards > self.rejected_rewards).float().mean()
 
 
-@dataclass(frozen=True)
+@dataclass
 class ObjectiveConfig:
-    """Scalar options of an objective, validated on construction (:mod:`.options`).
+    """Scalar options of an objective (:func:`~mrpo.objectives.get_objective` checks them with
+    :meth:`check`), each field with its domain: the ``loss`` config group is these settings and
+    an objective's name (:class:`~mrpo.objectives.registry.LossConfig`).
 
     Attributes:
         beta: KL temperature β > 0.
         loss_type: a :data:`~mrpo.objectives.loss_types.LOSS_TYPES` name, or several (their
             losses are added, weighted by ``loss_weights``).
         loss_weights: one non-negative weight per loss type (None: all 1).
+        aggregation: how K references combine, an
+            :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name (None: the objective's own).
         label_smoothing: ε_ls in [0, 0.5], for the loss types that take it (cDPO for
             ``sigmoid``, the noise rate of ``robust``, EXO's ε, AOT's and SimPO's smoothing).
         f_divergence_type: an :data:`~mrpo.objectives.loss_types.F_DIVERGENCES` name (f-DPO),
@@ -80,56 +90,52 @@ class ObjectiveConfig:
         f_alpha_divergence_coef: α in [0, 1] of ``alpha_divergence``.
         discopop_tau: DiscoPOP's τ > 0.
         simpo_gamma: SimPO's target margin γ >= 0.
-        length_normalize: the policy log-probs are per-token means (the loss types that need
-            sums refuse it).
-        aggregation: an :data:`~mrpo.objectives.aggregation.AGGREGATIONS` name.
-        ctro: clip references k >= 2 into a band around reference 1 (CTRO) before use.
+        ctro: clip references k >= 2 into a band around reference 1 (CTRO) before use (None:
+            the objective's own; off for one without).
         epsilon: CTRO band half-width ε in [0, 1].
         adaptive_epsilon: split ε between chosen and rejected by their mean reference log-probs.
         harmonic_pairing: one of :data:`HARMONIC_PAIRINGS` (``official`` needs ``harmonic``).
-        ld_alpha: LD-DPO's α in [0, 1] (arXiv 2409.06411), or None: the log-probs the objective
-            receives are ℓ_public + α(ℓ − ℓ_public), ℓ_public summing each response's first
-            min(|y_w|, |y_l|) tokens (:func:`mrpo.logprobs.ld_logps`). The trainer and the
-            references apply it where the log-probs are summed; None and 1 leave them as they
-            are.
-
-    Raises:
-        OptionError: naming the option, for any value outside its range or an unusable
-            combination.
+        length_normalize: the policy log-probs are per-token means (the loss types that need
+            sums refuse it).
+        ld_alpha: LD-DPO's α in [0, 1] (arXiv 2409.06411, TRL's ``ld_alpha``), or None: the
+            log-probs the objective receives are ℓ_public + α(ℓ − ℓ_public), ℓ_public summing
+            each response's first min(|y_w|, |y_l|) tokens (:func:`mrpo.logprobs.ld_logps`).
+            The trainer and the references apply it where the log-probs are summed; None and 1
+            leave them as they are.
     """
 
-    beta: float = 0.1
-    loss_type: str | tuple[str, ...] = "sigmoid"
-    loss_weights: tuple[float, ...] | None = None
-    label_smoothing: float = 0.0
-    f_divergence_type: str = "reverse_kl"
-    f_alpha_divergence_coef: float = 0.5
-    discopop_tau: float = 0.05
-    simpo_gamma: float = 0.5
-    length_normalize: bool = False
-    aggregation: str = "harmonic"
-    ctro: bool = False
-    epsilon: float = 0.1
-    adaptive_epsilon: bool = True
-    harmonic_pairing: str = "general"
-    ld_alpha: float | None = None
+    beta: float = setting(0.1, Number(float, gt=0))
+    loss_type: Any = setting("sigmoid", AnyOf((_LOSS_TYPE, Items(_LOSS_TYPE, min_len=1))))
+    loss_weights: list[float] | None = setting(
+        None, Items(Number(float, ge=0), min_len=1, nullable=True)
+    )
+    aggregation: str | None = setting(None, Choice(lambda: list(AGGREGATIONS), nullable=True))
+    label_smoothing: float = setting(0.0, Number(float, ge=0, le=0.5))
+    f_divergence_type: str = setting("reverse_kl", Choice(lambda: list(F_DIVERGENCES)))
+    f_alpha_divergence_coef: float = setting(0.5, _UNIT)
+    discopop_tau: float = setting(0.05, Number(float, gt=0))
+    simpo_gamma: float = setting(0.5, Number(float, ge=0))
+    ctro: bool | None = setting(None, Flag(nullable=True))
+    epsilon: float = setting(0.1, _UNIT)
+    adaptive_epsilon: bool = setting(True, Flag())
+    harmonic_pairing: str = setting("general", Choice(HARMONIC_PAIRINGS))
+    length_normalize: bool = setting(False, Flag())
+    ld_alpha: float | None = setting(None, Number(float, ge=0, le=1, nullable=True))
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Raise :class:`OptionError` naming the option, for any value outside its range or an
+        unusable combination (a list of loss types becomes a tuple)."""
         check_real("beta", self.beta)
         if not self.beta > 0:
             raise OptionError("beta", f"option 'beta' must be > 0, got {self.beta!r}")
         names = loss_type_names(self.loss_type)
-        weights = loss_weight_values(self.loss_weights, len(names))
-        # Lists from a config become tuples, so the frozen config stays hashable.
+        loss_weight_values(self.loss_weights, len(names))
         if not isinstance(self.loss_type, str):
-            object.__setattr__(self, "loss_type", names)
-        if self.loss_weights is not None:
-            object.__setattr__(self, "loss_weights", weights)
+            self.loss_type = names
         for flag in ("ctro", "adaptive_epsilon", "length_normalize"):
-            if not isinstance(getattr(self, flag), bool):
-                raise OptionError(
-                    flag, f"option {flag!r} must be a bool, got {getattr(self, flag)!r}"
-                )
+            value = getattr(self, flag)
+            if not isinstance(value, bool) and (flag != "ctro" or value is not None):
+                raise OptionError(flag, f"option {flag!r} must be a bool, got {value!r}")
         check_loss_params(names, self.params, self.length_normalize)
         check_range("epsilon", self.epsilon, 0.0, 1.0, "in [0, 1]")
         check_aggregation(self.aggregation, self.harmonic_pairing)

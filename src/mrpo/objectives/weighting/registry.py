@@ -3,17 +3,19 @@
 Adding a strategy: a :class:`~mrpo.objectives.weighting.strategies.WeightStrategy` subclass in
 its own module (``name``, ``params`` and, if the trainer must drive it, ``fits_on_validation``
 or ``needs_feedback``), one line in :data:`WEIGHTINGS` below, and a ``conf/weights/<name>.yaml``
-with ``strategy: <name>`` and its parameters. The configs' ``weights.<param>`` keys, the
-option names of :func:`mrpo.objectives.get_objective` and the constructor's keyword arguments
-are the same names.
+with ``strategy: <name>`` and its parameters. The configs' ``weights.<param>`` keys (the
+fields of :class:`WeightsConfig`, generated from ``params``), the option names of
+:func:`mrpo.objectives.get_objective` and the constructor's keyword arguments are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mrpo.domains import Choice, setting
 from mrpo.errors import OptionError, reject_unknown_options
 from mrpo.objectives.weighting.bandit import ThompsonSampling
 from mrpo.objectives.weighting.strategies import (
@@ -46,6 +48,42 @@ WEIGHTINGS: Mapping[str, type[WeightStrategy]] = MappingProxyType(
 
 WEIGHTING_PARAMS: frozenset[str] = frozenset(p for cls in WEIGHTINGS.values() for p in cls.params)
 """Every strategy parameter accepted as a keyword option (``fixed_weights``, ``prior``, ...)."""
+
+
+def _weights_fields() -> list[tuple[str, Any, Any]]:
+    """``strategy`` and every strategy's parameters (null: the strategy's default)."""
+    params: dict[str, Any] = {}
+    for cls in WEIGHTINGS.values():
+        for name, domain in cls.params.items():
+            params.setdefault(name, dataclasses.replace(domain, nullable=True))
+    strategy = setting("uniform", Choice(lambda: list(WEIGHTINGS)))
+    return [("strategy", str, strategy), *((n, Any, setting(None, d)) for n, d in params.items())]
+
+
+if TYPE_CHECKING:
+
+    @dataclasses.dataclass
+    class WeightsConfig:
+        """``strategy`` (a WEIGHTINGS name) and the strategies' parameters."""
+
+        strategy: str = "uniform"
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    WeightsConfig = dataclasses.make_dataclass("WeightsConfig", _weights_fields())
+    WeightsConfig.__module__ = __name__
+    WeightsConfig.__doc__ = "The ``weights`` group: ``strategy`` and every strategy's parameters."
+
+
+def weighting_params(weights: WeightsConfig) -> dict[str, Any]:
+    """The parameters set (not null) besides ``strategy``, as plain values."""
+    given = {f.name: getattr(weights, f.name) for f in dataclasses.fields(weights)}
+    return {
+        k: list(v) if isinstance(v, list | tuple) else v
+        for k, v in given.items()
+        if k != "strategy" and v is not None
+    }
 
 
 def available_weightings() -> tuple[str, ...]:
