@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from mrpo.cli.steps import PreparedData, PreparedReferences, build_ensemble, live_references
+from mrpo.cli.steps import PreparedReferences, build_ensemble, live_references
 from mrpo.config.schema import TrainConfig
+from mrpo.data.pipeline import PreparedData
 from mrpo.groups.references import reference_specs
 from mrpo.references.moving import MixedReferences, MovingReferences, cached_in_batch
 from mrpo.training.module import LiveReferenceFn

@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
-from mrpo.cli.steps import PreparedData, build_ensemble, model_cache_dir, pair_layout
+from mrpo.cli.steps import build_ensemble
 from mrpo.config.schema import TrainConfig
+from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import ConfigError
 from mrpo.models import DTYPES
 from mrpo.models.loading import model_config
 from mrpo.models.parallel import wants_cuda
+from mrpo.models.policy import model_cache_dir
 from mrpo.planning.batches import epoch_tokens, largest_batch
 from mrpo.planning.memory import GB, MemoryPlan, ModelShape, RunShape, estimate_memory, memory_fixes
 from mrpo.planning.shapes import model_shape

@@ -42,14 +42,11 @@ from mrpo.cli.moving import reference_scoring
 from mrpo.cli.plan import RunPlan, announce_plan, memory_record, remember_speed, save_card
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import (
-    PreparedData,
     PreparedReferences,
     build_callbacks,
     fit_offline_weights,
     load_policy,
     logger_labels,
-    model_cache_dir,
-    pair_layout,
     prepare_data,
     prepare_references,
     throughput_summary,
@@ -57,6 +54,7 @@ from mrpo.cli.steps import (
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
+from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import InputError
 from mrpo.groups.objective import build_objective
 from mrpo.groups.optimizer import build_optimizer
@@ -64,6 +62,7 @@ from mrpo.groups.references import num_references
 from mrpo.groups.trainer import build_sharding, build_trainer
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
+from mrpo.models.policy import model_cache_dir
 from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure, write_summary
 from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
