@@ -3,7 +3,7 @@
 Synthesizes N preference pairs from the mirror's HH-RLHF harmless-base rows (2,312 test rows,
 each copy varied: a copy number written into its first human turn and at the end of both
 responses, so that every row, prompt and response is distinct), writes them as a JSON Lines
-file, and runs ``mrpo-train``'s data step on it (:func:`mrpo.cli.steps.prepare_data`: load,
+file, and runs ``mrpo-train``'s data step on it (:func:`mrpo.data.pipeline.prepare_data`: load,
 validate, split, tokenize with the packaged SmolLM2 tokenizer, fingerprint) in a fresh process
 per size, so that each peak memory is its own. Reported per size: seconds, the peak resident
 memory above the process's baseline (the interpreter with torch, transformers and mrpo
@@ -89,10 +89,11 @@ def current_gb() -> float:
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
     """One preparation in this process: seconds and peak RSS above the baseline."""
-    from mrpo.cli.steps import model_cache_dir, prepare_data
+    from mrpo.cli.steps import prepare_data
     from mrpo.config import TrainConfig, to_dataclass
     from mrpo.data.prepare import resolve_num_proc
     from mrpo.models import PACKAGED_MODEL, load_tokenizer
+    from mrpo.models.policy import model_cache_dir
     from mrpo.testing.configs import compose_config
 
     cfg = to_dataclass(

@@ -51,10 +51,9 @@ import torch
 import transformers
 from omegaconf import OmegaConf
 
-from mrpo.cli.steps import pair_layout
 from mrpo.config import CONFIG_DIR
-from mrpo.config.schema import DataConfig
 from mrpo.data.collate import LengthGroupedBatchSampler, PreferenceCollator, pair_lengths
+from mrpo.data.pipeline import DataConfig, pair_layout
 from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.data.types import PreferenceBatch, PreferenceExample

@@ -253,8 +253,7 @@ def run_trl(
 
 def arm_layout(arm: str) -> Any:
     """The ``PairLayout`` of an mrpo arm: ``mrpo-train``'s default unless the arm changes it."""
-    from mrpo.cli.steps import pair_layout
-    from mrpo.config.schema import DataConfig
+    from mrpo.data.pipeline import DataConfig, pair_layout
 
     data = DataConfig()
     layout = pair_layout(data)

@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mrpo.atomic import write_text
 from mrpo.callbacks.eval import log_sample_tables
 from mrpo.cli.console import exit_on_bad_command_line
-from mrpo.cli.steps import model_cache_dir
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_eval_run_config
@@ -37,13 +34,13 @@ from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import (
     EvalOutput,
     append_samples,
+    format_scores,
     load_eval_data,
     run_eval_suite,
-    split_scores,
     write_eval_results,
 )
-from mrpo.models import ModelSourceError, load_model, load_tokenizer
-from mrpo.models.checkpoint import CheckpointError, checkpoint_kind, load_checkpoint_policy
+from mrpo.models import checkpoint
+from mrpo.models.policy import model_cache_dir
 from mrpo.tracking.record import CONFIG_FILE, environment_record
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 
@@ -90,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     results: dict[str, Any] = {
         "run_dir": str(output_dir),
-        "model": evaluated_source(run_cfg),
+        "model": checkpoint.evaluated_source(run_cfg.model.source, run_cfg.checkpoint),
         "checkpoint": run_cfg.checkpoint,
         "tasks": list(ev.tasks),
         "limit": ev.limit,
@@ -131,110 +128,15 @@ def _record(
     finish_wandb(loggers, {**output.metrics, "model": results["model"]})
 
 
-def evaluated_source(cfg: EvalRunConfig) -> str:
-    """The source whose weights are loaded: the checkpoint's model directory, else
-    ``model.source`` (for a ``.ckpt``, the base its weights go into)."""
-    if cfg.checkpoint and checkpoint_kind(cfg.checkpoint) == "model_dir":
-        return cfg.checkpoint
-    return cfg.model.source
-
-
 def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:
-    """The model to score (frozen, eval mode) and its tokenizer.
-
-    The model runs on the current CUDA device when there is one, else on the CPU (a
-    ``model.quantization`` loads it quantized there). The
-    tokenizer comes from ``model.tokenizer`` when set, else from the checkpoint's model
-    directory, else from ``model.source``. The model comes first: a checkpoint that does not
-    fit fails before anything else is loaded. A source that cannot be loaded (a hub id missing
-    from the local cache while offline, weights that do not fit) is a :class:`ConfigError`
-    naming the config key.
-    """
-    m, cache_dir = cfg.model, model_cache_dir(cfg.paths.cache_dir)
-    device = torch.device(
-        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    )
-    kind = checkpoint_kind(cfg.checkpoint) if cfg.checkpoint else None
-    source = evaluated_source(cfg)
-    key = "checkpoint" if kind == "model_dir" else "model.source"
-    model: torch.nn.Module
+    """The model to score and its tokenizer (:func:`mrpo.models.checkpoint.load_evaluated_model`);
+    a source that cannot be loaded is a :class:`ConfigError` naming the config key."""
+    cache = model_cache_dir(cfg.paths.cache_dir)
     try:
-        if kind == "ckpt":
-            assert cfg.checkpoint is not None  # kind is only set for a checkpoint
-            model = load_checkpoint_policy(
-                cfg.checkpoint,
-                m.source,
-                dtype=m.dtype,
-                cache_dir=cache_dir,
-                lora=m.lora,
-            )
-        else:
-            model = load_model(
-                source,
-                dtype=m.dtype,
-                cache_dir=cache_dir,
-                trainable=False,
-                quantization=m.quantization,
-                device=device,
-            )
-    except CheckpointError as err:
-        assert cfg.checkpoint is not None  # a CheckpointError comes from a checkpoint
-        raise ConfigError("checkpoint", f"{err}.{checkpoint_hint(cfg.checkpoint)}") from None
-    except ModelSourceError as err:
+        return checkpoint.load_evaluated_model(cfg.model, cfg.checkpoint, cache_dir=cache)
+    except OptionError as err:
+        key = err.option if err.option == "checkpoint" else f"model.{err.option}"
         raise ConfigError(key, str(err)) from None
-    except OptionError as err:  # a quantization this machine cannot run
-        raise ConfigError(f"model.{err.option}", str(err)) from None
-    try:
-        tokenizer = load_tokenizer(
-            m.tokenizer or source, chat_template=m.chat_template, cache_dir=cache_dir
-        )
-    except ModelSourceError as err:
-        raise ConfigError("model.tokenizer" if m.tokenizer else key, str(err)) from None
-    if m.quantization is None:  # score on this process's GPU when there is one
-        model = torch.nn.Module.to(model, device)
-    log.info("evaluating %s on %s", cfg.checkpoint or m.source, next(model.parameters()).device)
-    return model, tokenizer
-
-
-def checkpoint_hint(checkpoint: str) -> str:
-    """How to load a ``.ckpt`` that did not fit, with the run's own model settings if found.
-
-    A checkpoint at ``<run>/checkpoints/x.ckpt`` has the run's resolved config next to it
-    (``<run>/config.yaml``), which names the base model and LoRA settings it trained.
-    """
-    run_dir = Path(checkpoint).expanduser().resolve().parent.parent
-    hint = f" Evaluate the run's merged model directory ({run_dir / 'model'}) instead, or pass"
-    try:
-        model = OmegaConf.load(run_dir / "config.yaml").model
-        lora = " model=lora" if model.lora.enabled else ""
-        lora += "".join(
-            f" model.lora.{k}={model.lora[k]}" for k in ("r", "alpha") if model.lora.enabled
-        )
-        return f"{hint} the run's model: model.source={model.source}{lora}"
-    except (OSError, OmegaConfBaseException):  # no readable run config: a generic hint
-        return (
-            f"{hint} the base model it was trained from (model.source=...; for a LoRA run also"
-            " model=lora with the run's model.lora settings)"
-        )
-
-
-def format_scores(results: dict[str, Any]) -> str:
-    """A short table: one line per score with its number of questions and seconds."""
-    metrics = results["metrics"]
-    scores, _ = split_scores(metrics)
-    lines = [
-        "",
-        f"model         : {results['model']}",
-        f"checkpoint    : {results['checkpoint'] or '-'}",
-        f"run directory : {results['run_dir']}",
-        f"{'metric':<36}{'score':>8}{'n':>7}{'seconds':>10}",
-    ]
-    for key, value in scores.items():
-        prefix = key.rsplit("/", 1)[0]
-        n = int(metrics.get(f"{prefix}/num_samples", 0))
-        seconds = metrics.get(f"{prefix}/seconds", float("nan"))
-        lines.append(f"{key:<36}{value:>8.4f}{n:>7d}{seconds:>10.1f}")
-    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

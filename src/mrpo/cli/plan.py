@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import shlex
 
-from mrpo.cli.steps import PreparedData, model_cache_dir, pair_layout
 from mrpo.config.schema import TrainConfig
+from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import option_keys
 from mrpo.groups.references import build_ensemble
 from mrpo.models.parallel import wants_cuda
+from mrpo.models.policy import model_cache_dir
 from mrpo.planning.plan import PlanSettings, RunPlan, check_fits, fsdp_shards, make_plan
 
 log = logging.getLogger("mrpo.train")

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mrpo.atomic import check_writable
 from mrpo.callbacks.settings import check_callbacks
 from mrpo.config.schema import TrainConfig
@@ -40,11 +38,11 @@ from mrpo.errors import ConfigError, InputError, OptionError, option_prefix
 from mrpo.evals.runner import EvalData, load_eval_data
 from mrpo.groups.objective import build_weighting
 from mrpo.groups.references import num_references, reference_specs
-from mrpo.models import ModelSourceError, load_tokenizer
-from mrpo.models.attention import check_attention_model
-from mrpo.models.integrity import check_weight_files
-from mrpo.models.loading import missing_lora_targets, model_config, module_names
-from mrpo.references.spec import POLICY_SOURCES
+from mrpo.models.integrity import check_source
+from mrpo.models.loading import model_config
+from mrpo.models.policy import ModelConfig, check_architecture, model_cache_dir
+from mrpo.models.sources import source_option
+from mrpo.references.spec import POLICY_SOURCES, ReferenceSpec
 from mrpo.tracking.rundir import identity_differences
 from mrpo.training.checkpointing import read_checkpoint_identity, resolve_ckpt_path
 from mrpo.training.metrics import logged_metric_names
@@ -52,8 +50,6 @@ from mrpo.training.optimizer import check_optimizer, check_scheduler
 from mrpo.training.trainer import check_trainer
 
 log = logging.getLogger("mrpo.train")
-
-_PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
 
 
 @dataclass
@@ -132,72 +128,27 @@ def _load_eval_data(cfg: TrainConfig) -> EvalData:
 
 
 def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:
-    """Weight files, tokenizers and chat templates, LoRA targets and the context length of the
-    policy and of every reference (each source once)."""
-    cache = Path(cfg.paths.cache_dir) / "models"
-    m = cfg.model
-    # (config key prefix, weights source, tokenizer source, chat template) of every model.
-    sources = [("model", m.source, m.tokenizer or m.source, m.chat_template)]
+    """Weight files, tokenizers and chat templates of the policy and of every reference (each
+    source once: :func:`mrpo.models.integrity.check_source`), then the policy's context
+    length and architecture (:func:`mrpo.models.policy.check_architecture`)."""
+    cache, m = model_cache_dir(cfg.paths.cache_dir), cfg.model
+    sources: list[tuple[str, ModelConfig | ReferenceSpec]] = [("model", m)]
     for i, spec in enumerate(reference_specs(cfg)):
         if spec.source not in POLICY_SOURCES:  # "self", "moving": the policy, checked above
-            prefix = f"references.pool.{i}"
-            sources.append((prefix, spec.source, spec.tokenizer or spec.source, spec.chat_template))
-    for prefix, source, tokenizer_source, template in sources:
-        _checked(f"{prefix}.source", check_weight_files, source)
-        tokenizer_key = f"{prefix}.tokenizer" if tokenizer_source != source else f"{prefix}.source"
-        tokenizer = _checked(tokenizer_key, _load_tokenizer, tokenizer_source, template, cache)
-        _check_template_renders(tokenizer, f"{prefix}.chat_template")
-    config = _checked("model.source", lambda: model_config(m.source, cache_dir=cache))
-    context = getattr(config, "max_position_embeddings", None)
-    if isinstance(context, int) and cfg.data.max_length > context:
-        found.warn(
-            f"data.max_length={cfg.data.max_length} is beyond the model's context of {context} "
-            "positions: longer pairs will score badly; lower data.max_length"
-        )
-    if m.attn_implementation is not None:  # transformers would refuse it only while loading
-        try:
-            check_attention_model(m.attn_implementation, config)
-        except OptionError as err:
-            raise ConfigError("model.attn_implementation", str(err)) from None
-    if m.lora.enabled:
-        missing = missing_lora_targets(m.lora, module_names(config))
-        if missing:
-            raise ConfigError(
-                "model.lora.target_modules",
-                f"{missing} match no module of {type(config).__name__.removesuffix('Config')} "
-                f"({m.source}); its linear layers are named {_linear_names(config)}",
+            sources.append((f"references.pool.{i}", spec))
+    for prefix, s in sources:
+        with option_prefix(prefix):
+            check_source(s.source, s.tokenizer, s.chat_template, cache)
+    with option_prefix("model"):
+        with source_option("source"):
+            config = model_config(m.source, cache_dir=cache)
+        context = getattr(config, "max_position_embeddings", None)
+        if isinstance(context, int) and cfg.data.max_length > context:
+            found.warn(
+                f"data.max_length={cfg.data.max_length} is beyond the model's context of "
+                f"{context} positions: longer pairs will score badly; lower data.max_length"
             )
-
-
-def _checked(key: str, fn: Any, *args: Any) -> Any:
-    """Call ``fn``; a model-source error becomes a config error for ``key``."""
-    try:
-        return fn(*args)
-    except ModelSourceError as err:
-        raise ConfigError(key, str(err)) from None
-
-
-def _load_tokenizer(source: str, template: str | None, cache: Path) -> Any:
-    return load_tokenizer(source, chat_template=template, cache_dir=cache)
-
-
-def _check_template_renders(tokenizer: Any, key: str) -> None:
-    try:
-        tokenizer.apply_chat_template(_PROBE, tokenize=False)
-        tokenizer.apply_chat_template(_PROBE[:1], tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # jinja2 errors, template exceptions raised by the template
-        raise ConfigError(key, f"the chat template does not render a conversation: {err}") from None
-
-
-def _linear_names(config: Any) -> list[str]:
-    with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(config)
-    names = {
-        n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
-    }
-    return sorted(names)
+        check_architecture(m, config)
 
 
 def check_prepared_data(

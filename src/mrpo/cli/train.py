@@ -36,22 +36,21 @@ from mrpo.cli.console import exit_on_bad_command_line, is_quantizing
 from mrpo.cli.plan import announce_plan, run_command
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import (
-    PreparedData,
     load_policy,
     logger_labels,
-    model_cache_dir,
-    pair_layout,
     prepare_data,
 )
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
+from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import InputError
 from mrpo.groups.callbacks import build_callbacks
 from mrpo.groups.objective import build_objective
 from mrpo.groups.references import build_ensemble, num_references, reference_specs
 from mrpo.models.merge import merged_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
+from mrpo.models.policy import model_cache_dir
 from mrpo.planning.plan import RunPlan, memory_record, remember_speed, save_card
 from mrpo.references.prepared import (
     PreparedReferences,

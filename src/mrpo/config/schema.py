@@ -8,9 +8,9 @@ turn the composed config into these plain dataclasses (``OmegaConf.to_object``);
 never sees OmegaConf objects.
 
 Where a library module has a settings dataclass of its own, the schema uses it rather than a
-copy: a reference is a :class:`mrpo.references.ReferenceSpec`, LoRA settings a
-:class:`mrpo.models.LoraConfig`, the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`,
-the length filters a :class:`mrpo.data.filters.LengthFilter`, the lm-eval settings a
+copy: the model is a :class:`mrpo.models.policy.ModelConfig`, the data a
+:class:`mrpo.data.pipeline.DataConfig`, a reference a :class:`mrpo.references.ReferenceSpec`,
+the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`, the lm-eval settings a
 :class:`mrpo.evals.harness.HarnessOptions`.
 Every group's settings live in its module under :mod:`mrpo.groups`, each field with its
 declared domain (:mod:`mrpo.domains`); keyword arguments mrpo does not model pass through a
@@ -31,11 +31,11 @@ from omegaconf.errors import MissingMandatoryValue
 from mrpo.callbacks.settings import CallbacksConfig
 from mrpo.config.compose import check_known_keys
 from mrpo.config.resolvers import register_resolvers
+from mrpo.data.pipeline import DataConfig
 from mrpo.domains import Choice, Flag, Number, Text, setting
 from mrpo.errors import ConfigError
 from mrpo.evals import EvalConfig
-from mrpo.groups.data import DataConfig
-from mrpo.groups.model import ModelConfig
+from mrpo.models.policy import ModelConfig
 from mrpo.objectives import LossConfig
 from mrpo.objectives.weighting.registry import WeightsConfig
 from mrpo.references.spec import ReferencesConfig

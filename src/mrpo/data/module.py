@@ -1,7 +1,7 @@
 """``PreferenceDataModule``: data loaders over already tokenized preference pairs.
 
 Loading, validation, tokenization and reference scoring all happen before the Trainer
-starts (see :mod:`mrpo.cli.steps`), so this module only batches: length-grouped shuffled
+starts (see :mod:`mrpo.data.pipeline`), so this module only batches: length-grouped shuffled
 batches for training, length-sorted batches for validation, and the collator that pads and
 attaches cached reference log-probs.
 """

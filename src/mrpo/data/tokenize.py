@@ -133,23 +133,6 @@ def _response_suffix(
     return suffix
 
 
-def render_response(
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[Message],
-    prompt_text: str,
-    response: str,
-    chat_template: str | None = None,
-) -> str:
-    """The text a response adds after ``prompt_text`` (response + end-of-turn; module doc).
-
-    Raises:
-        ValueError: the template does not render the prompt as a prefix of the conversation.
-    """
-    conversation = [*messages, {"role": "assistant", "content": response}]
-    full = _render(tokenizer, [conversation], chat_template, False)[0]
-    return _response_suffix(tokenizer, prompt_text, full, response)
-
-
 def render_pairs(
     examples: Sequence[PreferenceExample],
     tokenizer: PreTrainedTokenizerBase,

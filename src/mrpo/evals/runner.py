@@ -36,6 +36,7 @@ __all__ = [
     "EvalOutput",
     "append_samples",
     "check_eval_names",
+    "format_scores",
     "load_eval_data",
     "run_eval_suite",
     "run_evals",
@@ -84,6 +85,26 @@ def split_scores(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[s
     for key, value in metrics.items():
         (counts if key.rsplit("/", 1)[-1] in COUNT_NAMES else scores)[key] = value
     return scores, counts
+
+
+def format_scores(results: Mapping[str, Any]) -> str:
+    """A short table of an evaluation's results (:func:`write_eval_results`' content): one
+    line per score with its number of questions and seconds."""
+    metrics = results["metrics"]
+    scores, _ = split_scores(metrics)
+    lines = [
+        "",
+        f"model         : {results['model']}",
+        f"checkpoint    : {results['checkpoint'] or '-'}",
+        f"run directory : {results['run_dir']}",
+        f"{'metric':<36}{'score':>8}{'n':>7}{'seconds':>10}",
+    ]
+    for key, value in scores.items():
+        prefix = key.rsplit("/", 1)[0]
+        n = int(metrics.get(f"{prefix}/num_samples", 0))
+        seconds = metrics.get(f"{prefix}/seconds", float("nan"))
+        lines.append(f"{key:<36}{value:>8.4f}{n:>7d}{seconds:>10.1f}")
+    return "\n".join(lines)
 
 
 def check_eval_names(evals: Sequence[str]) -> list[str]:

@@ -13,8 +13,8 @@ from mrpo.callbacks.eval import EvalCallback
 from mrpo.callbacks.progress import RunProgressBar
 from mrpo.callbacks.settings import build_extra_callbacks, checkpoint_callbacks
 from mrpo.callbacks.throughput import ThroughputMonitor
-from mrpo.cli.steps import PreparedData
 from mrpo.config.schema import TrainConfig
+from mrpo.data.pipeline import PreparedData
 from mrpo.evals.runner import EvalData
 from mrpo.objectives import Objective
 

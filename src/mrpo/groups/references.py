@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrpo.data.layout import PairLayout
+from mrpo.data.pipeline import pair_layout, tokenized_cache_dir
 from mrpo.errors import ConfigError, OptionError
+from mrpo.models.policy import model_cache_dir
 from mrpo.references.ensemble import ReferenceEnsemble
 from mrpo.references.sharding import detect_ranks
 from mrpo.references.spec import ReferenceSpec
@@ -91,12 +92,12 @@ def build_ensemble(
         max_prompt_length=d.max_prompt_length,
         cache_dir=cache_dir / "reflogps",
         batch_size=cfg.references.batch_size,
-        model_cache_dir=cache_dir / "models",
+        model_cache_dir=model_cache_dir(cache_dir),
         ranks=detect_ranks() if cfg.references.split_across_ranks else None,
         shard_timeout=cfg.references.shard_timeout_s,
         lock_timeout=cfg.references.lock_timeout_s,
-        layout=PairLayout(d.prefix_sharing, d.packing, d.pack_row_tokens),
-        tokenized_cache_dir=cache_dir / "tokenized",
+        layout=pair_layout(d),
+        tokenized_cache_dir=tokenized_cache_dir(cache_dir),
         num_proc=d.num_proc,
         fused_head=cfg.model.fused_lm_head,
         ld_alpha=cfg.loss.ld_alpha,

@@ -7,20 +7,29 @@ with ``<name>`` the transformers parameter name, or a peft name
 (``base_model.model.<name>``, ``...lora_A.default.weight``) when the run trained LoRA adapters.
 Only the weights are stored, so the model is rebuilt from the base model source the run
 started from, and those weights are loaded into it (strictly: every tensor must fit).
+:func:`load_evaluated_model` loads either form, or a plain model source, for scoring.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from mrpo.errors import InputError
-from mrpo.models.loading import load_model
+from mrpo.errors import InputError, OptionError
+from mrpo.models.loading import load_model, load_tokenizer
 from mrpo.models.lora import LoraConfig
+from mrpo.models.policy import ModelConfig
+from mrpo.models.sources import source_option
+
+log = logging.getLogger("mrpo.evaluate")
 
 POLICY_PREFIX = "policy."
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -150,3 +159,82 @@ def _load_strict(
             f"the weights in {path} do not fit the base model {base_source!r}: {details}"
         )
     model.load_state_dict(state, strict=True)
+
+
+def evaluated_source(source: str, checkpoint: str | None) -> str:
+    """The source whose weights are loaded: the checkpoint's model directory, else
+    ``source`` (for a ``.ckpt``, the base its weights go into)."""
+    if checkpoint and checkpoint_kind(checkpoint) == "model_dir":
+        return checkpoint
+    return source
+
+
+def load_evaluated_model(
+    model: ModelConfig, checkpoint: str | None, *, cache_dir: str | Path
+) -> tuple[Any, Any]:
+    """The model to score (frozen, eval mode, on the current CUDA device if any, else the CPU)
+    and its tokenizer (``model.tokenizer``, else the checkpoint's model directory, else
+    ``model.source``). The model loads first: a checkpoint that does not fit fails early.
+
+    Raises:
+        OptionError: naming ``checkpoint``, ``source`` or ``tokenizer`` for a source that
+            cannot load (a hub id not cached while offline, weights that do not fit), or a
+            ``quantization`` this machine cannot run.
+    """
+    m = model
+    device = torch.device(
+        f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    )
+    kind = checkpoint_kind(checkpoint) if checkpoint else None
+    source = evaluated_source(m.source, checkpoint)
+    option = "checkpoint" if kind == "model_dir" else "source"
+    loaded: torch.nn.Module
+    try:
+        with source_option(option):
+            if kind == "ckpt":
+                assert checkpoint is not None  # kind is only set for a checkpoint
+                loaded = load_checkpoint_policy(
+                    checkpoint, m.source, dtype=m.dtype, cache_dir=cache_dir, lora=m.lora
+                )
+            else:
+                loaded = load_model(
+                    source,
+                    dtype=m.dtype,
+                    cache_dir=cache_dir,
+                    trainable=False,
+                    quantization=m.quantization,
+                    device=device,
+                )
+    except CheckpointError as err:
+        assert checkpoint is not None  # a CheckpointError comes from a checkpoint
+        raise OptionError("checkpoint", f"{err}.{checkpoint_hint(checkpoint)}") from None
+    with source_option("tokenizer" if m.tokenizer else option):
+        tokenizer = load_tokenizer(
+            m.tokenizer or source, chat_template=m.chat_template, cache_dir=cache_dir
+        )
+    if m.quantization is None:  # score on this process's GPU when there is one
+        loaded = torch.nn.Module.to(loaded, device)
+    log.info("evaluating %s on %s", checkpoint or m.source, next(loaded.parameters()).device)
+    return loaded, tokenizer
+
+
+def checkpoint_hint(checkpoint: str) -> str:
+    """How to load a ``.ckpt`` that did not fit, with the run's own model settings if found.
+
+    A checkpoint at ``<run>/checkpoints/x.ckpt`` has the run's resolved config next to it
+    (``<run>/config.yaml``), which names the base model and LoRA settings it trained.
+    """
+    run_dir = Path(checkpoint).expanduser().resolve().parent.parent
+    hint = f" Evaluate the run's merged model directory ({run_dir / 'model'}) instead, or pass"
+    try:
+        model = OmegaConf.load(run_dir / "config.yaml").model
+        lora = " model=lora" if model.lora.enabled else ""
+        lora += "".join(
+            f" model.lora.{k}={model.lora[k]}" for k in ("r", "alpha") if model.lora.enabled
+        )
+        return f"{hint} the run's model: model.source={model.source}{lora}"
+    except (OSError, OmegaConfBaseException):  # no readable run config: a generic hint
+        return (
+            f"{hint} the base model it was trained from (model.source=...; for a LoRA run also"
+            " model=lora with the run's model.lora settings)"
+        )

@@ -1,8 +1,9 @@
-"""Whether a model source's weight files are whole, checked from their headers alone.
+"""Whether a model source is usable, checked before any weights load: its weight files whole
+(from their headers alone), its tokenizer loading and its chat template rendering.
 
 A safetensors file states in its header where every tensor's bytes end, and a GGUF file lists
 every tensor's offset and size: a file shorter than that (a download or copy cut short) is
-found here in milliseconds, before a load would fail minutes into a run. Nothing is loaded.
+found here in milliseconds, before a load would fail minutes into a run.
 """
 
 from __future__ import annotations
@@ -11,9 +12,36 @@ import json
 import struct
 from pathlib import Path
 
-from mrpo.models.sources import ModelSourceError, resolve_source
+from mrpo.errors import OptionError
+from mrpo.models.loading import load_tokenizer
+from mrpo.models.sources import ModelSourceError, resolve_source, source_option
 
 _INDEX_SUFFIX = ".safetensors.index.json"
+_PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
+
+
+def check_source(
+    source: str, tokenizer: str | None, chat_template: str | None, cache_dir: str | Path
+) -> None:
+    """The weight files of ``source`` whole (:func:`check_weight_files`), its tokenizer (or
+    ``tokenizer``) loading with ``chat_template`` and the template rendering a conversation.
+
+    Raises:
+        OptionError: naming ``source``, ``tokenizer`` (when given apart from the source) or
+            ``chat_template``.
+    """
+    tokenizer_source = tokenizer or source
+    with source_option("source"):
+        check_weight_files(source)
+    with source_option("tokenizer" if tokenizer_source != source else "source"):
+        loaded = load_tokenizer(tokenizer_source, chat_template=chat_template, cache_dir=cache_dir)
+    try:
+        loaded.apply_chat_template(_PROBE, tokenize=False)
+        loaded.apply_chat_template(_PROBE[:1], tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # jinja2 errors, template exceptions raised by the template
+        raise OptionError(
+            "chat_template", f"the chat template does not render a conversation: {err}"
+        ) from None
 
 
 def check_weight_files(source: str) -> None:

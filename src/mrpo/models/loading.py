@@ -311,20 +311,3 @@ def model_config(source: str, *, cache_dir: str | Path | None = None) -> Pretrai
         if resolved.kind == "hub":
             raise _hub_failure(resolved, error) from error
         raise ModelSourceError(f"could not read the config of {source!r}: {error}") from error
-
-
-def module_names(config: PretrainedConfig) -> list[str]:
-    """The module names of the causal LM ``config`` describes, built on the meta device
-    (no memory for weights, nothing loaded): what LoRA's ``target_modules`` must match."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return [name for name, _ in model.named_modules()]
-
-
-def missing_lora_targets(lora: LoraConfig, names: list[str]) -> list[str]:
-    """The ``target_modules`` that match no module, the way peft matches them (a module
-    whose name is the target or ends with ``.<target>``); ``all-linear`` always matches."""
-    modules = lora.modules()
-    if modules == (ALL_LINEAR,):
-        return []
-    return [t for t in modules if not any(n == t or n.endswith(f".{t}") for n in names)]

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +29,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers.utils.hub import extract_commit_hash
 
 from mrpo.atomic import write_json
-from mrpo.errors import InputError
+from mrpo.errors import InputError, OptionError
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
@@ -55,6 +56,16 @@ class ModelSourceError(InputError):
     """A model source that does not name a usable model (with the source in the message)."""
 
     kind = "model error"
+
+
+@contextlib.contextmanager
+def source_option(option: str) -> Iterator[None]:
+    """Turn a :class:`ModelSourceError` into an :class:`~mrpo.errors.OptionError` for
+    ``option``, the setting that named the source."""
+    try:
+        yield
+    except ModelSourceError as err:
+        raise OptionError(option, str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from mrpo.references import ReferenceEnsemble
 from mrpo.tracking.card import render_card, write_card
 
 if TYPE_CHECKING:
-    from mrpo.cli.steps import PreparedData
+    from mrpo.data.pipeline import PreparedData
 
 log = logging.getLogger("mrpo.train")
 

@@ -18,7 +18,7 @@ from mrpo.references.spec import ReferenceSpec
 from mrpo.references.table import RefTable
 
 if TYPE_CHECKING:
-    from mrpo.cli.steps import PreparedData
+    from mrpo.data.pipeline import PreparedData
     from mrpo.objectives import Objective
 
 log = logging.getLogger("mrpo.train")
