@@ -32,7 +32,6 @@ from typing import Any, cast
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import Logger, WandbLogger
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.evals.generate import DRAFT_TOKENS
@@ -44,6 +43,7 @@ from mrpo.evals.runner import (
     append_samples,
     check_eval_names,
     load_eval_data,
+    log_sample_tables,
     run_eval_suite,
     split_scores,
     write_eval_results,
@@ -200,23 +200,13 @@ class EvalCallback(L.Callback):
         log.info("step %d evaluation%s: %s", step, " (final)" if final else "", summary)
 
 
-def log_sample_tables(loggers: Sequence[Logger], output: EvalOutput, step: int) -> None:
-    """Log each task's samples as a W&B table ``eval/<name>/samples`` (a ``step`` column
-    first, then the task's ``sample_columns``).
-
-    Loggers other than ``WandbLogger`` are skipped; tasks without ``sample_columns`` (such as
-    TruthfulQA, whose samples are log-likelihood lists, and lm-eval tasks, whose records
-    differ by task) stay in the jsonl file only.
-    """
-    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
-    if not wandb_loggers:
-        return
-    for name, samples in output.samples.items():
-        columns = output.sample_columns.get(name, ())
-        if not columns:
-            continue
-        data = [[step] + [s[col] for col in columns] for s in samples]
-        for logger in wandb_loggers:
-            logger.log_table(
-                f"eval/{name}/samples", columns=["step", *columns], data=data, step=step
-            )
+def final_eval_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The benchmark scores at the end of a run: the ``eval/...`` metrics last logged, updated
+    with the final evaluation's, which :class:`EvalCallback` keeps itself (the validation after
+    fit resets ``callback_metrics``)."""
+    metrics = trainer.callback_metrics.items()
+    evals = {k: float(v) for k, v in metrics if k.startswith("eval/")}
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EvalCallback):
+            evals.update(callback.final_metrics)
+    return evals

@@ -25,29 +25,23 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
-from mrpo.callbacks.eval import log_sample_tables
 from mrpo.cli.console import exit_on_bad_command_line
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_eval_run_config
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import (
-    EvalOutput,
-    append_samples,
     format_scores,
     load_eval_data,
+    record_evaluation,
     run_eval_suite,
-    write_eval_results,
 )
 from mrpo.models import checkpoint
 from mrpo.models.policy import model_cache_dir
 from mrpo.tracking.record import CONFIG_FILE, environment_record
-from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
+from mrpo.tracking.wandb import make_loggers
 
 log = logging.getLogger("mrpo.evaluate")
-
-RESULTS_FILE = "eval_results.json"
-SAMPLES_FILE = "samples.jsonl"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -100,32 +94,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "task_info": output.info,
         "environment": environment_record(),
     }
-    _record(cfg, run_cfg, output, results)
+    tags = ["eval", *(f"task:{t}" for t in ev.tasks)]
+    loggers = make_loggers(output_dir, run_cfg.logger, resolved_container(cfg), tags=tags)
+    record_evaluation(output_dir, output, results, loggers, ev.log_samples)
     print(format_scores(results), flush=True)
     return results
-
-
-def _record(
-    cfg: DictConfig, run_cfg: EvalRunConfig, output: EvalOutput, results: dict[str, Any]
-) -> None:
-    """Samples file, CSV record and W&B run (metrics at step 0, GSM8K tables), results file."""
-    output_dir = Path(results["run_dir"])
-    samples = output_dir / SAMPLES_FILE
-    samples.unlink(missing_ok=True)  # this evaluation's samples only
-    append_samples(
-        samples, [{"eval": name, **s} for name, rows in output.samples.items() for s in rows]
-    )
-    tags = ["eval", *(f"task:{t}" for t in run_cfg.eval.tasks)]
-    loggers = make_loggers(output_dir, run_cfg.logger, resolved_container(cfg), tags=tags)
-    for logger in loggers:
-        logger.log_metrics(output.metrics, step=0)
-    if run_cfg.eval.log_samples:
-        log_sample_tables(loggers, output, step=0)
-    for logger in loggers:
-        logger.finalize("success")  # flushes the CSV record
-    results["wandb_dir"] = wandb_run_dir(loggers)
-    write_eval_results(output_dir / RESULTS_FILE, results)
-    finish_wandb(loggers, {**output.metrics, "model": results["model"]})
 
 
 def load_evaluated_model(cfg: EvalRunConfig) -> tuple[Any, Any]:

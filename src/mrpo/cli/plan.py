@@ -7,41 +7,23 @@ import logging
 import shlex
 
 from mrpo.config.schema import TrainConfig
-from mrpo.data.pipeline import PreparedData, pair_layout
+from mrpo.data.pipeline import PreparedData
 from mrpo.errors import option_keys
 from mrpo.groups.references import build_ensemble
-from mrpo.models.parallel import wants_cuda
-from mrpo.models.policy import model_cache_dir
-from mrpo.planning.plan import PlanSettings, RunPlan, check_fits, fsdp_shards, make_plan
+from mrpo.planning.plan import PlanSettings, RunPlan, check_fits, make_plan
 
 log = logging.getLogger("mrpo.train")
 
 
 def plan_settings(cfg: TrainConfig) -> PlanSettings:
     """The settings of the run its plan reads."""
-    m, t = cfg.model, cfg.trainer
-    cuda = wants_cuda(t.kwargs())
     return PlanSettings(
-        source=m.source,
-        model_cache_dir=model_cache_dir(cfg.paths.cache_dir),
-        speed_dir=cfg.paths.cache_dir,
-        lora=m.lora,
-        dtype=m.dtype,
-        quantization=m.quantization,
-        gradient_checkpointing=m.gradient_checkpointing,
-        fused_head=m.fused_lm_head,
-        tile_tokens=m.lm_head_chunk_tokens,
-        attn_implementation=m.attn_implementation,
-        layout=pair_layout(cfg.data),
-        batch_size=cfg.data.batch_size,
-        accumulate=t.accumulate_grad_batches,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        precision=t.precision,
-        optimizer=cfg.optimizer._target_,
-        reference_mode=cfg.references.mode,
-        cuda=cuda,
-        shards=fsdp_shards(t.strategy, t.devices, t.num_nodes) if cuda else 1,
+        cfg.model,
+        cfg.data,
+        cfg.trainer,
+        cfg.optimizer._target_,
+        cfg.references.mode,
+        cfg.paths.cache_dir,
     )
 
 

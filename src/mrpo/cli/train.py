@@ -30,25 +30,23 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
-from mrpo.callbacks.eval import EvalCallback
+from mrpo.callbacks.eval import final_eval_metrics
 from mrpo.callbacks.throughput import throughput_summary
 from mrpo.cli.console import exit_on_bad_command_line, is_quantizing
 from mrpo.cli.plan import announce_plan, run_command
 from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
-from mrpo.cli.steps import (
-    load_policy,
-    logger_labels,
-    prepare_data,
-)
+from mrpo.cli.steps import load_policy, logger_labels, prepare_data
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
 from mrpo.config.validation import check_train_config
+from mrpo.data.layout import layout_for
+from mrpo.data.module import PreferenceDataModule
 from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import InputError
 from mrpo.groups.callbacks import build_callbacks
 from mrpo.groups.objective import build_objective
 from mrpo.groups.references import build_ensemble, num_references, reference_specs
-from mrpo.models.merge import merged_policy
+from mrpo.models.merge import save_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.models.policy import model_cache_dir
 from mrpo.planning.plan import RunPlan, memory_record, remember_speed, save_card
@@ -63,6 +61,7 @@ from mrpo.tracking.record import CONFIG_FILE, environment_record, write_failure,
 from mrpo.tracking.rundir import claim_run_dir, is_launch_leader, run_identity
 from mrpo.tracking.wandb import finish_wandb, make_loggers, wandb_run_dir
 from mrpo.training.checkpointing import last_checkpoints
+from mrpo.training.fitting import fit_and_validate
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
 from mrpo.training.optimizer import build_optimizer
 from mrpo.training.trainer import build_trainer
@@ -72,7 +71,7 @@ log = logging.getLogger("mrpo.train")
 
 @dataclass
 class TrainingRun:
-    """What :func:`build_run` assembles and :func:`fit` drives."""
+    """What :func:`build_run` assembles and :func:`train` fits."""
 
     module: PreferenceModule
     datamodule: L.LightningDataModule
@@ -125,11 +124,13 @@ def train(cfg: DictConfig, progress: RunProgress | None = None) -> dict[str, Any
     run = build_run(run_cfg, resolved, data, refs, output_dir, identity, found)
     run.plan, run.resolved = plan, resolved
     progress.trainer = run.trainer
-    before, after = fit(run, found.ckpt_path)
+    before, after = fit_and_validate(run.trainer, run.module, run.datamodule, found.ckpt_path)
     summary = summarize(run_cfg, run, data, refs, before, after, time.perf_counter() - started)
     summary["warnings"] = found.warnings
     # A sharded policy is gathered by every rank together before rank 0 saves it.
-    whole = gather_policy(run) if run_cfg.save_model else None
+    whole = None
+    if run_cfg.save_model and run.sharding is not None:
+        whole = run.sharding.full_state_dict(run.trainer.strategy, run.module.policy)
     if run.trainer.is_global_zero:  # other data-parallel ranks: rank 0 keeps the record
         finish(run_cfg, run, summary, output_dir, whole)
     return summary
@@ -144,15 +145,14 @@ def build_run(
     identity: dict[str, Any],
     found: Preflight,
 ) -> TrainingRun:
-    """The policy, the objective (offline weights fitted), the module, data and Trainer."""
-    from mrpo.data.layout import layout_for
-    from mrpo.data.module import PreferenceDataModule
-
+    """The groups' builds in order: policy, objective (offline weights fitted), reference
+    scoring, the module, the data module, loggers, callbacks and Trainer."""
     sharding = cfg.trainer.sharding()
     policy, tokenizer = load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
     moving, scorer = reference_scoring(refs, policy, data)
+    m, d = cfg.model, cfg.data
     module = PreferenceModule(
         policy,
         tokenizer,
@@ -161,9 +161,9 @@ def build_run(
         scheduler_name=cfg.scheduler.name,
         warmup_ratio=cfg.scheduler.warmup_ratio,
         length_normalize=cfg.loss.length_normalize,
-        logprob_chunk_size=cfg.model.logprob_chunk_size,
-        fused_head=cfg.model.fused_lm_head,
-        head_chunk_tokens=cfg.model.lm_head_chunk_tokens,
+        logprob_chunk_size=m.logprob_chunk_size,
+        fused_head=m.fused_lm_head,
+        head_chunk_tokens=m.lm_head_chunk_tokens,
         live_references=scorer,
         on_nonfinite=cfg.nan_guard.action,
         run_identity=identity,
@@ -175,13 +175,13 @@ def build_run(
         data.val_pairs,
         pad_token_id=tokenizer.pad_token_id,
         ref_lookup=refs.table,
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        group_by_length=cfg.data.group_by_length,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        group_by_length=d.group_by_length,
         seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        layout=layout_for(policy, pair_layout(cfg.data)),
-        max_tokens_per_batch=cfg.data.max_tokens_per_batch,
+        num_workers=d.num_workers,
+        layout=layout_for(policy, pair_layout(d)),
+        max_tokens_per_batch=d.max_tokens_per_batch,
         test_pairs=data.test_pairs,
     )
     loggers = make_loggers(output_dir, cfg.logger, resolved, **logger_labels(cfg))
@@ -189,18 +189,6 @@ def build_run(
     strategy = None if sharding is None else sharding.strategy(cfg.trainer.kwargs())
     trainer = build_trainer(cfg.trainer, callbacks, loggers, output_dir, strategy)
     return TrainingRun(module, datamodule, trainer, loggers, sharding)
-
-
-def fit(run: TrainingRun, ckpt_path: str | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Validate (unless resuming), train, validate, then score the test split if there is
-    one; return the metrics before and after training (``test/...`` among the latter)."""
-    before = {} if ckpt_path else _validate(run)
-    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path)
-    after = _validate(run)
-    if getattr(run.datamodule, "test_pairs", None):
-        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
-        after.update({k: float(v) for k, v in (results[0] if results else {}).items()})
-    return before, after
 
 
 def summarize(
@@ -214,12 +202,6 @@ def summarize(
 ) -> dict[str, Any]:
     """The run's summary: what it was, how long it took, and its scores before and after."""
     trainer = run.trainer
-    evals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("eval/")}
-    # The validation after fit resets callback_metrics: the final evaluation's scores are kept
-    # by the callback itself.
-    for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, EvalCallback):
-            evals.update(callback.final_metrics)
     throughput = throughput_summary(trainer.callbacks)  # type: ignore[attr-defined]
     return {
         "run_dir": cfg.paths.output_dir,
@@ -237,16 +219,8 @@ def summarize(
         "environment": environment_record(),
         **{f"before/{k}": v for k, v in before.items()},
         **{f"final/{k}": v for k, v in after.items()},
-        **{f"final/{k}": v for k, v in evals.items()},
+        **{f"final/{k}": v for k, v in final_eval_metrics(trainer).items()},
     }
-
-
-def gather_policy(run: TrainingRun) -> dict[str, Any] | None:
-    """The whole trained policy's state dict on rank 0 when training sharded it (every rank
-    must call this together), None when the policy in memory is whole."""
-    if run.sharding is None:
-        return None
-    return run.sharding.full_state_dict(run.trainer.strategy, run.module.policy)
 
 
 def finish(
@@ -258,15 +232,17 @@ def finish(
 ) -> None:
     """Save the final model, write ``summary.json``, close the W&B run, print the scores.
 
-    ``whole``: the gathered state dict of a sharded policy (:func:`gather_policy`); it is
-    loaded into a fresh copy of the policy, which is saved instead of the sharded one.
+    ``whole``: the gathered state dict of a sharded policy; it is loaded into a fresh copy of
+    the policy, which is saved instead of the sharded one.
     """
     if cfg.save_model:
         if whole is not None:
             fresh, _ = load_policy(cfg)
             fresh.load_state_dict(whole)
             run.module.policy = fresh
-        model_dir = _save_policy(cfg, run.module, output_dir / "model")
+        cache = model_cache_dir(cfg.paths.cache_dir)
+        target = output_dir / "model"
+        model_dir = save_policy(run.module.policy, run.module.tokenizer, cfg.model, target, cache)
         summary["model_dir"] = str(model_dir)
         if run.plan is not None:
             save_card(model_dir, run.plan, run.resolved, summary, run_command())
@@ -275,28 +251,6 @@ def finish(
     write_summary(output_dir, summary)
     finish_wandb(run.loggers, summary)
     print_summary(summary)
-
-
-def _validate(run: TrainingRun) -> dict[str, float]:
-    results = run.trainer.validate(run.module, datamodule=run.datamodule, verbose=False)
-    return {k: float(v) for k, v in (results[0] if results else {}).items()}
-
-
-def _save_policy(cfg: TrainConfig, module: PreferenceModule, target: Path) -> Path:
-    """Save the final policy as a transformers model directory (LoRA merged in; a quantized
-    policy's adapters are merged into full-precision base weights)."""
-    m = cfg.model
-    policy: Any = merged_policy(  # a transformers model
-        module.policy,
-        source=m.source,
-        dtype=m.dtype,
-        lora=m.lora,
-        quantization=m.quantization,
-        cache_dir=model_cache_dir(cfg.paths.cache_dir),
-    )
-    policy.save_pretrained(target)
-    module.tokenizer.save_pretrained(target)
-    return target
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -349,20 +303,11 @@ def _failed(progress: RunProgress, kind: str, message: str, multirun: bool, *, s
     """Record the failure in the run's directory, then exit with ``status`` (single run) or
     return None: a multirun goes on with its next job, and the Optuna sweeper counts a trial
     without a value as failed (a NaN would make it fail itself)."""
-    trainer = progress.trainer
     # A single run stopped before it trained leaves its directory free for the corrected
     # command; a sweep job always records why it has no scores. Never into another run's dir.
-    if progress.output_dir is not None and (multirun or trainer is not None) and is_launch_leader():
-        metrics = {}
-        if trainer is not None:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        write_failure(
-            progress.output_dir,
-            kind,
-            message,
-            global_step=None if trainer is None else trainer.global_step,
-            metrics=metrics,
-        )
+    output_dir, trainer = progress.output_dir, progress.trainer
+    if output_dir is not None and (multirun or trainer is not None) and is_launch_leader():
+        write_failure(output_dir, kind, message, trainer)
     if not multirun:
         sys.exit(status)
     return None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import Logger, WandbLogger
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
@@ -28,6 +29,9 @@ from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
 from mrpo.evals.registry import EVAL_NAMES, resolve_task
 from mrpo.evals.tasks import COUNT_NAMES, EvalSettings, TaskData
+
+RESULTS_FILE = "eval_results.json"
+SAMPLES_FILE = "samples.jsonl"
 
 __all__ = [
     "EVAL_NAMES",
@@ -234,3 +238,53 @@ def append_samples(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any
         for row in rows:
             f.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
     return path
+
+
+def log_sample_tables(loggers: Sequence[Logger], output: EvalOutput, step: int) -> None:
+    """Log each task's samples as a W&B table ``eval/<name>/samples`` (a ``step`` column
+    first, then the task's ``sample_columns``).
+
+    Loggers other than ``WandbLogger`` are skipped; tasks without ``sample_columns`` (such as
+    TruthfulQA, whose samples are log-likelihood lists, and lm-eval tasks, whose records
+    differ by task) stay in the jsonl file only.
+    """
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers:
+        return
+    for name, samples in output.samples.items():
+        columns = output.sample_columns.get(name, ())
+        if not columns:
+            continue
+        data = [[step] + [s[col] for col in columns] for s in samples]
+        for logger in wandb_loggers:
+            logger.log_table(
+                f"eval/{name}/samples", columns=["step", *columns], data=data, step=step
+            )
+
+
+def record_evaluation(
+    output_dir: Path,
+    output: EvalOutput,
+    results: dict[str, Any],
+    loggers: Sequence[Logger],
+    log_samples: bool,
+) -> None:
+    """Write an evaluation's record into ``output_dir``: ``samples.jsonl`` (this evaluation's
+    samples only), the loggers' records (metrics at step 0, the GSM8K sample tables when
+    ``log_samples``) and ``eval_results.json`` (``results`` with the W&B run directory)."""
+    from mrpo.tracking.wandb import finish_wandb, wandb_run_dir
+
+    samples = output_dir / SAMPLES_FILE
+    samples.unlink(missing_ok=True)
+    append_samples(
+        samples, [{"eval": name, **s} for name, rows in output.samples.items() for s in rows]
+    )
+    for logger in loggers:
+        logger.log_metrics(output.metrics, step=0)
+    if log_samples:
+        log_sample_tables(loggers, output, step=0)
+    for logger in loggers:
+        logger.finalize("success")  # flushes the CSV record
+    results["wandb_dir"] = wandb_run_dir(loggers)
+    write_eval_results(output_dir / RESULTS_FILE, results)
+    finish_wandb(loggers, {**output.metrics, "model": results["model"]})

@@ -9,12 +9,16 @@ model the 4-bit policy approximates, which is what evaluation and later training
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from mrpo.models.loading import load_model
 from mrpo.models.lora import LoraConfig
+
+if TYPE_CHECKING:
+    from mrpo.models.policy import ModelConfig
 
 
 def merged_policy(
@@ -43,3 +47,26 @@ def merged_policy(
     assert isinstance(base, PeftModel)  # lora is enabled for every quantized policy
     set_peft_model_state_dict(base, get_peft_model_state_dict(policy))
     return base.merge_and_unload()
+
+
+def save_policy(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    settings: ModelConfig,
+    target: Path,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Save a trained policy and its tokenizer as a transformers model directory ``target``
+    (:func:`merged_policy` with the settings it was loaded with)."""
+    s = settings
+    merged: Any = merged_policy(  # a transformers model
+        policy,
+        source=s.source,
+        dtype=s.dtype,
+        lora=s.lora,
+        quantization=s.quantization,
+        cache_dir=cache_dir,
+    )
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

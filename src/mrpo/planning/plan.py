@@ -13,17 +13,19 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 import torch
 
 from mrpo.data.layout import PairLayout
+from mrpo.data.pipeline import DataConfig, PreparedData, pair_layout
 from mrpo.data.types import PreferenceExample
 from mrpo.errors import OptionError
 from mrpo.models import DTYPES
 from mrpo.models.loading import model_config
-from mrpo.models.lora import LoraConfig
+from mrpo.models.parallel import wants_cuda
+from mrpo.models.policy import ModelConfig, model_cache_dir
 from mrpo.planning.batches import epoch_tokens, largest_batch
 from mrpo.planning.memory import GB, MemoryPlan, ModelShape, RunShape, estimate_memory, memory_fixes
 from mrpo.planning.shapes import model_shape
@@ -36,9 +38,7 @@ from mrpo.planning.speed import (
 )
 from mrpo.references import ReferenceEnsemble
 from mrpo.tracking.card import render_card, write_card
-
-if TYPE_CHECKING:
-    from mrpo.data.pipeline import PreparedData
+from mrpo.training.trainer import TrainerConfig
 
 log = logging.getLogger("mrpo.train")
 
@@ -48,30 +48,24 @@ _OPTIMIZER_STATES = {"SGD": 1, "Adagrad": 1, "RMSprop": 1, "Adafactor": 1}
 
 @dataclass(frozen=True)
 class PlanSettings:
-    """The settings of the run its plan reads: the policy's, the batches', the Trainer's
-    (``cuda``: it runs on CUDA devices; ``shards``: :func:`fsdp_shards` there, else 1) and the
-    references' ``mode``; measured speeds are kept under ``speed_dir``."""
+    """The settings of the run its plan reads: the policy's, the data's (batches, layout), the
+    Trainer's, the optimizer class, the references' ``mode`` and the cache folder (converted
+    models; measured speeds)."""
 
-    source: str
-    model_cache_dir: Path
-    speed_dir: str | Path
-    lora: LoraConfig
-    dtype: str
-    quantization: str | None
-    gradient_checkpointing: bool
-    fused_head: bool
-    tile_tokens: int
-    attn_implementation: str | None
-    layout: PairLayout
-    batch_size: int
-    accumulate: int
-    max_epochs: int | None
-    max_steps: int
-    precision: Any
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerConfig
     optimizer: str
     reference_mode: str
-    cuda: bool
-    shards: int
+    cache_dir: str | Path
+
+    @property
+    def layout(self) -> PairLayout:
+        return pair_layout(self.data)
+
+    @property
+    def cuda(self) -> bool:
+        return wants_cuda(self.trainer.kwargs())
 
 
 @dataclass(frozen=True)
@@ -133,11 +127,12 @@ class RunPlan:
 
 def planned_steps(settings: PlanSettings, train_pairs: int) -> int:
     """Optimizer steps the run will take: epochs of batches, accumulation, ``max_steps``."""
-    per_epoch = -(-train_pairs // max(settings.batch_size, 1))
-    epochs = int(settings.max_epochs or 1)
-    steps = -(-per_epoch * max(epochs, 1) // settings.accumulate)
-    if settings.max_steps > 0:
-        steps = min(steps, settings.max_steps) if epochs > 0 else settings.max_steps
+    trainer = settings.trainer
+    per_epoch = -(-train_pairs // max(settings.data.batch_size, 1))
+    epochs = int(trainer.max_epochs or 1)
+    steps = -(-per_epoch * max(epochs, 1) // trainer.accumulate_grad_batches)
+    if trainer.max_steps > 0:
+        steps = min(steps, trainer.max_steps) if epochs > 0 else trainer.max_steps
     return steps
 
 
@@ -149,11 +144,11 @@ def make_plan(settings: PlanSettings, ensemble: ReferenceEnsemble, data: Prepare
     references = reference_plans(ensemble, data.all_examples, live=s.reference_mode == "live")
     steps = planned_steps(s, len(data.train_pairs))
     key = run_speed_key(s, device)
-    speed = read_speed(s.speed_dir, key)
+    speed = read_speed(s.cache_dir, key)
     seconds = None
     if speed is not None:
         per_pair = epoch_tokens(data.train_pairs, s.layout) / max(len(data.train_pairs), 1)
-        trained = per_pair * steps * s.batch_size * int(s.accumulate)
+        trained = per_pair * steps * s.data.batch_size * int(s.trainer.accumulate_grad_batches)
         missing = sum(r.state == "to score" for r in references)
         rows = [*data.train_pairs, *data.val_pairs, *data.test_pairs]
         scored = missing * epoch_tokens(rows, s.layout)
@@ -182,40 +177,40 @@ def layout_name(layout: PairLayout) -> str:
 
 def run_speed_key(settings: PlanSettings, device: str) -> str:
     """The speed key of this run (:func:`mrpo.planning.speed.speed_key`)."""
-    s = settings
+    m = settings.model
     keyed = {
-        "layout": layout_name(s.layout),
-        "checkpointing": s.gradient_checkpointing,
-        "lora": s.lora.enabled,
-        "dtype": s.dtype,
-        "precision": s.precision,
-        "references": s.reference_mode,
+        "layout": layout_name(settings.layout),
+        "checkpointing": m.gradient_checkpointing,
+        "lora": m.lora.enabled,
+        "dtype": m.dtype,
+        "precision": settings.trainer.precision,
+        "references": settings.reference_mode,
     }
-    return speed_key(device, s.source, keyed)
+    return speed_key(device, m.source, keyed)
 
 
 def run_shapes(
     settings: PlanSettings, data: PreparedData, ensemble: ReferenceEnsemble
 ) -> tuple[ModelShape, RunShape]:
     """The policy's sizes (from its config) and the run's largest batch and settings."""
-    s = settings
-    shape = model_shape(model_config(s.source, cache_dir=s.model_cache_dir), s.lora)
-    batch = largest_batch(data.train_pairs, s.layout, s.batch_size)
+    s, m, t = settings, settings.model, settings.trainer
+    shape = model_shape(model_config(m.source, cache_dir=model_cache_dir(s.cache_dir)), m.lora)
+    batch = largest_batch(data.train_pairs, s.layout, s.data.batch_size)
     run = RunShape(
         batch_tokens=batch.positions,
         rows=batch.rows,
         row_tokens=batch.row_tokens,
         scored_tokens=batch.scored,
-        weight_bytes=_weight_bytes(s.dtype, s.quantization),
-        activation_bytes=2 if "16" in str(s.precision) else 4,
+        weight_bytes=_weight_bytes(m.dtype, m.quantization),
+        activation_bytes=2 if "16" in str(t.precision) else 4,
         optimizer_states=_OPTIMIZER_STATES.get(s.optimizer.rsplit(".", 1)[-1], 2),
-        lora=s.lora.enabled,
-        gradient_checkpointing=s.gradient_checkpointing,
-        fused_head=s.fused_head,
-        tile_tokens=s.tile_tokens,
-        attention_scores=s.attn_implementation == "eager",
-        live_models=live_models(ensemble, s.lora.enabled) if s.reference_mode == "live" else 0,
-        shards=s.shards,
+        lora=m.lora.enabled,
+        gradient_checkpointing=m.gradient_checkpointing,
+        fused_head=m.fused_lm_head,
+        tile_tokens=m.lm_head_chunk_tokens,
+        attention_scores=m.attn_implementation == "eager",
+        live_models=live_models(ensemble, m.lora.enabled) if s.reference_mode == "live" else 0,
+        shards=fsdp_shards(t.strategy, t.devices, t.num_nodes) if s.cuda else 1,
         process_bytes=0 if s.cuda else resident_bytes(),
     )
     return shape, run

@@ -64,29 +64,23 @@ def write_summary(run_dir: str | Path, summary: Mapping[str, Any]) -> Path:
     return write_json(Path(run_dir) / SUMMARY_FILE, {**summary, "status": FINISHED})
 
 
-def write_failure(
-    run_dir: str | Path,
-    kind: str,
-    message: str,
-    *,
-    global_step: int | None = None,
-    metrics: Mapping[str, float] | None = None,
-) -> Path:
+def write_failure(run_dir: str | Path, kind: str, message: str, trainer: Any = None) -> Path:
     """Record a run that ended in failure: ``summary.json`` with ``status: failed``.
 
     Args:
         run_dir: the run directory.
         kind: what failed (``config error``, ``non-finite loss``, ``crash``, ...).
         message: the failure's one-line message.
-        global_step: the optimizer steps the run had taken, when known.
-        metrics: the last logged metrics, kept as ``partial/<name>``.
+        trainer: the run's ``lightning.Trainer`` once built (None before): its optimizer steps
+            and its last logged scalar metrics, kept as ``partial/<name>``.
     """
+    metrics = {} if trainer is None else trainer.callback_metrics
     payload: dict[str, Any] = {
         "status": FAILED,
         "failure": {"kind": kind, "message": message},
-        "global_step": global_step,
+        "global_step": None if trainer is None else trainer.global_step,
         "environment": environment_record(),
-        **{f"partial/{k}": float(v) for k, v in (metrics or {}).items()},
+        **{f"partial/{k}": float(v) for k, v in metrics.items() if v.numel() == 1},
     }
     return write_json(Path(run_dir) / SUMMARY_FILE, payload)
 
