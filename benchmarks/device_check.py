@@ -140,8 +140,8 @@ def check_train(overrides: Sequence[str], ctx: Context) -> dict[str, Any]:
 
 def check_eval(overrides: Sequence[str], ctx: Context) -> dict[str, Any]:
     from mrpo.config import EvalRunConfig, to_dataclass
-    from mrpo.config.validation import check_eval_run_config
     from mrpo.evals.runner import load_eval_data
+    from mrpo.groups.checks import check_eval_run_config
     from mrpo.testing.configs import compose_config
 
     cpu = [o for o in overrides if not o.startswith("hydra.")]

@@ -16,8 +16,8 @@ from transformers import GPT2Config, LlamaConfig, Qwen2Config
 import mrpo.models.attention as attention
 from mrpo.cli.preflight import Preflight, check_model_sources
 from mrpo.config import TrainConfig, to_dataclass
-from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError, OptionError
+from mrpo.groups.checks import check_train_config
 from mrpo.models.attention import (
     ATTENTION_KERNELS,
     check_attention_model,

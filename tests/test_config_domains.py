@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from mrpo.cli.preflight import check_built_objects
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.compose import check_composition, compose_checked, composition_error
-from mrpo.config.validation import check_train_config
 from mrpo.domains import Domain
 from mrpo.errors import ConfigError
+from mrpo.groups.checks import check_train_config
 from mrpo.testing.configs import compose_config
 from mrpo.testing.runs import run_train_cli
 from support.bad_inputs.case import MODEL_LOADED, environment

@@ -3,7 +3,7 @@ and passes the checks.
 
 Composition goes through Hydra's compose API on the package's config folder, the way ``mrpo-train``
 composes it; the composed config is turned into :class:`mrpo.config.TrainConfig` with
-``mrpo.config.to_dataclass`` and handed to :func:`mrpo.config.validation.check_train_config`.
+``mrpo.config.to_dataclass`` and handed to :func:`mrpo.groups.checks.check_train_config`.
 Options that need a value the user must give (``???``) get one here, and a separate test shows that
 leaving it out fails naming the key.
 """
@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from mrpo.config import CONFIG_DIR, EvalRunConfig
 from mrpo.config.schema import SWEEPS_GROUP
-from mrpo.config.validation import ConfigError
+from mrpo.errors import ConfigError
 from mrpo.evals import EVAL_NAMES
 from mrpo.models.parallel import FSDP_RUNS_ON_CPU
 from mrpo.testing.configs import checked_train_config, compose_config
@@ -355,7 +355,7 @@ def test_typo_in_a_config_file_fails_naming_the_key(tmp_path: Path) -> None:
     assert "loss/typo" in message
 
 
-# --- values that compose but cannot work (mrpo.config.validation) ---------------------------------
+# --- values that compose but cannot work (mrpo.groups.checks) ---------------------------------
 
 
 def test_unknown_loss_is_rejected(output_dir: Path) -> None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from mrpo.cli.evaluate import evaluate
 from mrpo.cli.train import train
 from mrpo.config import CONFIG_DIR, register_configs
-from mrpo.config.validation import ConfigError
+from mrpo.errors import ConfigError
 from mrpo.models import load_model
 from mrpo.testing.evaldata import write_eval_data
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
 from mrpo.config.schema import TrainConfig, to_dataclass
-from mrpo.config.validation import check_train_config
 from mrpo.errors import ConfigError
+from mrpo.groups.checks import check_train_config
 from mrpo.groups.objective import build_objective
 from mrpo.references.cache import RefCache
 from mrpo.references.cache_entry import RefCacheKey, encode_entry

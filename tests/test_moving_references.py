@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 from mrpo.cli.train import train
 from mrpo.compare.records import read_metrics
 from mrpo.config import TrainConfig, to_dataclass
-from mrpo.config.validation import check_train_config
 from mrpo.data.collate import PreferenceCollator
 from mrpo.data.preference import load_preference_data
 from mrpo.data.tokenize import tokenize_pairs
 from mrpo.errors import ConfigError, OptionError
+from mrpo.groups.checks import check_train_config
 from mrpo.models import load_model, load_tokenizer
 from mrpo.models.checkpoint import load_checkpoint_policy
 from mrpo.objectives import get_objective

@@ -21,8 +21,7 @@ from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mrpo.compare.records import read_metrics
-from mrpo.config.validation import ConfigError
-from mrpo.errors import OptionError
+from mrpo.errors import ConfigError, OptionError
 from mrpo.models import LoraConfig, load_model
 from mrpo.models import parallel as par
 from mrpo.testing.configs import checked_train_config, compose_config

@@ -15,7 +15,7 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from mrpo.config.validation import ConfigError
+from mrpo.errors import ConfigError
 from mrpo.logprobs import model_sequence_logprobs, split_lm_head
 from mrpo.models import LoraConfig, load_model
 from mrpo.models import quantization as q

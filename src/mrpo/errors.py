@@ -84,3 +84,13 @@ def option_prefix(prefix: str = "") -> Iterator[None]:
         yield
     except OptionError as err:
         raise ConfigError(".".join(filter(None, (prefix, err.option))), str(err)) from None
+
+
+@contextmanager
+def renamed(option: str) -> Iterator[None]:
+    """Name ``option`` in the :class:`OptionError` of a helper whose own option names differ
+    (its message kept)."""
+    try:
+        yield
+    except OptionError as err:
+        raise OptionError(option, str(err)) from None

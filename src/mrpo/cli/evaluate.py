@@ -28,7 +28,6 @@ from mrpo.atomic import write_text
 from mrpo.cli.console import exit_on_bad_command_line
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
-from mrpo.config.validation import check_eval_run_config
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import (
     format_scores,
@@ -36,6 +35,7 @@ from mrpo.evals.runner import (
     record_evaluation,
     run_eval_suite,
 )
+from mrpo.groups.checks import check_eval_run_config
 from mrpo.models import checkpoint
 from mrpo.models.policy import model_cache_dir
 from mrpo.tracking.record import CONFIG_FILE, environment_record

@@ -38,12 +38,12 @@ from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
 from mrpo.cli.steps import load_policy, logger_labels, prepare_data
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
 from mrpo.config.schema import resolved_container
-from mrpo.config.validation import check_train_config
 from mrpo.data.layout import layout_for
 from mrpo.data.module import PreferenceDataModule
 from mrpo.data.pipeline import PreparedData, pair_layout
 from mrpo.errors import InputError
 from mrpo.groups.callbacks import build_callbacks
+from mrpo.groups.checks import check_train_config
 from mrpo.groups.objective import build_objective
 from mrpo.groups.references import build_ensemble, num_references, reference_specs
 from mrpo.models.merge import save_policy

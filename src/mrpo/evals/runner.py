@@ -24,9 +24,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
 from mrpo.domains import Flag, Items, Number, Text, setting
+from mrpo.errors import OptionError
 from mrpo.evals.generate import DRAFT_TOKENS
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
+from mrpo.evals.harness.preflight import check_harness_tasks
 from mrpo.evals.registry import EVAL_NAMES, resolve_task
 from mrpo.evals.tasks import COUNT_NAMES, EvalSettings, TaskData
 
@@ -69,6 +71,19 @@ class EvalConfig:
     draft_tokens: int = setting(DRAFT_TOKENS, Number(int, ge=0))
     log_samples: bool = setting(True, Flag())
     harness: HarnessOptions = field(default_factory=HarnessOptions)
+
+    def check(self, data_dir: str | None) -> None:
+        """Every task built in or an lm-eval task whose data is at hand, few-shot counts given
+        for those only (an :class:`OptionError` naming the option)."""
+        # Names the registry does not know are lm-eval's: checked against its index and data.
+        harness_tasks = [t for t in self.tasks if t not in EVAL_NAMES]
+        for name, shots in self.harness.num_fewshot.items():
+            option = f"harness.num_fewshot.{name}"
+            if name not in harness_tasks:
+                raise OptionError(option, "names no lm-eval task of eval.tasks")
+            if shots < 0:
+                raise OptionError(option, f"must be >= 0, got {shots}")
+        check_harness_tasks(harness_tasks, self.harness, data_dir=data_dir)
 
 
 @dataclass

@@ -13,8 +13,12 @@ from torch.nn import Linear
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from mrpo.domains import Choice, Flag, Number, Text, setting
-from mrpo.errors import OptionError
-from mrpo.models.attention import ATTENTION_IMPLEMENTATIONS, check_attention_model
+from mrpo.errors import OptionError, renamed
+from mrpo.models.attention import (
+    ATTENTION_IMPLEMENTATIONS,
+    check_attention_model,
+    check_attention_runs,
+)
 from mrpo.models.loading import (
     DTYPES,
     compile_policy,
@@ -23,7 +27,7 @@ from mrpo.models.loading import (
     load_tokenizer,
 )
 from mrpo.models.lora import ALL_LINEAR, LoraConfig
-from mrpo.models.quantization import QUANTIZATIONS
+from mrpo.models.quantization import QUANTIZATIONS, check_runs
 
 
 @dataclass
@@ -53,6 +57,25 @@ class ModelConfig:
     # Load the linear layers quantized by bitsandbytes (nf4, fp4, int8) and train LoRA
     # adapters on them (QLoRA); null: full precision.
     quantization: str | None = setting(None, Choice(list(QUANTIZATIONS), nullable=True))
+
+    def check(self) -> None:
+        """Quantized weights train LoRA adapters only (an :class:`OptionError`)."""
+        if self.quantization is not None and not self.lora.enabled:
+            raise OptionError(
+                "lora.enabled",
+                f"model.quantization={self.quantization} trains LoRA adapters only; set "
+                "model.lora.enabled=true",
+            )
+
+    def check_machine(self, device: torch.device) -> None:
+        """What the policy's settings need on ``device``, as an :class:`OptionError`: a
+        bitsandbytes backend for quantized weights, and an attention kernel that trains there."""
+        if self.quantization is not None:
+            with renamed("quantization"):
+                check_runs(self.quantization, device)
+        if self.attn_implementation is not None:
+            with renamed("attn_implementation"):
+                check_attention_runs(self.attn_implementation, device)
 
 
 def model_cache_dir(cache_dir: str | Path) -> Path:

@@ -98,7 +98,7 @@ def fit_offline_weights(objective: Objective, refs: PreparedReferences, data: Pr
     strategy = objective.weighting
     if not strategy.fits_on_validation:
         return
-    assert refs.ensemble is not None, "refused with moving references (mrpo.config.moving)"
+    assert refs.ensemble is not None, "refused with moving references (mrpo.groups.moving)"
     val = refs.ensemble.precompute(data.val_examples, progress=False).logps
     index = torch.tensor([ex.index for ex in data.val_examples])
     # Summed log-probs (LD-DPO's where loss.ld_alpha is on): the strategy divides by length.

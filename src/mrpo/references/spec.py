@@ -142,6 +142,17 @@ class ReferencesConfig:
     # How long a job waits for another job filling the same cache entry (null: forever).
     lock_timeout_s: float | None = setting(10800.0, Number(float, gt=0, nullable=True))
 
+    def check(self) -> None:
+        """Entry names unique and ``num_refs`` within the pool (an :class:`OptionError`)."""
+        names = [r.name for r in self.pool]
+        if len(set(names)) != len(names):
+            raise OptionError("pool", f"duplicate names in {names}")
+        if self.num_refs is not None and not 1 <= self.num_refs <= len(self.pool):
+            raise OptionError(
+                "num_refs",
+                f"must be between 1 and the pool size {len(self.pool)}, got {self.num_refs}",
+            )
+
 
 @dataclass(frozen=True)
 class ResolvedReference:

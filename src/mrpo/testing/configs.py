@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
-from mrpo.config.validation import check_train_config
+from mrpo.groups.checks import check_train_config
 
 
 def compose_config(

@@ -23,7 +23,7 @@ import torch
 
 from mrpo.domains import AnyOf, Choice, Flag, Items, Number, Table, setting
 from mrpo.errors import OptionError
-from mrpo.models.parallel import ShardedTraining, make_strategy, wants_cuda
+from mrpo.models.parallel import FSDP, ShardedTraining, make_strategy, wants_cuda
 from mrpo.references.sharding import detect_ranks
 
 __all__ = ["TrainerConfig", "build_trainer", "check_trainer", "policy_device"]
@@ -97,6 +97,27 @@ class TrainerConfig:
         """The sharded strategy of a ``strategy`` mapping (None for a strategy name); an
         :class:`OptionError` names the mapping's unusable option (:func:`make_strategy`)."""
         return make_strategy(self.strategy) if isinstance(self.strategy, Mapping) else None
+
+    def check_machine(self) -> ShardedTraining | None:
+        """What this machine cannot run, as an :class:`OptionError`: a CUDA accelerator without
+        CUDA, a sharded strategy without its packages, devices or (FSDP) CPU streams. Returns
+        that strategy (None for a strategy name)."""
+        accelerator = str(self.accelerator)
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise OptionError(
+                "accelerator",
+                f"is {accelerator!r} but this machine has no CUDA GPU (or torch was built "
+                "without CUDA); trainer.accelerator=cpu runs the same config on the CPU",
+            )
+        try:
+            sharding = self.sharding()
+            if sharding is not None:
+                sharding.check_machine(self.kwargs())
+            if isinstance(sharding, FSDP):
+                sharding.check_cpu_streams(self.kwargs())
+        except OptionError as err:
+            raise OptionError(".".join(filter(None, ("strategy", err.option))), str(err)) from None
+        return sharding
 
     def check_extra(self) -> None:
         """``extra`` holds only ``Trainer`` arguments mrpo neither models nor sets (else an
