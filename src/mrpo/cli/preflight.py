@@ -33,15 +33,17 @@ from typing import Any
 
 from mrpo.atomic import check_writable
 from mrpo.callbacks.settings import check_callbacks
+from mrpo.cli.plan import plan_settings
 from mrpo.config.schema import TrainConfig
-from mrpo.errors import ConfigError, InputError, OptionError, option_prefix
-from mrpo.evals.runner import EvalData, load_eval_data
+from mrpo.errors import ConfigError, option_prefix
+from mrpo.evals.runner import EvalData
 from mrpo.groups.objective import build_weighting
 from mrpo.groups.references import num_references, reference_specs
 from mrpo.models.integrity import check_source
 from mrpo.models.loading import model_config
 from mrpo.models.policy import ModelConfig, check_architecture, model_cache_dir
 from mrpo.models.sources import source_option
+from mrpo.planning.plan import step_warnings
 from mrpo.references.spec import POLICY_SOURCES, ReferenceSpec
 from mrpo.tracking.rundir import identity_differences
 from mrpo.training.checkpointing import read_checkpoint_identity, resolve_ckpt_path
@@ -85,7 +87,8 @@ def preflight_train(cfg: TrainConfig, output_dir: Path) -> Preflight:
         check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     check_built_objects(cfg)
     if cfg.eval.tasks:
-        found.eval_data = _load_eval_data(cfg)
+        with option_prefix("eval"):
+            found.eval_data = cfg.eval.load_data(cfg.paths.data_dir)
     with option_prefix():
         found.ckpt_path = resolve_ckpt_path(cfg.ckpt_path, output_dir)
         if found.ckpt_path is not None:
@@ -110,21 +113,6 @@ def check_built_objects(cfg: TrainConfig) -> None:
         check_trainer(cfg.trainer)
     with option_prefix("callbacks"):
         check_callbacks(cfg.callbacks, logged_metric_names(num_references(cfg)), cfg.eval.tasks)
-
-
-def _load_eval_data(cfg: TrainConfig) -> EvalData:
-    try:
-        return load_eval_data(cfg.eval.tasks, data_dir=cfg.paths.data_dir, harness=cfg.eval.harness)
-    except InputError:
-        raise
-    except OptionError as err:  # an lm-eval task that cannot load (named in the message)
-        raise ConfigError(f"eval.{err.option}", str(err)) from None
-    except Exception as err:  # a missing or malformed file, or the hub out of reach
-        raise ConfigError(
-            "eval.tasks",
-            f"the evaluation data of {list(cfg.eval.tasks)} cannot be loaded: {err} "
-            "(set paths.data_dir or MRPO_DATA_DIR to a mirror holding it, or drop the task)",
-        ) from None
 
 
 def check_model_sources(cfg: TrainConfig, found: Preflight) -> None:
@@ -179,7 +167,8 @@ def check_prepared_data(
             f"data.val_size={cfg.data.val_size} gives 0 validation pairs of {total}: no "
             "validation metrics, and no best checkpoint"
         )
-    _warn_on_warmup(cfg, train_pairs, found)
+    for message in step_warnings(plan_settings(cfg), train_pairs, cfg.scheduler.warmup_ratio):
+        found.warn(message)
     if found.checkpoint_identity is not None:
         differences = identity_differences(found.checkpoint_identity, identity)
         if differences and not cfg.force_resume:
@@ -191,18 +180,3 @@ def check_prepared_data(
             )
         if differences:
             found.warn(f"resuming despite differences (force_resume): {'; '.join(differences)}")
-
-
-def _warn_on_warmup(cfg: TrainConfig, train_pairs: int, found: Preflight) -> None:
-    from mrpo.cli.plan import plan_settings
-    from mrpo.planning.plan import planned_steps
-
-    steps = planned_steps(plan_settings(cfg), train_pairs)
-    warmup = int(cfg.scheduler.warmup_ratio * steps)
-    if steps > 0 and cfg.scheduler.warmup_ratio > 0 and warmup == 0:
-        found.warn(
-            f"scheduler.warmup_ratio={cfg.scheduler.warmup_ratio} of {steps} step(s) is no "
-            "warm-up step at all"
-        )
-    if steps <= 1 and train_pairs > 0:
-        found.warn(f"the run takes {steps} optimizer step(s): is trainer.max_steps meant?")

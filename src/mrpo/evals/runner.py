@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mrpo.atomic import write_json
 from mrpo.domains import Flag, Items, Number, Text, setting
-from mrpo.errors import OptionError
+from mrpo.errors import InputError, OptionError
 from mrpo.evals.generate import DRAFT_TOKENS
 from mrpo.evals.gsm8k import MAX_NEW_TOKENS
 from mrpo.evals.harness.options import HarnessOptions
@@ -84,6 +84,20 @@ class EvalConfig:
             if shots < 0:
                 raise OptionError(option, f"must be >= 0, got {shots}")
         check_harness_tasks(harness_tasks, self.harness, data_dir=data_dir)
+
+    def load_data(self, data_dir: str | os.PathLike[str] | None) -> EvalData:
+        """Each task's data, loaded once (:func:`load_eval_data`); data that cannot be loaded
+        is an :class:`OptionError` naming ``tasks``."""
+        try:
+            return load_eval_data(self.tasks, data_dir=data_dir, harness=self.harness)
+        except (InputError, OptionError):  # a bad file, or an lm-eval task named in its message
+            raise
+        except Exception as err:  # a missing or malformed file, or the hub out of reach
+            raise OptionError(
+                "tasks",
+                f"the evaluation data of {list(self.tasks)} cannot be loaded: {err} "
+                "(set paths.data_dir or MRPO_DATA_DIR to a mirror holding it, or drop the task)",
+            ) from None
 
 
 @dataclass

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from transformers import PreTrainedTokenizerBase
@@ -40,23 +42,10 @@ def build_callbacks(
     if cfg.callbacks.lr_monitor:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.eval.tasks:
-        ev = cfg.eval
-        callbacks.append(
-            EvalCallback(
-                ev.tasks,
-                every_n_steps=ev.every_n_steps,
-                limit=ev.limit,
-                final_limit=ev.final_limit,
-                batch_size=ev.batch_size,
-                max_new_tokens=ev.max_new_tokens,
-                draft_tokens=ev.draft_tokens,
-                log_samples=ev.log_samples,
-                data_dir=cfg.paths.data_dir,
-                output_dir=output_dir,
-                data=eval_data,
-                harness=ev.harness,
-            )
-        )
+        # The callback takes the eval group's settings by their names (tasks: its first).
+        settings: dict[str, Any] = {f.name: getattr(cfg.eval, f.name) for f in fields(cfg.eval)}
+        settings.update(data_dir=cfg.paths.data_dir, output_dir=output_dir, data=eval_data)
+        callbacks.append(EvalCallback(settings.pop("tasks"), **settings))
     strategy = objective.weighting
     if strategy.needs_feedback:
         size = int(getattr(strategy, "feedback_size"))  # noqa: B009  # declared with the flag

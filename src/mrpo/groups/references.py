@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mrpo.data.pipeline import pair_layout, tokenized_cache_dir
 from mrpo.errors import ConfigError, OptionError
-from mrpo.models.policy import model_cache_dir
 from mrpo.references.ensemble import ReferenceEnsemble
-from mrpo.references.sharding import detect_ranks
 from mrpo.references.spec import ReferenceSpec
 
 if TYPE_CHECKING:
@@ -82,23 +78,11 @@ def build_ensemble(
     cfg: TrainConfig, specs: Sequence[ReferenceSpec] | None = None
 ) -> ReferenceEnsemble:
     """The run's K references (or ``specs``, some of them), with their cache and ranks."""
-    d, cache_dir = cfg.data, Path(cfg.paths.cache_dir)
-    return ReferenceEnsemble(
+    return ReferenceEnsemble.for_run(
         reference_specs(cfg) if specs is None else specs,
-        policy_source=cfg.model.source,
-        policy_tokenizer=cfg.model.tokenizer,
-        policy_chat_template=cfg.model.chat_template,
-        max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length,
-        cache_dir=cache_dir / "reflogps",
-        batch_size=cfg.references.batch_size,
-        model_cache_dir=model_cache_dir(cache_dir),
-        ranks=detect_ranks() if cfg.references.split_across_ranks else None,
-        shard_timeout=cfg.references.shard_timeout_s,
-        lock_timeout=cfg.references.lock_timeout_s,
-        layout=pair_layout(d),
-        tokenized_cache_dir=tokenized_cache_dir(cache_dir),
-        num_proc=d.num_proc,
-        fused_head=cfg.model.fused_lm_head,
+        model=cfg.model,
+        data=cfg.data,
+        settings=cfg.references,
+        cache_dir=cfg.paths.cache_dir,
         ld_alpha=cfg.loss.ld_alpha,
     )

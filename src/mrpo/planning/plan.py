@@ -136,6 +136,20 @@ def planned_steps(settings: PlanSettings, train_pairs: int) -> int:
     return steps
 
 
+def step_warnings(settings: PlanSettings, train_pairs: int, warmup_ratio: float) -> list[str]:
+    """What is legal but probably a mistake in the run's optimizer steps: a warm-up ratio that
+    gives no warm-up step, or a run of at most one step."""
+    steps = planned_steps(settings, train_pairs)
+    warnings = []
+    if steps > 0 and warmup_ratio > 0 and int(warmup_ratio * steps) == 0:
+        warnings.append(
+            f"scheduler.warmup_ratio={warmup_ratio} of {steps} step(s) is no warm-up step at all"
+        )
+    if steps <= 1 and train_pairs > 0:
+        warnings.append(f"the run takes {steps} optimizer step(s): is trainer.max_steps meant?")
+    return warnings
+
+
 def make_plan(settings: PlanSettings, ensemble: ReferenceEnsemble, data: PreparedData) -> RunPlan:
     """The run's plan (module doc); reads configs and the cache, loads no model."""
     s = settings

@@ -14,19 +14,26 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mrpo.data.layout import PADDED, PairLayout
+from mrpo.data.pipeline import DataConfig, pair_layout, tokenized_cache_dir
 from mrpo.data.prepare import prepare_pairs, tokenizer_fingerprint
 from mrpo.data.tokenize import TokenizedPairs, pair_token_lengths
 from mrpo.data.types import PreferenceExample, TokenizedPair
 from mrpo.logprobs import ld_active
 from mrpo.models import ModelSourceError, load_model, load_tokenizer, model_fingerprint
+from mrpo.models.policy import ModelConfig, model_cache_dir
 from mrpo.models.quantization import precision_label
 from mrpo.references import cached
 from mrpo.references.cache import RefCache
 from mrpo.references.cache_entry import RefCacheKey, canonical_json, numerics_label
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import data_fingerprint, num_forward_passes, score_pairs
-from mrpo.references.sharding import RankInfo
-from mrpo.references.spec import ReferenceSpec, ResolvedReference, resolve_reference
+from mrpo.references.sharding import RankInfo, detect_ranks
+from mrpo.references.spec import (
+    ReferencesConfig,
+    ReferenceSpec,
+    ResolvedReference,
+    resolve_reference,
+)
 from mrpo.references.table import RefTable
 
 log = logging.getLogger("mrpo.references")
@@ -137,6 +144,41 @@ class ReferenceEnsemble:
         self.stats = cached.ReferenceStats()
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
         self._fingerprints: dict[tuple[str, Any], str] = {}
+
+    @classmethod
+    def for_run(
+        cls,
+        specs: Sequence[ReferenceSpec],
+        *,
+        model: ModelConfig,
+        data: DataConfig,
+        settings: ReferencesConfig,
+        cache_dir: str | Path,
+        ld_alpha: float | None = None,
+    ) -> ReferenceEnsemble:
+        """The ensemble of a training run: its policy's sources (``model``), its data's lengths
+        and layout, the references group's ``settings``, and the caches under ``cache_dir``
+        (log-probs in ``reflogps``, converted models, tokenized pairs)."""
+        cache = Path(cache_dir)
+        return cls(
+            specs,
+            policy_source=model.source,
+            policy_tokenizer=model.tokenizer,
+            policy_chat_template=model.chat_template,
+            max_length=data.max_length,
+            max_prompt_length=data.max_prompt_length,
+            cache_dir=cache / "reflogps",
+            batch_size=settings.batch_size,
+            model_cache_dir=model_cache_dir(cache),
+            ranks=detect_ranks() if settings.split_across_ranks else None,
+            shard_timeout=settings.shard_timeout_s,
+            lock_timeout=settings.lock_timeout_s,
+            layout=pair_layout(data),
+            tokenized_cache_dir=tokenized_cache_dir(cache),
+            num_proc=data.num_proc,
+            fused_head=model.fused_lm_head,
+            ld_alpha=ld_alpha,
+        )
 
     def __len__(self) -> int:
         return len(self.specs)
