@@ -45,7 +45,7 @@ from mrpo.models.policy import ModelConfig, check_architecture, model_cache_dir
 from mrpo.models.sources import source_option
 from mrpo.planning.plan import step_warnings
 from mrpo.references.spec import POLICY_SOURCES, ReferenceSpec
-from mrpo.tracking.rundir import identity_differences
+from mrpo.tracking.rundir import check_resume
 from mrpo.training.checkpointing import read_checkpoint_identity, resolve_ckpt_path
 from mrpo.training.metrics import logged_metric_names
 from mrpo.training.optimizer import check_optimizer, check_scheduler
@@ -169,14 +169,7 @@ def check_prepared_data(
         )
     for message in step_warnings(plan_settings(cfg), train_pairs, cfg.scheduler.warmup_ratio):
         found.warn(message)
-    if found.checkpoint_identity is not None:
-        differences = identity_differences(found.checkpoint_identity, identity)
-        if differences and not cfg.force_resume:
-            raise ConfigError(
-                "ckpt_path",
-                f"{found.ckpt_path} was saved by a run with other settings or data: "
-                f"{'; '.join(differences)}. Resume with the checkpoint's settings, or pass "
-                "force_resume=true to resume anyway",
-            )
-        if differences:
-            found.warn(f"resuming despite differences (force_resume): {'; '.join(differences)}")
+    with option_prefix():  # ckpt_path: a top-level key
+        saved, force = found.checkpoint_identity, cfg.force_resume
+        for message in check_resume(saved, identity, found.ckpt_path, force):
+            found.warn(message)

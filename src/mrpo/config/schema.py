@@ -7,15 +7,15 @@ composition, before anything is loaded. ``???`` marks values a user must give. E
 turn the composed config into these plain dataclasses (``OmegaConf.to_object``); library code
 never sees OmegaConf objects.
 
-Where a library module has a settings dataclass of its own, the schema uses it rather than a
-copy: the model is a :class:`mrpo.models.policy.ModelConfig`, the data a
-:class:`mrpo.data.pipeline.DataConfig`, a reference a :class:`mrpo.references.ReferenceSpec`,
-the W&B settings a :class:`mrpo.tracking.wandb.LoggerConfig`, the lm-eval settings a
-:class:`mrpo.evals.harness.HarnessOptions`.
-Every group's settings live in its module under :mod:`mrpo.groups`, each field with its
-declared domain (:mod:`mrpo.domains`); keyword arguments mrpo does not model pass through a
-group's ``extra`` mapping (``trainer.extra``, ``optimizer.extra``, ``callbacks.extra``),
-checked against what they configure.
+A group's settings are its library room's own settings class, each field with its declared
+domain (:mod:`mrpo.domains`): ``model`` a :class:`~mrpo.models.policy.ModelConfig`, ``data`` a
+:class:`~mrpo.data.pipeline.DataConfig`, ``references`` a
+:class:`~mrpo.references.spec.ReferencesConfig`, ``loss`` a :class:`~mrpo.objectives.LossConfig`
+(the objectives' ``ObjectiveConfig`` and a name), ``weights`` generated from the weighting
+registry, ``optimizer``, ``scheduler`` and ``trainer`` :mod:`mrpo.training`'s, ``callbacks``
+:mod:`mrpo.callbacks.settings`', ``eval`` an :class:`~mrpo.evals.EvalConfig`. Keyword arguments
+mrpo does not model pass through a group's ``extra`` mapping (``trainer.extra``,
+``optimizer.extra``, ``callbacks.extra``), checked against what they configure.
 """
 
 from __future__ import annotations

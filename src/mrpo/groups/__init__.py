@@ -1,5 +1,5 @@
-"""One module per config group of ``mrpo-train``: its typed settings with the domain of every
-field declared next to it, ``check`` (raising :class:`~mrpo.errors.ConfigError` naming the
-key) and ``build`` (the objects the run uses). :mod:`mrpo.config.schema` composes the groups'
-settings into the primary config; :mod:`mrpo.cli.train` calls their builds in order.
+"""What ``mrpo-train`` does with its config groups beyond each group's own settings class:
+the checks in order (:mod:`.checks`), the relations between groups (:mod:`.trainer`,
+:mod:`.moving`), and the builds that read several groups (:mod:`.references`,
+:mod:`.objective`, :mod:`.callbacks`), which :mod:`mrpo.cli.train` calls in order.
 """

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mrpo.errors import ConfigError
+from mrpo.errors import ConfigError, OptionError
 from mrpo.tracking.record import SUMMARY_FILE
 
 RUN_MARKERS = (SUMMARY_FILE, "checkpoints", "csv", "model")
@@ -138,3 +138,22 @@ def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
             f"number of processes ({saved.get('world_size')} -> {current.get('world_size')})"
         )
     return differences
+
+
+def check_resume(
+    saved: Mapping[str, Any] | None, current: Mapping[str, Any], ckpt_path: str | None, force: bool
+) -> list[str]:
+    """A resumed run's identity against the one its checkpoint saved (None: it saved none):
+    an :class:`OptionError` naming ``ckpt_path`` where they differ, unless ``force``; returns
+    what to warn about."""
+    differences = [] if saved is None else identity_differences(saved, current)
+    if differences and not force:
+        raise OptionError(
+            "ckpt_path",
+            f"{ckpt_path} was saved by a run with other settings or data: "
+            f"{'; '.join(differences)}. Resume with the checkpoint's settings, or pass "
+            "force_resume=true to resume anyway",
+        )
+    if not differences:
+        return []
+    return [f"resuming despite differences (force_resume): {'; '.join(differences)}"]
