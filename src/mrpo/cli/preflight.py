@@ -1,26 +1,10 @@
-"""The pre-flight of ``mrpo-train``: everything that can be checked before a model is loaded.
-
-:func:`check_train_config` (pure value checks) runs first; then :func:`preflight_train` checks
-what needs the machine and the files, cheapest first:
-
-1. the run and cache folders can be written;
-2. what Lightning, torch and transformers would refuse later, built early on dummies: the
-   optimizer (on one dummy parameter), the scheduler, the Trainer's accelerator, devices,
-   precision and its other arguments, the checkpoint options and the metric they monitor, the
-   extra callbacks named by ``_target_``;
-3. the evaluation data of every task in ``eval.tasks`` (found at the first evaluation
-   otherwise, after training steps);
-4. the checkpoint to resume from: ``last``/``best`` found, the file readable as a whole;
-5. every model source: the weight files whole (headers against sizes), the tokenizer and its
-   chat template rendering a conversation, the LoRA target modules present in the model (its
-   architecture built on the meta device), the context length against ``data.max_length``,
-   the model family's support of ``model.attn_implementation``.
-
-After the data is loaded and tokenized (still no model), :func:`check_prepared_data` compares
-the data with the run (a validation split of zero pairs, warm-up longer than the run) and a
-resumed run with its checkpoint (:mod:`mrpo.tracking.rundir`). Every problem is an
-:class:`~mrpo.errors.InputError` naming the key, file or row; a value that is legal but almost
-surely a mistake is a warning in the log.
+"""The pre-flight of ``mrpo-train``: what needs the machine and the files, checked after the
+config checks (:mod:`mrpo.groups.checks`) and before any model loads, cheapest first: folders
+writable, the objects Lightning, torch and transformers would refuse later built on dummies,
+the evaluation data, the checkpoint to resume, every model source (weight files, tokenizer and
+chat template, LoRA targets, context length, attention support). After the data is tokenized,
+:func:`check_prepared_data` compares it with the run and a resumed run with its checkpoint.
+A value that is legal but almost surely a mistake is a warning in the log.
 """
 
 from __future__ import annotations

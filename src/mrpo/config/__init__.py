@@ -1,5 +1,6 @@
-"""The typed config schema (:mod:`.schema`), its validation (:mod:`.validation`) and the
-config tree shipped with the package (``mrpo/conf``, :data:`CONFIG_DIR`)."""
+"""The typed config schema (:mod:`.schema`), its composition with errors naming the key
+(:mod:`.compose`) and the config tree shipped with the package (``mrpo/conf``,
+:data:`CONFIG_DIR`)."""
 
 from mrpo.config.schema import (
     CONFIG_DIR,
