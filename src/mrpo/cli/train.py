@@ -1,15 +1,9 @@
 """``mrpo-train``: train a policy against K frozen references (Hydra entry point).
 
-Order of work, cheapest checks first so a bad input never costs a model load:
-config checks -> the run directory claimed (never another run's) -> pre-flight (folders,
-optimizer, scheduler, Trainer, callbacks, evaluation data, checkpoint, model files, tokenizers,
-LoRA targets; :mod:`mrpo.cli.preflight`) -> data loading, validation and tokenization -> the
-data and a resumed checkpoint checked against the run -> reference log-prob cache (one
-reference model in memory at a time) -> policy -> validation before training -> fit ->
-validation after training -> final model, summary and W&B summary.
-
-A job that fails records it (``summary.json`` with ``status: failed``, its message and how far
-it got); in a multirun the sweep then goes on with its next job
+The order of work (docs/architecture.md, "One training run"): config checks, the run directory
+claimed, pre-flight, data, the run's plan, the reference cache, then the groups' builds
+(:func:`build_run`), the fit and the record. A job that fails records it (``summary.json``
+with ``status: failed``); in a multirun the sweep goes on with its next job
 (:mod:`mrpo.compare.sweep_report` tells at the end which failed).
 """
 
