@@ -89,7 +89,7 @@ def current_gb() -> float:
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
     """One preparation in this process: seconds and peak RSS above the baseline."""
-    from mrpo.cli.steps import prepare_data
+    from mrpo.cli.train import prepare_data
     from mrpo.config import TrainConfig, to_dataclass
     from mrpo.data.prepare import resolve_num_proc
     from mrpo.models import PACKAGED_MODEL, load_tokenizer

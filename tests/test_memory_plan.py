@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mrpo.callbacks.progress import progress_figures
-from mrpo.cli.plan import check_memory
+from mrpo.cli.preflight import check_memory
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.data.layout import PairLayout
 from mrpo.data.types import TokenizedPair

@@ -262,7 +262,7 @@ def test_flex_attention_block_masks_give_the_same_values():
 
 
 def test_the_policy_loads_with_the_attention_it_is_given(compose_train):
-    from mrpo.cli.steps import load_policy
+    from mrpo.cli.train import load_policy
     from mrpo.config import TrainConfig, to_dataclass
 
     cfg = to_dataclass(compose_train(["model.attn_implementation=eager"]), TrainConfig)

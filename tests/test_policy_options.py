@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrpo.cli.steps import load_policy
-from mrpo.cli.train import train
+from mrpo.cli.train import load_policy, train
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.logprobs import batch_sequence_logprobs, model_sequence_logprobs
 

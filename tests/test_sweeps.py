@@ -33,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mrpo.cli.steps import logger_labels
+from mrpo.cli.train import logger_labels
 from mrpo.compare.command import main as compare_main
 from mrpo.compare.multirun import sweep_job_overrides
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs

@@ -12,8 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mrpo.callbacks.bandit import ThompsonFeedback
-from mrpo.cli.steps import prepare_data
-from mrpo.cli.train import train
+from mrpo.cli.train import prepare_data, train
 from mrpo.compare.records import read_metrics
 from mrpo.config import TrainConfig, to_dataclass
 from mrpo.data.collate import PreferenceCollator

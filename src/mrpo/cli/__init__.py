@@ -1,5 +1,4 @@
-"""Command-line entry points: ``mrpo-train``, ``mrpo-eval``, ``mrpo-compare``.
-
-Only these modules see the Hydra config; :mod:`mrpo.cli.steps` turns the typed config into
-the plain arguments of the library modules.
+"""Command-line entry points: ``mrpo-train`` (:mod:`.train`, with its pre-flight
+:mod:`.preflight`) and ``mrpo-eval`` (:mod:`.evaluate`); ``mrpo-compare`` is
+:mod:`mrpo.compare.command`. Only these modules see the Hydra config.
 """

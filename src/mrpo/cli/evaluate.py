@@ -25,8 +25,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mrpo.atomic import write_text
-from mrpo.cli.console import exit_on_bad_command_line
 from mrpo.config import CONFIG_DIR, EvalRunConfig, register_configs, to_dataclass
+from mrpo.config.compose import exit_on_bad_command_line
 from mrpo.config.schema import resolved_container
 from mrpo.errors import ConfigError, InputError, OptionError
 from mrpo.evals.runner import (

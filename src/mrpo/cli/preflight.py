@@ -10,6 +10,7 @@ A value that is legal but almost surely a mistake is a warning in the log.
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +18,17 @@ from typing import Any
 
 from mrpo.atomic import check_writable
 from mrpo.callbacks.settings import check_callbacks
-from mrpo.cli.plan import plan_settings
 from mrpo.config.schema import TrainConfig
-from mrpo.errors import ConfigError, option_prefix
+from mrpo.data.pipeline import PreparedData
+from mrpo.errors import ConfigError, option_keys, option_prefix
 from mrpo.evals.runner import EvalData
 from mrpo.groups.objective import build_weighting
-from mrpo.groups.references import num_references, reference_specs
+from mrpo.groups.references import build_ensemble, num_references, reference_specs
 from mrpo.models.integrity import check_source
 from mrpo.models.loading import model_config
 from mrpo.models.policy import ModelConfig, check_architecture, model_cache_dir
 from mrpo.models.sources import source_option
-from mrpo.planning.plan import step_warnings
+from mrpo.planning.plan import PlanSettings, RunPlan, check_fits, make_plan, step_warnings
 from mrpo.references.spec import POLICY_SOURCES, ReferenceSpec
 from mrpo.tracking.rundir import check_resume
 from mrpo.training.checkpointing import read_checkpoint_identity, resolve_ckpt_path
@@ -157,3 +158,43 @@ def check_prepared_data(
         saved, force = found.checkpoint_identity, cfg.force_resume
         for message in check_resume(saved, identity, found.ckpt_path, force):
             found.warn(message)
+
+
+def plan_settings(cfg: TrainConfig) -> PlanSettings:
+    """The settings of the run its plan reads."""
+    return PlanSettings(
+        cfg.model,
+        cfg.data,
+        cfg.trainer,
+        cfg.optimizer._target_,
+        cfg.references.mode,
+        cfg.paths.cache_dir,
+    )
+
+
+def announce_plan(cfg: TrainConfig, data: PreparedData) -> RunPlan:
+    """Make the plan, print its line and, for a training run, refuse it if it cannot fit."""
+    plan = make_plan(plan_settings(cfg), build_ensemble(cfg), data)
+    log.info("%s", plan.line())
+    if cfg.stage == "train":
+        check_memory(cfg, plan)
+    return plan
+
+
+def check_memory(cfg: TrainConfig, plan: RunPlan) -> None:
+    """Refuse a run whose estimated peak exceeds the device, unless ``force_memory``.
+
+    Raises:
+        ConfigError: (``force_memory``) naming the overrides that would make it fit.
+    """
+    with option_keys({}, "force_memory"):
+        check_fits(plan, force_memory=cfg.force_memory)
+
+
+def run_command() -> str:
+    """The command line that reproduces this run: ``mrpo-train`` and its overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # composed in Python: the overrides are not known
+        return "mrpo-train  # with the overrides of this run's config.yaml"
+    return shlex.join(["mrpo-train", *HydraConfig.get().overrides.task])

@@ -20,26 +20,34 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+import mrpo.data.pipeline
+import mrpo.models.policy
 from mrpo.atomic import write_text
 from mrpo.callbacks.eval import final_eval_metrics
 from mrpo.callbacks.throughput import throughput_summary
-from mrpo.cli.console import exit_on_bad_command_line, is_quantizing
-from mrpo.cli.plan import announce_plan, run_command
-from mrpo.cli.preflight import Preflight, check_prepared_data, preflight_train
-from mrpo.cli.steps import load_policy, logger_labels, prepare_data
+from mrpo.cli.preflight import (
+    Preflight,
+    announce_plan,
+    check_prepared_data,
+    preflight_train,
+    run_command,
+)
 from mrpo.config import CONFIG_DIR, TrainConfig, register_configs, to_dataclass
+from mrpo.config.compose import exit_on_bad_command_line
 from mrpo.config.schema import resolved_container
 from mrpo.data.layout import layout_for
 from mrpo.data.module import PreferenceDataModule
-from mrpo.data.pipeline import PreparedData, pair_layout
-from mrpo.errors import InputError
+from mrpo.data.pipeline import PreparedData, pair_layout, tokenized_cache_dir
+from mrpo.errors import InputError, option_prefix
 from mrpo.groups.callbacks import build_callbacks
 from mrpo.groups.checks import check_train_config
 from mrpo.groups.objective import build_objective
 from mrpo.groups.references import build_ensemble, num_references, reference_specs
+from mrpo.models import load_tokenizer
 from mrpo.models.merge import save_policy
 from mrpo.models.parallel import ShardedTraining, wants_cuda
 from mrpo.models.policy import model_cache_dir
@@ -58,9 +66,61 @@ from mrpo.training.checkpointing import last_checkpoints
 from mrpo.training.fitting import fit_and_validate
 from mrpo.training.module import NonFiniteLossError, PreferenceModule
 from mrpo.training.optimizer import build_optimizer
-from mrpo.training.trainer import build_trainer
+from mrpo.training.trainer import build_trainer, policy_device
 
 log = logging.getLogger("mrpo.train")
+
+
+def prepare_data(cfg: TrainConfig) -> PreparedData:
+    """The run's data (:func:`mrpo.data.pipeline.prepare_data`), tokenized by the policy's
+    tokenizer; a split the data cannot give is a config error naming its ``data`` key."""
+    m, cache = cfg.model, model_cache_dir(cfg.paths.cache_dir)
+    tokenizer = load_tokenizer(
+        m.tokenizer or m.source, chat_template=m.chat_template, cache_dir=cache
+    )
+    with option_prefix("data"):
+        return mrpo.data.pipeline.prepare_data(
+            cfg.data,
+            tokenizer,
+            data_dir=cfg.paths.data_dir,
+            cache_dir=tokenized_cache_dir(cfg.paths.cache_dir),
+            references=lambda: build_ensemble(cfg),
+        )
+
+
+def load_policy(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
+    """The trainable policy and its tokenizer (:func:`mrpo.models.policy.load_policy`)."""
+    cache, device = model_cache_dir(cfg.paths.cache_dir), policy_device(cfg.trainer)
+    return mrpo.models.policy.load_policy(cfg.model, cache_dir=cache, device=device)
+
+
+def logger_labels(cfg: TrainConfig) -> dict[str, Any]:
+    """The W&B run's name, group and tags: the multirun's group, and tags for the swept values.
+
+    Returns keyword arguments of :func:`mrpo.tracking.wandb.make_loggers`.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    group, name = None, None
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            group = Path(hc.sweep.dir).name
+            name = hc.job.override_dirname or f"job{hc.job.num}"
+    tags = [
+        f"loss:{cfg.loss.name}",
+        f"num_refs:{num_references(cfg)}",
+        f"weights:{cfg.weights.strategy}",
+        f"seed:{cfg.seed}",
+    ]
+    return {"name": name, "group": group, "tags": tags}
+
+
+def is_quantizing(cfg: TrainConfig) -> bool:
+    """Whether the policy or a reference loads quantized weights."""
+    specs = reference_specs(cfg)
+    return cfg.model.quantization is not None or any(s.quantization for s in specs)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mrpo.errors import ConfigError
+from mrpo.errors import ConfigError, InputError
 
 __all__ = [
     "check_command_line",
@@ -27,6 +28,7 @@ __all__ = [
     "check_known_keys",
     "compose_checked",
     "composition_error",
+    "exit_on_bad_command_line",
 ]
 
 
@@ -196,3 +198,14 @@ def check_known_keys(cfg: DictConfig, prefix: str = "") -> None:
                 item = node._get_node(i)
                 if isinstance(item, DictConfig):
                     check_known_keys(item, f"{name}.{i}.")
+
+
+def exit_on_bad_command_line(config_dir: Path, config_name: str, logger: str) -> None:
+    """Compose the command line's configs before Hydra runs the job: a wrong type, an unknown
+    key or group option ends here with one line naming the key and exit status 2, as every
+    other bad value does (Hydra itself would exit 1 with several lines)."""
+    try:
+        check_command_line(config_dir, config_name, sys.argv[1:])
+    except InputError as err:
+        print(f"[{logger}][ERROR] - {err.kind}: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
