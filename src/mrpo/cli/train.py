@@ -201,8 +201,7 @@ def build_run(
 ) -> TrainingRun:
     """The groups' builds in order: policy, objective (offline weights fitted), reference
     scoring, the module, the data module, loggers, callbacks and Trainer."""
-    sharding = cfg.trainer.sharding()
-    policy, tokenizer = load_policy(cfg)
+    sharding, (policy, tokenizer) = cfg.trainer.sharding(), load_policy(cfg)
     objective = build_objective(cfg)
     fit_offline_weights(objective, refs, data)
     moving, scorer = reference_scoring(refs, policy, data)

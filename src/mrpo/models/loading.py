@@ -175,6 +175,24 @@ def _quantized_kwargs(
     return {"quantization_config": method.bnb_config(compute_dtype), "device_map": {"": target}}
 
 
+def _check_load_options(
+    source: str, dtype: str, lora: LoraConfig | None, quantization: str | None, trainable: bool
+) -> bool:
+    """Raise for the options :func:`load_model` refuses; return whether LoRA is on."""
+    if dtype not in DTYPES:
+        raise ValueError(
+            f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
+        )
+    use_lora = lora is not None and lora.enabled
+    if lora is not None and use_lora:
+        lora.check()
+    if quantization is not None and trainable and not use_lora:
+        raise OptionError(
+            "lora", "a quantized model trains LoRA adapters only; enable LoRA (lora.enabled)"
+        )
+    return use_lora
+
+
 def load_model(
     source: str,
     *,
@@ -217,18 +235,7 @@ def load_model(
             quantized model without LoRA (option ``lora``).
         ModelSourceError: the source cannot be found or loaded (the message names it).
     """
-    if dtype not in DTYPES:
-        raise ValueError(
-            f"unknown dtype {dtype!r} for model {source!r}; choose from {list(DTYPES)}"
-        )
-    use_lora = lora is not None and lora.enabled
-    if use_lora:
-        assert lora is not None
-        lora.check()
-    if quantization is not None and trainable and not use_lora:
-        raise OptionError(
-            "lora", "a quantized model trains LoRA adapters only; enable LoRA (lora.enabled)"
-        )
+    use_lora = _check_load_options(source, dtype, lora, quantization, trainable)
     quantized = _quantized_kwargs(quantization, dtype, device)
     resolved, location, hub_kwargs = _location(source, cache_dir)
     log.info("loading model %s (%s)", source, dtype)

@@ -134,27 +134,27 @@ def _start_wandb(
         config=dict(config),
     )
     try:
-        logger = WandbLogger(
-            **kwargs,
-            settings=wandb.Settings(
-                mode=mode,  # type: ignore[arg-type]  # one of WANDB_MODES, resolved above
-                init_timeout=settings.init_timeout,
-                silent=True,
-            ),
+        mode_settings = wandb.Settings(
+            mode=mode,  # type: ignore[arg-type]  # one of WANDB_MODES, resolved above
+            init_timeout=settings.init_timeout,
+            silent=True,
         )
-        _drop_unset_anonymous(logger)
-        _ = logger.experiment  # start now: failures surface here, not mid-training
-        return logger
+        return _started(kwargs, mode_settings)
     except Exception as err:  # network, auth and service errors all mean: go offline
         if mode == "offline":
             raise
         log.warning("W&B could not start online (%s); logging offline instead.", err)
         # The failed start still holds the run id in the W&B service: stop the service.
         wandb.teardown()
-        logger = WandbLogger(**kwargs, settings=wandb.Settings(mode="offline", silent=True))
-        _drop_unset_anonymous(logger)
-        _ = logger.experiment
-        return logger
+        return _started(kwargs, wandb.Settings(mode="offline", silent=True))
+
+
+def _started(kwargs: dict[str, Any], settings: Any) -> WandbLogger:
+    """A W&B logger started now: failures surface here, not mid-training."""
+    logger = WandbLogger(**kwargs, settings=settings)
+    _drop_unset_anonymous(logger)
+    _ = logger.experiment
+    return logger
 
 
 def _drop_unset_anonymous(logger: Any) -> None:
