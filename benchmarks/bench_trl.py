@@ -77,6 +77,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+# The model without logits_to_keep (arm mrpo_fulllogits) is test support, not in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 ARMS = ("trl", "trl_precompute", "mrpo_live", "mrpo_cached", "mrpo_noshare", "mrpo_pack", "bare")
 OPTION_ARMS = ("mrpo_nogroup", "mrpo_logits", "mrpo_fulllogits", "mrpo_compile")
 # GPU-only arms: TRL with its Liger kernels (Triton), packed rows under FlexAttention.
@@ -322,8 +325,8 @@ def run_mrpo(
     from mrpo.data.module import PreferenceDataModule
     from mrpo.models import compile_policy
     from mrpo.objectives import get_objective
-    from mrpo.testing.models import AllLogits
     from mrpo.training.module import PreferenceModule
+    from support.models import AllLogits
 
     parts = mrpo_parts(setup, args, cached, arm_layout(arm))
     policy = parts["policy"]

@@ -6,7 +6,7 @@ batched log-likelihoods with a shared prefix) and lm-eval's (``gsm8k``, and
 ``truthfulqa_mc1`` + ``truthfulqa_mc2``, which together score what mrpo's ``truthfulqa``
 scores), run by ``lm_eval.simple_evaluate`` on the same in-memory model at lm-eval's default
 batch size of 1 (``--lm-eval-batch-size``). Prints each arm's wall time, the speed ratios
-(lm-eval seconds / mrpo seconds) and the per-item comparison of mrpo.testing.parity (the
+(lm-eval seconds / mrpo seconds) and the per-item comparison of tests/support/parity.py (the
 results must be identical for the ratio to mean anything).
 
 Usage (the lead's full run: GSM8K first 50, TruthfulQA first 100)::
@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
 from mrpo.models import load_model, load_tokenizer
-from mrpo.testing.parity import compare_run, run_parity
+
+# The per-item comparison is test support (tests/support), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.parity import compare_run, run_parity
 
 
 def main() -> None:

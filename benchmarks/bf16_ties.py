@@ -18,13 +18,19 @@ Prints one line per family and slot count.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
 from mrpo.evals.generate import generate_until
 from mrpo.evals.gsm8k.loader import load_gsm8k
-from mrpo.testing.models import TINY_FAMILIES
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+
+# The tiny models of three families are test support (tests/support), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.models import TINY_FAMILIES
 
 
 def ulps(a: float, b: float) -> float:

@@ -25,8 +25,9 @@ from mrpo.models.attention import (
     supported_attention,
 )
 from mrpo.testing.configs import checked_train_config
-from mrpo.testing.models import make_tiny_family_model, save_tiny_model
+from mrpo.testing.models import save_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from support.models import make_tiny_family_model
 
 ON_CPU = "trainer.accelerator=cpu"
 

@@ -6,18 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrpo.data.tokenize import (
-    encode_texts,
-    render_pair,
-    render_pairs,
-    tokenize_pair,
-    tokenize_pairs,
-    truncate_pair,
-    with_system_prompt,
-)
+from mrpo.data.tokenize import encode_texts, render_pairs, tokenize_pairs, with_system_prompt
 from mrpo.data.types import PreferenceExample
 from mrpo.testing import tokenizers as tiny
 from mrpo.testing.tokenizers import TOKENIZER_KINDS, make_tiny_tokenizer
+from support.pairs import render_pair, tokenize_pair, truncate_pair
 
 PROMPT = (
     {"role": "user", "content": "How do plants eat?"},

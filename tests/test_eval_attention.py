@@ -15,8 +15,8 @@ from transformers import DynamicCache
 from mrpo.evals.generate import generate_until
 from mrpo.evals.slots import SlotCache, cached_keys_values, slot_attention
 from mrpo.logprobs import cache_argument
-from mrpo.testing.models import greedy_text, make_tiny_family_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from support.models import greedy_text, make_tiny_family_model
 
 PROMPTS = [  # of unequal lengths
     "Question: How many clips did she sell?\nAnswer:",

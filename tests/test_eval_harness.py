@@ -1,6 +1,6 @@
 """lm-evaluation-harness as a backend: tiny local tasks on a tiny model, offline.
 
-The tasks are lm-eval's own kind of config reading local files (mrpo.testing.harness); the
+The tasks are lm-eval's own kind of config reading local files (support.harness); the
 task manager indexes only them (``include_defaults=False``), so no test here pays for indexing
 lm-eval's thousands of built-in tasks.
 """
@@ -21,10 +21,10 @@ from mrpo.evals.harness.backend import harness_result, load_harness_data, metric
 from mrpo.evals.harness.manager import task_manager
 from mrpo.evals.harness.preflight import check_harness_tasks, missing_data
 from mrpo.evals.loglik import loglikelihood
-from mrpo.testing.evaldata import GSM8K_ROWS, TRUTHFULQA_ROWS, write_eval_data
-from mrpo.testing.harness import TINY_DOCS, write_tiny_harness_tasks
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from support.evaldata import GSM8K_ROWS, TRUTHFULQA_ROWS, write_eval_data
+from support.harness import TINY_DOCS, write_tiny_harness_tasks
 
 
 @pytest.fixture(scope="module")

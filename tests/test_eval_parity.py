@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mrpo.testing.parity import compare_run, run_parity
+from support.parity import compare_run, run_parity
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from mrpo.callbacks.eval import EvalCallback
 from mrpo.errors import OptionError
 from mrpo.evals import run_eval_suite, run_evals, write_eval_results
 from mrpo.evals.harness import HarnessOptions
-from mrpo.testing.evaldata import write_eval_data
-from mrpo.testing.harness import write_tiny_harness_tasks
 from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from support.evaldata import write_eval_data
+from support.harness import write_tiny_harness_tasks
 
 ALL_EVALS = ["gsm8k", "gsm8k_chat", "truthfulqa"]
 

@@ -7,8 +7,9 @@ import torch
 
 from mrpo.evals.generate import StopOnStrings, cut_at_stops, eos_token_ids, generate_until
 from mrpo.evals.loglik import encode_pair, loglikelihood, score_token_pairs
-from mrpo.testing.models import greedy_text, make_tiny_model
+from mrpo.testing.models import make_tiny_model
 from mrpo.testing.tokenizers import make_tiny_tokenizer
+from support.models import greedy_text
 
 CONTEXTS = [
     "Question: How many clips did she sell?\nAnswer:",

@@ -19,7 +19,7 @@ from mrpo.cli.train import train
 from mrpo.config import CONFIG_DIR, register_configs
 from mrpo.errors import ConfigError
 from mrpo.models import load_model
-from mrpo.testing.evaldata import write_eval_data
+from support.evaldata import write_eval_data
 
 SCORES = (
     "eval/gsm8k/strict_match",
@@ -99,7 +99,7 @@ def test_native_and_lm_eval_tasks_offline(
 ) -> None:
     """``mrpo-eval eval.tasks=[gsm8k, truthfulqa, tiny_mc]`` with a local lm-eval task YAML:
     scores under eval/<task>/..., lm-eval's records in samples.jsonl, its task info kept."""
-    from mrpo.testing.harness import write_tiny_harness_tasks
+    from support.harness import write_tiny_harness_tasks
 
     tasks = write_tiny_harness_tasks(tmp_path / "tasks")
     overrides = [

@@ -28,8 +28,8 @@ from mrpo.objectives import get_objective
 from mrpo.references.logps import RefLogps
 from mrpo.references.scoring import score_pairs
 from mrpo.references.table import RefTable
-from mrpo.testing.models import make_tiny_family_model
 from mrpo.training.module import PreferenceModule
+from support.models import make_tiny_family_model
 
 VOCAB = 41
 LAYOUTS = {

@@ -17,7 +17,8 @@ from mrpo.logprobs import (
     sequence_logprobs,
 )
 from mrpo.logprobs.fused_head import head_logprobs, split_lm_head
-from mrpo.testing.models import AllLogits, make_tiny_model
+from mrpo.testing.models import make_tiny_model
+from support.models import AllLogits
 
 VOCAB = 37
 

@@ -15,7 +15,8 @@ from mrpo.logprobs import (
     scored_window,
     sequence_logprobs,
 )
-from mrpo.testing.models import AllLogits, make_tiny_model
+from mrpo.testing.models import make_tiny_model
+from support.models import AllLogits
 
 VOCAB = 13
 

@@ -29,7 +29,7 @@ from mrpo.logprobs.attention import additive_mask, allowed_attention, block_mask
 from mrpo.logprobs.packed_rows import assign_rows
 from mrpo.models import enable_gradient_checkpointing
 from mrpo.references.scoring import score_pairs
-from mrpo.testing.models import AllLogits, make_tiny_family_model
+from support.models import AllLogits, make_tiny_family_model
 
 VOCAB = 41
 FAMILIES = ("llama", "qwen2", "gpt2")

@@ -195,8 +195,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(
 def test_train_evaluates_native_and_lm_eval_tasks_offline(compose_train, tmp_path: Path) -> None:
     """``eval.tasks=[gsm8k, truthfulqa, tiny_mc]``: the built-in tasks on a local mirror and a
     local lm-eval task YAML, with nothing reachable but the files."""
-    from mrpo.testing.evaldata import write_eval_data
-    from mrpo.testing.harness import write_tiny_harness_tasks
+    from support.evaldata import write_eval_data
+    from support.harness import write_tiny_harness_tasks
 
     data = write_eval_data(tmp_path / "evaldata")
     tasks = write_tiny_harness_tasks(tmp_path / "tasks")

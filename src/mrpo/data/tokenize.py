@@ -169,19 +169,6 @@ def render_pairs(
     ]
 
 
-def render_pair(
-    example: PreferenceExample,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    system_prompt: str | None = None,
-    chat_template: str | None = None,
-) -> RenderedPair:
-    """Render the prompt and both responses of ``example`` as text (module doc)."""
-    return render_pairs(
-        [example], tokenizer, system_prompt=system_prompt, chat_template=chat_template
-    )[0]
-
-
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, without special tokens (the chat template carries them).
 
@@ -206,30 +193,6 @@ def _check_lengths(max_length: int, max_prompt_length: int | None) -> None:
         raise ValueError(
             f"max_prompt_length must be in [1, max_length={max_length}), got {max_prompt_length}"
         )
-
-
-def truncate_pair(
-    prompt: Sequence[int],
-    chosen: Sequence[int],
-    rejected: Sequence[int],
-    *,
-    max_length: int,
-    max_prompt_length: int | None = None,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], bool, bool]:
-    """Apply the truncation rule of the module doc to one pair.
-
-    Returns:
-        (prompt, chosen, rejected, prompt_cut, responses_cut).
-    """
-    columns = {
-        name: column_from_lists([ids])
-        for name, ids in zip(ID_COLUMNS, (prompt, chosen, rejected), strict=True)
-    }
-    cut, prompt_cut, responses_cut = truncate_columns(
-        columns, max_length=max_length, max_prompt_length=max_prompt_length
-    )
-    kept = (tuple(cut[name][1].tolist()) for name in ID_COLUMNS)
-    return (*kept, bool(prompt_cut[0]), bool(responses_cut[0]))  # type: ignore[return-value]
 
 
 def truncate_columns(
@@ -314,8 +277,18 @@ def tokenize_pairs(
 ) -> TokenizedPairs:
     """Tokenize many pairs (in batch calls of the tokenizer) and count truncations.
 
-    Args and rules as in `tokenize_pair`; the pairs come back as a
-    :class:`~mrpo.data.table.PairTable`, in input order.
+    Args:
+        examples: the pairs (prompt messages ending with a user turn, two response texts).
+        tokenizer: a transformers tokenizer with a chat template (or pass ``chat_template``).
+        max_length: the most tokens of ``prompt + response`` (truncation rule in module doc).
+        max_prompt_length: when a pair is too long, cut the prompt to this many tokens.
+        system_prompt: inserted as (or replacing) the first system message.
+        chat_template: a Jinja template used instead of the tokenizer's.
+
+    Returns:
+        The pairs as a :class:`~mrpo.data.table.PairTable`, in input order: prompt ids
+        (rendered with the generation prompt), response ids (response text and the template's
+        end-of-turn), each example's index and whether anything was cut.
     """
     _check_lengths(max_length, max_prompt_length)
     tables, prompt_cut, responses_cut = [], [], []
@@ -338,36 +311,3 @@ def tokenize_pairs(
         num_response_truncated=int(r_cut.sum()),
         cut_flags=(p_cut, r_cut),
     )
-
-
-def tokenize_pair(
-    example: PreferenceExample,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_length: int,
-    max_prompt_length: int | None = None,
-    system_prompt: str | None = None,
-    chat_template: str | None = None,
-) -> TokenizedPair:
-    """Tokenize one pair for one model.
-
-    Args:
-        example: the pair (prompt messages ending with a user turn, two response texts).
-        tokenizer: a transformers tokenizer with a chat template (or pass ``chat_template``).
-        max_length: the most tokens of ``prompt + response`` (truncation rule in module doc).
-        max_prompt_length: when the pair is too long, cut the prompt to this many tokens.
-        system_prompt: inserted as (or replacing) the first system message.
-        chat_template: a Jinja template used instead of the tokenizer's.
-
-    Returns:
-        prompt ids (rendered with the generation prompt), response ids (response text and the
-        template's end-of-turn), the example's index and whether anything was cut.
-    """
-    return tokenize_pairs(
-        [example],
-        tokenizer,
-        max_length=max_length,
-        max_prompt_length=max_prompt_length,
-        system_prompt=system_prompt,
-        chat_template=chat_template,
-    ).pairs[0]

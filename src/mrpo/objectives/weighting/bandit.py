@@ -153,10 +153,6 @@ class ThompsonSampling(WeightStrategy):
         else:
             self.beta[arm] += 1.0
 
-    def posterior_mean(self) -> list[float]:
-        """a_k / (a_k + b_k) for each arm (for logging)."""
-        return [a / (a + b) for a, b in zip(self.alpha, self.beta, strict=True)]
-
     def weights(self, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor) -> torch.Tensor:
         self.check_num_refs(ref_chosen.shape[0])
         if self.current_arm is None:
