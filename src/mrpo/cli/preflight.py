@@ -137,9 +137,8 @@ def check_prepared_data(
         ConfigError: a validation split the weighting cannot do without, or a resume whose
             checkpoint was saved with other settings or data (unless ``force_resume``).
     """
-    needs_val = cfg.loss.name != "dpo" and (
-        build_weighting(cfg).fits_on_validation or build_weighting(cfg).needs_feedback
-    )
+    weighting = None if cfg.loss.name == "dpo" else build_weighting(cfg)
+    needs_val = weighting is not None and (weighting.fits_on_validation or weighting.needs_feedback)
     if val_pairs == 0:
         if needs_val:
             raise ConfigError(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mrpo.errors import ConfigError, OptionError
+from mrpo.errors import ConfigError, option_prefix
 from mrpo.references.ensemble import ReferenceEnsemble
 from mrpo.references.spec import ReferenceSpec
 
@@ -66,10 +66,8 @@ def reference_specs(cfg: TrainConfig) -> list[ReferenceSpec]:
     specs = []
     for i, ref in selected_references(cfg):
         spec = replace(ref, length_normalize=ref.length_normalize or cfg.loss.length_normalize)
-        try:
+        with option_prefix(f"references.pool.{i}"):
             spec.check()
-        except OptionError as err:
-            raise ConfigError(f"references.pool.{i}.{err.option}", str(err)) from None
         specs.append(spec)
     return specs
 
